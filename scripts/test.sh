@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need when it is missing, then runs every
+# unit and integration test (against real memcached and twemproxy processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
+[ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing ${need[*]}: run as root or install them (apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged services on install; the tests start their own on free ports.
+systemctl stop memcached nutcracker >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets "$@"

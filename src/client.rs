@@ -1,0 +1,263 @@
+//! One client connection: read and decode requests, send each where the router says, and
+//! write the replies back in request order as soon as each one's predecessors are written.
+//!
+//! Backpressure: when the client has too many requests in flight or too many reply bytes
+//! waiting, memroute stops reading from it instead of buffering more.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
+use crate::protocol::reply::{self, ReplyKind};
+use crate::protocol::request::{Command, Request};
+use crate::reply_queue::{Gather, Reply, ReplyQueue};
+use crate::router::{fragment_request, Route, Router};
+use crate::server::Shared;
+use crate::stats::WorkerStats;
+use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
+use crate::write_queue::WriteQueue;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The state of one client connection.
+struct Client {
+    stream: TcpStream,
+    router: Arc<Router>,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    queue: Arc<ReplyQueue>,
+    wq: WriteQueue,
+    /// The connection this client uses to each backend, kept while it lives so the client's
+    /// requests to one backend stay in order.
+    handles: Vec<Option<ConnHandle>>,
+    /// No more requests are read (quit, EOF, or a fatal protocol error).
+    closing: bool,
+}
+
+/// Serves one client until it leaves.
+pub async fn serve(
+    stream: TcpStream,
+    router: Arc<Router>,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+) {
+    let _ = stream.set_nodelay(true);
+    let handles = vec![None; router.backends().len()];
+    let mut client = Client {
+        stream,
+        router,
+        shared,
+        stats,
+        queue: Arc::new(ReplyQueue::new()),
+        wq: WriteQueue::new(),
+        handles,
+        closing: false,
+    };
+    if let Err(e) = client.run().await {
+        tracing::debug!("client connection ended: {e}");
+    }
+    client.queue.close();
+}
+
+impl Client {
+    async fn run(&mut self) -> io::Result<()> {
+        let router = self.router.clone();
+        let cfg = &router.config;
+        let mut codec = ClientCodec::new(CodecLimits {
+            item_size_max: cfg.item_size_max,
+            ..CodecLimits::default()
+        });
+        let max_inflight = cfg.max_client_inflight;
+        let max_buffer = cfg.max_client_buffer;
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            self.queue.take_ready(&mut self.wq);
+            if !self.wq.is_empty() {
+                let before = self.wq.len();
+                self.wq.try_write(&self.stream)?;
+                self.stats
+                    .bytes_written
+                    .add((before - self.wq.len()) as u64);
+            }
+            if self.closing && self.wq.is_empty() && self.queue.is_empty() {
+                return Ok(());
+            }
+            let can_read = !self.closing
+                && self.queue.len() < max_inflight
+                && self.wq.len() + self.queue.ready_bytes() < max_buffer;
+            tokio::select! {
+                biased;
+                r = self.stream.writable(), if !self.wq.is_empty() => r?,
+                () = self.queue.notified() => {}
+                r = self.stream.readable(), if can_read => {
+                    r?;
+                    if rbuf.capacity() - rbuf.len() < 1024 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                    match self.stream.try_read_buf(&mut rbuf) {
+                        Ok(0) => self.closing = true,
+                        Ok(n) => {
+                            self.stats.bytes_read.add(n as u64);
+                            self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and dispatches every complete request in `rbuf` (up to the in-flight cap; the
+    /// rest stays buffered until replies drain).
+    async fn handle_input(
+        &mut self,
+        codec: &mut ClientCodec,
+        rbuf: &mut BytesMut,
+        max_inflight: usize,
+    ) {
+        while !self.closing && self.queue.len() < max_inflight {
+            let Some(item) = codec.decode_item(rbuf) else {
+                break;
+            };
+            match item {
+                Decoded::Request(req) => self.dispatch(req).await,
+                Decoded::Invalid(msg) => {
+                    self.stats.protocol_errors.inc();
+                    self.queue.push_ready(Reply::Static(msg));
+                }
+                Decoded::Fatal(msg) => {
+                    self.stats.protocol_errors.inc();
+                    self.queue.push_ready(Reply::Static(msg));
+                    self.closing = true;
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, req: Request) {
+        let stats = &self.stats;
+        match req.command {
+            c if c.is_retrieval() => stats.cmd_get.add(req.keys().count() as u64),
+            c if c.is_storage() => stats.cmd_set.inc(),
+            Command::FlushAll => stats.cmd_flush.inc(),
+            c if c.is_single_key() => stats.cmd_other.inc(),
+            _ => {}
+        }
+        let router = self.router.clone();
+        match router.route(&req) {
+            Route::One(b) => {
+                let target = if req.noreply() {
+                    ReplyTarget::Discard
+                } else {
+                    ReplyTarget::Slot(self.queue.clone(), self.queue.reserve())
+                };
+                let kind = ReplyKind::of(req.command);
+                self.send(b, req.upstream_bytes(), kind, target).await;
+            }
+            Route::Split(fragments) => {
+                stats.split_retrievals.inc();
+                let keys: Vec<Bytes> = req.key_slices().collect();
+                let requests: Vec<(usize, Bytes)> = fragments
+                    .iter()
+                    .map(|(b, positions)| (*b, fragment_request(&req, &keys, positions)))
+                    .collect();
+                let positions = fragments.into_iter().map(|(_, p)| p).collect();
+                let policy = router.config.retrieval_failure;
+                let seq = self
+                    .queue
+                    .reserve_gather(Gather::multi_get(keys, positions, policy));
+                for (part, (b, bytes)) in requests.into_iter().enumerate() {
+                    let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
+                    self.send(b, (bytes, None), ReplyKind::Retrieval, target)
+                        .await;
+                }
+            }
+            Route::All => {
+                let n = router.backends().len();
+                let noreply = req.noreply();
+                let seq = (!noreply).then(|| self.queue.reserve_gather(Gather::broadcast(n)));
+                for b in 0..n {
+                    let target = match seq {
+                        Some(seq) => ReplyTarget::Part(self.queue.clone(), seq, b as u16),
+                        None => ReplyTarget::Discard,
+                    };
+                    self.send(b, req.upstream_bytes(), ReplyKind::Line, target)
+                        .await;
+                }
+            }
+            Route::Local => self.answer_locally(&req),
+        }
+    }
+
+    fn answer_locally(&mut self, req: &Request) {
+        match req.command {
+            Command::Version => self.queue.push_ready(Reply::Static(VERSION_REPLY)),
+            Command::Verbosity => {
+                if !req.noreply() {
+                    self.queue.push_ready(Reply::Static(reply::OK));
+                }
+            }
+            Command::Quit => self.closing = true,
+            Command::Stats => {
+                let text = self.shared.stats_reply(req.key());
+                self.queue.push_ready(text);
+            }
+            _ => self.queue.push_ready(Reply::Static(reply::ERROR)),
+        }
+    }
+
+    /// Sends one request to backend `b` over this client's connection to it, opening or
+    /// replacing that connection when needed; failures are answered into `target`.
+    async fn send(
+        &mut self,
+        b: usize,
+        bytes: (Bytes, Option<Bytes>),
+        kind: ReplyKind,
+        target: ReplyTarget,
+    ) {
+        let router = self.router.clone();
+        let backend = &router.backends()[b];
+        let state = backend.backend();
+        state.stats.requests.inc();
+        let mut req = UpstreamRequest {
+            bytes,
+            kind,
+            target,
+            deadline: Instant::now() + router.config.timeout,
+        };
+        // A request refused by an ended connection was never written: retrying it on a
+        // fresh connection is safe. One retry, then it fails.
+        for _ in 0..2 {
+            let handle = match &self.handles[b] {
+                Some(h) if !h.is_closed() => h.clone(),
+                _ => match backend.handle().await {
+                    Ok(h) => {
+                        self.handles[b] = Some(h.clone());
+                        h
+                    }
+                    Err(_) => {
+                        self.handles[b] = None;
+                        req.target.deliver(Err(reply::BACKEND_UNAVAILABLE), state);
+                        return;
+                    }
+                },
+            };
+            match handle.send(req).await {
+                Ok(()) => return,
+                Err(back) => {
+                    self.handles[b] = None;
+                    req = back;
+                }
+            }
+        }
+        req.target.deliver(Err(reply::BACKEND_UNAVAILABLE), state);
+    }
+}
+
+/// memroute's answer to `version`.
+pub const VERSION_REPLY: &[u8] = concat!("VERSION ", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();

@@ -1,0 +1,498 @@
+//! Configuration: raw TOML (twemproxy's vocabulary, unknown keys rejected) → `validate()` →
+//! typed [`Config`]. Every error names the field it is about.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::reply_queue::RetrievalFailure;
+use crate::ring::{server_identity, Distribution, HashFunction, HashTag};
+
+/// A configuration that cannot be used, with the field it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys / wrong types.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value is out of range or malformed.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `pools.main.hash`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Worker threads; 0 or absent means one per core.
+    pub threads: Option<usize>,
+    /// Client connections accepted at most, over all pools.
+    pub max_clients: Option<usize>,
+    /// The pools, by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+}
+
+/// A byte size: a number, or a string with a `k`, `m` or `g` suffix.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Bytes.
+    Bytes(u64),
+    /// E.g. `"1m"`.
+    Text(String),
+}
+
+/// One pool as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Address clients connect to.
+    pub listen: Option<String>,
+    /// Key hash function.
+    pub hash: Option<String>,
+    /// Two characters delimiting the part of a key that is hashed.
+    pub hash_tag: Option<String>,
+    /// `ketama`, `modula` or `random`.
+    pub distribution: Option<String>,
+    /// Upstream request timeout in milliseconds.
+    pub timeout: Option<u64>,
+    /// Upstream connect timeout in milliseconds.
+    pub connect_timeout: Option<u64>,
+    /// Connections per backend per worker thread.
+    pub server_connections: Option<usize>,
+    /// `host:port:weight [name]` entries.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Largest value accepted.
+    pub item_size_max: Option<RawSize>,
+    /// Requests of one client in flight at most before memroute stops reading from it.
+    pub max_client_inflight: Option<usize>,
+    /// Reply bytes buffered for one client at most before memroute stops reading from it.
+    pub max_client_buffer: Option<RawSize>,
+    /// `miss` or `error`: how a failed backend's part of a retrieval is answered.
+    pub retrieval_failure: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Worker threads.
+    pub threads: usize,
+    /// Client connections accepted at most.
+    pub max_clients: usize,
+    /// The pools.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// A validated pool.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// The pool's name.
+    pub name: String,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Key hash.
+    pub hash: HashFunction,
+    /// Hash tag, if any.
+    pub hash_tag: Option<HashTag>,
+    /// Key distribution.
+    pub distribution: Distribution,
+    /// Upstream request timeout.
+    pub timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Connections per backend per worker.
+    pub server_connections: usize,
+    /// The backends, in config order.
+    pub servers: Vec<ServerConfig>,
+    /// Largest value accepted.
+    pub item_size_max: usize,
+    /// Per-client cap on requests in flight.
+    pub max_client_inflight: usize,
+    /// Per-client cap on buffered reply bytes.
+    pub max_client_buffer: usize,
+    /// How a failed retrieval fragment is answered.
+    pub retrieval_failure: RetrievalFailure,
+}
+
+/// A validated backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Host as written.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Ring weight (> 0).
+    pub weight: u32,
+    /// Optional explicit name (its ring identity).
+    pub name: Option<String>,
+    /// Resolved address.
+    pub addr: SocketAddr,
+}
+
+impl ServerConfig {
+    /// The identity string the ring hashes, as twemproxy computes it.
+    pub fn identity(&self) -> String {
+        server_identity(&self.host, self.port, self.name.as_deref())
+    }
+
+    /// `host:port`, for logs and stats.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Defaults, chosen for a production proxy (twemproxy's where it has one).
+pub mod defaults {
+    /// twemproxy's default hash.
+    pub const HASH: &str = "fnv1a_64";
+    /// twemproxy's default distribution.
+    pub const DISTRIBUTION: &str = "ketama";
+    /// Every request gets a deadline (twemproxy's default is none).
+    pub const TIMEOUT_MS: u64 = 1000;
+    /// Connect timeout.
+    pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+    /// memcached's default item size limit.
+    pub const ITEM_SIZE_MAX: u64 = 1024 * 1024;
+    /// Requests in flight per client.
+    pub const MAX_CLIENT_INFLIGHT: usize = 1024;
+    /// Buffered reply bytes per client.
+    pub const MAX_CLIENT_BUFFER: u64 = 8 * 1024 * 1024;
+    /// Client connections over all pools.
+    pub const MAX_CLIENTS: usize = 50_000;
+}
+
+impl RawConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Checks every value and produces the typed configuration.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        if self.pools.is_empty() {
+            return Err(invalid("pools", "at least one pool is required"));
+        }
+        let threads = match self.threads {
+            None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) if n > 1024 => return Err(invalid("threads", "at most 1024")),
+            Some(n) => n,
+        };
+        let max_clients = self.max_clients.unwrap_or(defaults::MAX_CLIENTS);
+        if max_clients == 0 {
+            return Err(invalid("max_clients", "must be at least 1"));
+        }
+        let mut pools = Vec::new();
+        for (name, raw) in &self.pools {
+            pools.push(raw.validate(name)?);
+        }
+        for (i, a) in pools.iter().enumerate() {
+            if let Some(b) = pools[..i].iter().find(|b| b.listen == a.listen) {
+                return Err(invalid(
+                    format!("pools.{}.listen", a.name),
+                    format!("{} is already used by pool {}", a.listen, b.name),
+                ));
+            }
+        }
+        Ok(Config {
+            threads,
+            max_clients,
+            pools,
+        })
+    }
+}
+
+fn parse_size(field: &str, raw: &RawSize) -> Result<u64, ConfigError> {
+    match raw {
+        RawSize::Bytes(n) => Ok(*n),
+        RawSize::Text(s) => {
+            let t = s.trim().to_ascii_lowercase();
+            let (digits, mult) = match t.char_indices().last() {
+                Some((i, 'k')) => (&t[..i], 1024),
+                Some((i, 'm')) => (&t[..i], 1024 * 1024),
+                Some((i, 'g')) => (&t[..i], 1024 * 1024 * 1024),
+                _ => (&t[..], 1),
+            };
+            digits
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+                .ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!("'{s}' is not a size (e.g. 1048576 or \"1m\")"),
+                    )
+                })
+        }
+    }
+}
+
+/// Parses `host:port[:weight] [name]`.
+pub fn parse_server(field: &str, text: &str) -> Result<ServerConfig, ConfigError> {
+    let mut words = text.split_whitespace();
+    let spec = words
+        .next()
+        .ok_or_else(|| invalid(field, "empty server entry"))?;
+    let name = words.next().map(str::to_owned);
+    if words.next().is_some() {
+        return Err(invalid(
+            field,
+            format!("'{text}': expected \"host:port:weight [name]\""),
+        ));
+    }
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let (host, port, weight) = match parts.as_slice() {
+        [w, p, h] => (*h, *p, Some(*w)),
+        [p, h] => (*h, *p, None),
+        _ => {
+            return Err(invalid(
+                field,
+                format!("'{text}': expected \"host:port:weight [name]\""),
+            ))
+        }
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(field, format!("'{text}': bad port '{port}'")))?;
+    let weight: u32 = match weight {
+        None => 1,
+        Some(w) => w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
+            invalid(
+                field,
+                format!("'{text}': weight must be a positive integer"),
+            )
+        })?,
+    };
+    let addr = (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| invalid(field, format!("'{text}': cannot resolve host '{host}'")))?;
+    Ok(ServerConfig {
+        host: host.to_owned(),
+        port,
+        weight,
+        name,
+        addr,
+    })
+}
+
+impl RawPool {
+    /// Validates one pool.
+    pub fn validate(&self, name: &str) -> Result<PoolConfig, ConfigError> {
+        let f = |key: &str| format!("pools.{name}.{key}");
+        let listen_text = self
+            .listen
+            .as_deref()
+            .ok_or_else(|| invalid(f("listen"), "missing"))?;
+        let listen = listen_text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| invalid(f("listen"), format!("'{listen_text}' is not host:port")))?;
+        let hash_text = self.hash.as_deref().unwrap_or(defaults::HASH);
+        let hash: HashFunction = hash_text.parse().map_err(|_| {
+            let names: Vec<&str> = HashFunction::ALL.iter().map(|h| h.name()).collect();
+            invalid(
+                f("hash"),
+                format!("unknown hash '{hash_text}' (one of: {})", names.join(", ")),
+            )
+        })?;
+        let dist_text = self
+            .distribution
+            .as_deref()
+            .unwrap_or(defaults::DISTRIBUTION);
+        let distribution: Distribution = dist_text.parse().map_err(|_| {
+            invalid(
+                f("distribution"),
+                format!("unknown distribution '{dist_text}' (ketama, modula or random)"),
+            )
+        })?;
+        let hash_tag = match &self.hash_tag {
+            None => None,
+            Some(t) if t.is_empty() => None,
+            Some(t) => Some(HashTag::new(t).map_err(|_| {
+                invalid(
+                    f("hash_tag"),
+                    format!("'{t}' must be exactly two characters, e.g. \"{{}}\""),
+                )
+            })?),
+        };
+        let ms = |key: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+            match v.unwrap_or(default) {
+                0 => Err(invalid(f(key), "must be at least 1 (milliseconds)")),
+                n => Ok(Duration::from_millis(n)),
+            }
+        };
+        let timeout = ms("timeout", self.timeout, defaults::TIMEOUT_MS)?;
+        let connect_timeout = ms(
+            "connect_timeout",
+            self.connect_timeout,
+            defaults::CONNECT_TIMEOUT_MS,
+        )?;
+        let server_connections = self.server_connections.unwrap_or(1);
+        if server_connections == 0 || server_connections > 1024 {
+            return Err(invalid(
+                f("server_connections"),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.servers.is_empty() {
+            return Err(invalid(f("servers"), "at least one server is required"));
+        }
+        let mut servers: Vec<ServerConfig> = Vec::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let field = format!("{}[{i}]", f("servers"));
+            let server = parse_server(&field, s)?;
+            if servers.iter().any(|o| o.identity() == server.identity()) {
+                return Err(invalid(
+                    field,
+                    format!("'{s}' duplicates another server's ring name"),
+                ));
+            }
+            servers.push(server);
+        }
+        let item_size_max = match &self.item_size_max {
+            None => defaults::ITEM_SIZE_MAX,
+            Some(s) => parse_size(&f("item_size_max"), s)?,
+        };
+        if !(1024..=1024 * 1024 * 1024).contains(&item_size_max) {
+            return Err(invalid(f("item_size_max"), "must be between 1k and 1g"));
+        }
+        let max_client_inflight = self
+            .max_client_inflight
+            .unwrap_or(defaults::MAX_CLIENT_INFLIGHT);
+        if max_client_inflight == 0 {
+            return Err(invalid(f("max_client_inflight"), "must be at least 1"));
+        }
+        let max_client_buffer = match &self.max_client_buffer {
+            None => defaults::MAX_CLIENT_BUFFER,
+            Some(s) => parse_size(&f("max_client_buffer"), s)?,
+        };
+        if max_client_buffer < 4096 {
+            return Err(invalid(f("max_client_buffer"), "must be at least 4k"));
+        }
+        let retrieval_failure = match self.retrieval_failure.as_deref() {
+            None | Some("miss") => RetrievalFailure::Miss,
+            Some("error") => RetrievalFailure::Error,
+            Some(other) => {
+                return Err(invalid(
+                    f("retrieval_failure"),
+                    format!("'{other}' is not one of: miss, error"),
+                ))
+            }
+        };
+        Ok(PoolConfig {
+            name: name.to_owned(),
+            listen,
+            hash,
+            hash_tag,
+            distribution,
+            timeout,
+            connect_timeout,
+            server_connections,
+            servers,
+            item_size_max: item_size_max as usize,
+            max_client_inflight,
+            max_client_buffer: max_client_buffer as usize,
+            retrieval_failure,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match RawConfig::parse(text).and_then(|r| r.validate()) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const OK: &str = r#"
+        threads = 2
+        [pools.main]
+        listen = "127.0.0.1:22121"
+        hash = "md5"
+        hash_tag = "{}"
+        distribution = "ketama"
+        timeout = 400
+        server_connections = 2
+        item_size_max = "2m"
+        retrieval_failure = "error"
+        servers = ["127.0.0.1:11211:1", "127.0.0.1:11212:2 cache-b"]
+    "#;
+
+    #[test]
+    fn parses_a_full_pool() {
+        let c = RawConfig::parse(OK).unwrap().validate().unwrap();
+        assert_eq!(c.threads, 2);
+        let p = &c.pools[0];
+        assert_eq!(p.name, "main");
+        assert_eq!(p.hash, HashFunction::Md5);
+        assert_eq!(p.timeout, Duration::from_millis(400));
+        assert_eq!(p.item_size_max, 2 * 1024 * 1024);
+        assert_eq!(p.retrieval_failure, RetrievalFailure::Error);
+        assert_eq!(p.servers[0].identity(), "127.0.0.1");
+        assert_eq!(p.servers[1].identity(), "cache-b");
+        assert_eq!(p.servers[1].weight, 2);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err(&OK.replace("hash = \"md5\"", "hash = \"sha1\"")).contains("pools.main.hash"));
+        assert!(err(&OK.replace("timeout = 400", "timeout = 0")).contains("pools.main.timeout"));
+        assert!(err(&OK.replace("timeout = 400", "timout = 400")).contains("timout"));
+        assert!(err(&OK.replace("\"{}\"", "\"{\"")).contains("pools.main.hash_tag"));
+        assert!(err(&OK.replace(":11212:2", ":11212:0")).contains("pools.main.servers[1]"));
+        assert!(err(&OK.replace(":11212:2", ":notaport:2")).contains("pools.main.servers[1]"));
+        assert!(err(&OK.replace("\"ketama\"", "\"maglev\"")).contains("pools.main.distribution"));
+        assert!(
+            err(&OK.replace("\"error\"", "\"ignore\"")).contains("pools.main.retrieval_failure")
+        );
+        assert!(err(&OK.replace("\"2m\"", "\"lots\"")).contains("pools.main.item_size_max"));
+        assert!(err("threads = 1").contains("pools"));
+    }
+
+    #[test]
+    fn duplicate_ring_names_and_listeners_are_rejected() {
+        assert!(err(&OK.replace("cache-b", "127.0.0.1")).contains("servers[1]"));
+        let two = format!("{OK}\n[pools.other]\nlisten = \"127.0.0.1:22121\"\nservers = [\"127.0.0.1:11213:1\"]\n");
+        assert!(err(&two).contains("pools.other.listen"));
+    }
+}

@@ -1,0 +1,31 @@
+//! memroute: a key-routing memcached reverse proxy.
+//!
+//! The data path, one module per stage:
+//!
+//! ```text
+//! client socket → protocol::codec → router (ring) → upstream::{pool, connection}
+//!               → reply_queue (per client, in request order) → client socket
+//! ```
+//!
+//! - [`protocol`]: the memcached text protocol: requests, the client codec, reply framing.
+//! - [`ring`]: the consistent-hash ring, twemproxy-exact, and every twemproxy key hash.
+//! - [`router`]: which backend(s) answer a request; splitting multi-key retrievals.
+//! - [`upstream`]: per-backend pools of pipelined connections.
+//! - [`reply_queue`]: the per-client queue that puts replies back in request order.
+//! - [`client`]: one client connection's task.
+//! - [`server`]: listeners and worker threads (thread per core).
+//! - [`config`]: TOML configuration, validated into typed settings.
+//! - [`stats`], [`write_queue`]: counters; vectored socket writes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod reply_queue;
+pub mod ring;
+pub mod router;
+pub mod server;
+pub mod stats;
+pub mod upstream;
+pub mod write_queue;

@@ -1,0 +1,8 @@
+//! The memcached text protocol: decoded requests, the client codec, and reply framing.
+
+pub mod codec;
+pub mod reply;
+pub mod request;
+
+pub use codec::{ClientCodec, CodecLimits, Decoded};
+pub use request::{Command, Request};

@@ -1,0 +1,223 @@
+//! Reply lines memroute writes itself, and framing of the replies a backend sends back.
+//!
+//! A text-protocol reply carries no request id, so the upstream side must know what shape of
+//! reply each request expects ([`ReplyKind`]) to find where one reply ends and the next begins.
+
+use super::request::Command;
+
+/// Unknown command or wrong number of tokens.
+pub const ERROR: &[u8] = b"ERROR\r\n";
+/// End of a retrieval.
+pub const END: &[u8] = b"END\r\n";
+/// Successful flush_all / verbosity.
+pub const OK: &[u8] = b"OK\r\n";
+/// A malformed argument or key.
+pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+/// A data block that does not end where its length says.
+pub const BAD_DATA_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
+/// A value above the item size limit; its data block is discarded.
+pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+/// A command line longer than memroute accepts; the connection is then closed.
+pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+/// `delete` with an argument memcached refuses.
+pub const DELETE_USAGE: &[u8] =
+    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+/// A bad exptime on touch, gat or flush_all.
+pub const INVALID_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+/// A bad incr/decr delta.
+pub const INVALID_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
+/// The backend could not be reached.
+pub const BACKEND_UNAVAILABLE: &[u8] = b"SERVER_ERROR backend unavailable\r\n";
+/// The backend did not answer in time.
+pub const BACKEND_TIMEOUT: &[u8] = b"SERVER_ERROR backend timeout\r\n";
+/// The connection to the backend broke before its answer arrived.
+pub const BACKEND_CLOSED: &[u8] = b"SERVER_ERROR backend connection closed\r\n";
+/// The backend answered something that is not a memcached reply.
+pub const BACKEND_PROTOCOL: &[u8] = b"SERVER_ERROR backend protocol error\r\n";
+/// Too many client connections.
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many open connections\r\n";
+
+/// The shape of reply a forwarded request expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// `VALUE …` items then `END`, or one error line.
+    Retrieval,
+    /// Exactly one line.
+    Line,
+}
+
+impl ReplyKind {
+    /// The reply shape a command gets from memcached.
+    pub fn of(command: Command) -> ReplyKind {
+        if command.is_retrieval() {
+            ReplyKind::Retrieval
+        } else {
+            ReplyKind::Line
+        }
+    }
+}
+
+/// The backend sent bytes that fit no reply: the connection can no longer be trusted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed reply from backend")]
+pub struct MalformedReply;
+
+/// Finds the end of the first reply in `buf`. `resume` carries progress between calls so a
+/// large multi-value reply arriving in pieces is scanned once; reset it to 0 after a reply.
+pub fn frame_reply(
+    buf: &[u8],
+    kind: ReplyKind,
+    resume: &mut usize,
+) -> Result<Option<usize>, MalformedReply> {
+    match kind {
+        ReplyKind::Line => Ok(memchr::memchr(b'\n', buf).map(|i| i + 1)),
+        ReplyKind::Retrieval => {
+            let mut pos = *resume;
+            loop {
+                let rest = &buf[pos..];
+                let Some(nl) = memchr::memchr(b'\n', rest) else {
+                    *resume = pos;
+                    return Ok(None);
+                };
+                let line = &rest[..nl];
+                if line.starts_with(b"VALUE ") {
+                    let len = value_len(line).ok_or(MalformedReply)?;
+                    let item_end = pos + nl + 1 + len + 2;
+                    if buf.len() < item_end {
+                        *resume = pos;
+                        return Ok(None);
+                    }
+                    if &buf[item_end - 2..item_end] != b"\r\n" {
+                        return Err(MalformedReply);
+                    }
+                    pos = item_end;
+                } else if line.starts_with(b"END") || is_error_line(line) {
+                    *resume = 0;
+                    return Ok(Some(pos + nl + 1));
+                } else {
+                    return Err(MalformedReply);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a reply line is one of memcached's error lines.
+pub fn is_error_line(line: &[u8]) -> bool {
+    line.starts_with(b"SERVER_ERROR")
+        || line.starts_with(b"CLIENT_ERROR")
+        || line.starts_with(b"ERROR")
+}
+
+/// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [<cas>]` line.
+fn value_len(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut toks = line.split(|b| *b == b' ').filter(|t| !t.is_empty());
+    toks.nth(3)
+        .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+}
+
+/// One `VALUE` item of a retrieval reply: its key and the byte range of the whole item.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ValueItem<'a> {
+    /// The key of the item.
+    pub key: &'a [u8],
+    /// Range of the item (header line, data, `\r\n`) in the reply.
+    pub range: std::ops::Range<usize>,
+}
+
+/// Iterates over the `VALUE` items of a complete retrieval reply (as framed by
+/// [`frame_reply`]); stops at `END` or an error line.
+pub fn value_items(reply: &[u8]) -> impl Iterator<Item = ValueItem<'_>> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let rest = &reply[pos..];
+        if !rest.starts_with(b"VALUE ") {
+            return None;
+        }
+        let nl = memchr::memchr(b'\n', rest)?;
+        let line = &rest[..nl];
+        let len = value_len(line)?;
+        let key = line[6..].split(|b| *b == b' ').find(|t| !t.is_empty())?;
+        let start = pos;
+        pos += nl + 1 + len + 2;
+        Some(ValueItem {
+            key,
+            range: start..pos,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_lines_and_retrievals_in_pieces() {
+        let reply = b"VALUE a 0 3\r\nabc\r\nVALUE bb 5 2 77\r\nhi\r\nEND\r\nSTORED\r\n";
+        let full = reply.len() - 8;
+        for cut in 0..reply.len() {
+            let mut resume = 0;
+            let first = frame_reply(&reply[..cut], ReplyKind::Retrieval, &mut resume).unwrap();
+            if cut < full {
+                assert_eq!(first, None, "cut {cut}");
+                assert_eq!(
+                    frame_reply(reply, ReplyKind::Retrieval, &mut resume),
+                    Ok(Some(full))
+                );
+            } else {
+                assert_eq!(first, Some(full));
+            }
+        }
+        let mut r = 0;
+        assert_eq!(
+            frame_reply(b"STORED\r\n", ReplyKind::Line, &mut r),
+            Ok(Some(8))
+        );
+        assert_eq!(frame_reply(b"STOR", ReplyKind::Line, &mut r), Ok(None));
+    }
+
+    #[test]
+    fn value_containing_crlf_and_end_is_not_misframed() {
+        let reply = b"VALUE a 0 7\r\nEND\r\n\r\n\r\nEND\r\n";
+        let mut r = 0;
+        assert_eq!(
+            frame_reply(reply, ReplyKind::Retrieval, &mut r),
+            Ok(Some(reply.len()))
+        );
+    }
+
+    #[test]
+    fn errors_end_a_retrieval_and_garbage_is_rejected() {
+        let mut r = 0;
+        assert_eq!(
+            frame_reply(
+                b"SERVER_ERROR out of memory\r\n",
+                ReplyKind::Retrieval,
+                &mut r
+            ),
+            Ok(Some(28))
+        );
+        assert_eq!(
+            frame_reply(b"STORED\r\n", ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+        assert_eq!(
+            frame_reply(b"VALUE a 0 x\r\n", ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+        assert_eq!(
+            frame_reply(b"VALUE a 0 1\r\nxyz", ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+    }
+
+    #[test]
+    fn lists_value_items() {
+        let reply = b"VALUE a 0 3\r\nabc\r\nVALUE bb 5 2 77\r\nhi\r\nEND\r\n";
+        let items: Vec<_> = value_items(reply).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].key, b"a");
+        assert_eq!(&reply[items[1].range.clone()], b"VALUE bb 5 2 77\r\nhi\r\n");
+    }
+}

@@ -1,0 +1,180 @@
+//! A decoded client request: the command, its parsed fields, and the original bytes it arrived in.
+
+use bytes::Bytes;
+
+/// Longest key memcached accepts.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Every command of the text protocol memroute understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// `get`
+    Get,
+    /// `gets`
+    Gets,
+    /// `gat`
+    Gat,
+    /// `gats`
+    Gats,
+    /// `set`
+    Set,
+    /// `add`
+    Add,
+    /// `replace`
+    Replace,
+    /// `append`
+    Append,
+    /// `prepend`
+    Prepend,
+    /// `cas`
+    Cas,
+    /// `delete`
+    Delete,
+    /// `incr`
+    Incr,
+    /// `decr`
+    Decr,
+    /// `touch`
+    Touch,
+    /// `flush_all`
+    FlushAll,
+    /// `version`
+    Version,
+    /// `stats`
+    Stats,
+    /// `verbosity`
+    Verbosity,
+    /// `quit`
+    Quit,
+}
+
+impl Command {
+    /// The command's name as written on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Get => "get",
+            Command::Gets => "gets",
+            Command::Gat => "gat",
+            Command::Gats => "gats",
+            Command::Set => "set",
+            Command::Add => "add",
+            Command::Replace => "replace",
+            Command::Append => "append",
+            Command::Prepend => "prepend",
+            Command::Cas => "cas",
+            Command::Delete => "delete",
+            Command::Incr => "incr",
+            Command::Decr => "decr",
+            Command::Touch => "touch",
+            Command::FlushAll => "flush_all",
+            Command::Version => "version",
+            Command::Stats => "stats",
+            Command::Verbosity => "verbosity",
+            Command::Quit => "quit",
+        }
+    }
+
+    /// Retrievals take one or more keys and answer `VALUE …` blocks ended by `END`.
+    pub fn is_retrieval(self) -> bool {
+        matches!(
+            self,
+            Command::Get | Command::Gets | Command::Gat | Command::Gats
+        )
+    }
+
+    /// Storage commands carry a data block.
+    pub fn is_storage(self) -> bool {
+        matches!(
+            self,
+            Command::Set
+                | Command::Add
+                | Command::Replace
+                | Command::Append
+                | Command::Prepend
+                | Command::Cas
+        )
+    }
+
+    /// Commands routed by a single key.
+    pub fn is_single_key(self) -> bool {
+        self.is_storage()
+            || matches!(
+                self,
+                Command::Delete | Command::Incr | Command::Decr | Command::Touch
+            )
+    }
+}
+
+/// A fully validated request. Keys and data are ranges of `frame`, the bytes the request
+/// arrived in, so forwarding it never copies.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Which command this is.
+    pub command: Command,
+    /// The whole request as received: command line (with its terminator) and data block.
+    pub frame: Bytes,
+    /// Single-key commands: the key. Retrievals: the span holding all keys.
+    pub(crate) keys_start: u32,
+    pub(crate) keys_end: u32,
+    /// Where the command line's text ends (before `\r\n` or `\n`).
+    pub(crate) line_end: u32,
+    /// Offset of the space before a trailing `noreply`, when present.
+    pub(crate) noreply_at: Option<u32>,
+    /// Storage: item flags. Client flags are 32 bits in memcached.
+    pub flags: u32,
+    /// Storage, touch, gat: expiration time as sent. flush_all: the delay.
+    pub exptime: i64,
+    /// cas: the unique. incr/decr: the delta.
+    pub number: u64,
+    /// Storage: the data block's range in `frame` (without its `\r\n`).
+    pub(crate) data_start: u32,
+}
+
+impl Request {
+    /// The request's single key (for retrievals, the whole span of keys).
+    pub fn key(&self) -> &[u8] {
+        &self.frame[self.keys_start as usize..self.keys_end as usize]
+    }
+
+    /// Each key of a retrieval (or the one key of a single-key command), in the client's order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.key().split(|b| *b == b' ').filter(|k| !k.is_empty())
+    }
+
+    /// Keys as `Bytes` slices of the frame (no copy).
+    pub fn key_slices(&self) -> impl Iterator<Item = Bytes> + '_ {
+        let base = self.frame.as_ptr() as usize;
+        self.keys().map(move |k| {
+            let start = k.as_ptr() as usize - base;
+            self.frame.slice(start..start + k.len())
+        })
+    }
+
+    /// Whether the client asked for no reply.
+    pub fn noreply(&self) -> bool {
+        self.noreply_at.is_some()
+    }
+
+    /// Storage: the value bytes.
+    pub fn data(&self) -> &[u8] {
+        let end = self.frame.len() - 2;
+        &self.frame[self.data_start as usize..end]
+    }
+
+    /// The text of the command line, without its terminator.
+    pub fn line(&self) -> &[u8] {
+        &self.frame[..self.line_end as usize]
+    }
+
+    /// The bytes to send upstream: the frame, minus a trailing `noreply` so that the
+    /// backend always answers and the shared connection stays aligned. Two slices at most.
+    pub fn upstream_bytes(&self) -> (Bytes, Option<Bytes>) {
+        match self.noreply_at {
+            None => (self.frame.clone(), None),
+            Some(at) => (
+                self.frame.slice(..at as usize),
+                Some(self.frame.slice(self.line_end as usize..)),
+            ),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The router: decides, for each request, which backend(s) of a pool answer it.
+//!
+//! Single-key commands go to the key's owner on the ring; a multi-key retrieval goes whole to
+//! one backend when all its keys live there, and is otherwise split into one request per
+//! backend; flush_all goes to every backend; the rest is answered locally.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::config::PoolConfig;
+use crate::protocol::request::{Command, Request};
+use crate::ring::{Ring, RingServer};
+use crate::upstream::{BackendPool, BackendState, ConnSettings};
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To one backend, as received.
+    One(usize),
+    /// Split: per backend, the positions of the client's keys it owns (in client order).
+    Split(Vec<(usize, Vec<u16>)>),
+    /// To every backend.
+    All,
+    /// Answered by memroute itself.
+    Local,
+}
+
+/// One pool's routing state in one worker: the ring and this worker's backend pools.
+pub struct Router {
+    /// The pool's settings.
+    pub config: PoolConfig,
+    ring: Ring,
+    backends: Vec<BackendPool>,
+}
+
+impl Router {
+    /// Builds the ring for `config` and a (lazy) connection pool per backend.
+    pub fn new(
+        config: PoolConfig,
+        states: &[Arc<BackendState>],
+    ) -> Result<Router, crate::ring::RingError> {
+        let ring = build_ring(&config)?;
+        let settings = ConnSettings {
+            connect_timeout: config.connect_timeout,
+            queue_depth: 4096,
+            max_in_flight: 8192,
+        };
+        let backends = states
+            .iter()
+            .map(|s| BackendPool::new(s.clone(), settings, config.server_connections))
+            .collect();
+        Ok(Router {
+            config,
+            ring,
+            backends,
+        })
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The backend pools, in config order.
+    pub fn backends(&self) -> &[BackendPool] {
+        &self.backends
+    }
+
+    /// Decides where `req` goes.
+    pub fn route(&self, req: &Request) -> Route {
+        match req.command {
+            c if c.is_single_key() => Route::One(self.ring.server_for(req.key())),
+            c if c.is_retrieval() => self.route_retrieval(req),
+            Command::FlushAll => Route::All,
+            _ => Route::Local,
+        }
+    }
+
+    fn route_retrieval(&self, req: &Request) -> Route {
+        let mut keys = req.keys();
+        let first = self.ring.server_for(keys.next().unwrap_or_default());
+        if keys.all(|k| self.ring.server_for(k) == first) {
+            return Route::One(first);
+        }
+        let mut split: Vec<(usize, Vec<u16>)> = Vec::new();
+        for (pos, key) in req.keys().enumerate() {
+            let b = self.ring.server_for(key);
+            match split.iter_mut().find(|(s, _)| *s == b) {
+                Some((_, positions)) => positions.push(pos as u16),
+                None => split.push((b, vec![pos as u16])),
+            }
+        }
+        Route::Split(split)
+    }
+}
+
+/// The ring a pool's config describes.
+pub fn build_ring(config: &PoolConfig) -> Result<Ring, crate::ring::RingError> {
+    let servers: Vec<RingServer> = config
+        .servers
+        .iter()
+        .map(|s| RingServer::new(s.identity(), s.weight))
+        .collect();
+    Ring::new(config.distribution, config.hash, config.hash_tag, &servers)
+}
+
+/// Builds the request for one fragment of a split retrieval: the original command (and
+/// exptime for gat/gats) followed by the fragment's keys.
+pub fn fragment_request(req: &Request, keys: &[Bytes], positions: &[u16]) -> Bytes {
+    let prefix = &req.line()[..req.keys_start as usize];
+    let len = prefix.len()
+        + positions
+            .iter()
+            .map(|p| keys[*p as usize].len() + 1)
+            .sum::<usize>()
+        + 2;
+    let mut out = BytesMut::with_capacity(len);
+    out.put_slice(prefix);
+    for (i, p) in positions.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b' ');
+        }
+        out.put_slice(&keys[*p as usize]);
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
+
+    fn request(text: &str) -> Request {
+        let mut codec = ClientCodec::new(CodecLimits::default());
+        let mut buf = BytesMut::from(text);
+        match codec.decode_item(&mut buf) {
+            Some(Decoded::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fragments_keep_the_command_and_exptime() {
+        let req = request("gat 100 a bb c\r\n");
+        let keys: Vec<Bytes> = req.key_slices().collect();
+        assert_eq!(fragment_request(&req, &keys, &[0, 2]), "gat 100 a c\r\n");
+        let req = request("gets   x y\r\n");
+        let keys: Vec<Bytes> = req.key_slices().collect();
+        assert_eq!(fragment_request(&req, &keys, &[1]), "gets   y\r\n");
+    }
+}

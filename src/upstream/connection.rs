@@ -1,0 +1,280 @@
+//! One pipelined connection to a backend: a task that writes requests from many clients in
+//! batches, keeps a FIFO of those in flight, and hands each reply to the slot waiting for it.
+//!
+//! A text-protocol reply has no request id, so the FIFO order *is* the matching. A reply that
+//! cannot be framed, or a deadline missed at the head, means the stream can no longer be
+//! trusted: the connection fails everything in flight on it and ends; the pool replaces it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use crate::protocol::reply::{self, frame_reply, ReplyKind};
+use crate::reply_queue::{Answer, ReplyQueue};
+use crate::write_queue::WriteQueue;
+
+use super::BackendState;
+
+/// Where a backend's answer goes.
+#[derive(Debug)]
+pub enum ReplyTarget {
+    /// A client's reply slot.
+    Slot(Arc<ReplyQueue>, u64),
+    /// One fragment of a gathered reply.
+    Part(Arc<ReplyQueue>, u64, u16),
+    /// Nobody (a `noreply` request); errors are only counted.
+    Discard,
+}
+
+impl ReplyTarget {
+    /// Delivers the answer.
+    pub fn deliver(self, answer: Answer, backend: &BackendState) {
+        if answer.is_err() {
+            backend.stats.errors.inc();
+        }
+        match self {
+            ReplyTarget::Slot(q, seq) => q.complete(seq, answer),
+            ReplyTarget::Part(q, seq, part) => q.complete_part(seq, part as usize, answer),
+            ReplyTarget::Discard => {
+                if answer.as_deref().map_or(true, reply::is_error_line) {
+                    backend.stats.noreply_errors.inc();
+                }
+            }
+        }
+    }
+}
+
+/// A request on its way to a backend.
+#[derive(Debug)]
+pub struct UpstreamRequest {
+    /// The bytes to write (one or two slices of the client's frame, or a rewritten request).
+    pub bytes: (Bytes, Option<Bytes>),
+    /// The shape of the expected reply.
+    pub kind: ReplyKind,
+    /// Who gets the reply.
+    pub target: ReplyTarget,
+    /// When the request fails with a timeout if no reply has come.
+    pub deadline: Instant,
+}
+
+/// A cheap, cloneable handle to a connection task.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    tx: mpsc::Sender<UpstreamRequest>,
+}
+
+impl ConnHandle {
+    /// Whether the connection has ended (its requests now fail; get a new handle).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Queues a request; gives it back if the connection has ended.
+    pub async fn send(&self, req: UpstreamRequest) -> Result<(), UpstreamRequest> {
+        self.tx.send(req).await.map_err(|e| e.0)
+    }
+}
+
+/// Settings of upstream connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSettings {
+    /// How long establishing a connection may take.
+    pub connect_timeout: Duration,
+    /// Requests queued to one connection before senders wait.
+    pub queue_depth: usize,
+    /// Requests written and unanswered on one connection at most.
+    pub max_in_flight: usize,
+}
+
+/// Opens a connection to `addr` and starts its task.
+pub async fn connect(
+    addr: SocketAddr,
+    settings: ConnSettings,
+    backend: Arc<BackendState>,
+) -> io::Result<ConnHandle> {
+    let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (tx, rx) = mpsc::channel(settings.queue_depth);
+    let conn = Connection {
+        stream,
+        rx,
+        in_flight: VecDeque::new(),
+        rbuf: BytesMut::with_capacity(READ_BUF),
+        resume: 0,
+        wq: WriteQueue::new(),
+        backend,
+        max_in_flight: settings.max_in_flight,
+    };
+    tokio::spawn(conn.run());
+    Ok(ConnHandle { tx })
+}
+
+const READ_BUF: usize = 16 * 1024;
+/// Requests taken from the queue per wake-up.
+const BATCH: usize = 256;
+
+struct InFlight {
+    kind: ReplyKind,
+    target: ReplyTarget,
+    deadline: Instant,
+}
+
+struct Connection {
+    stream: TcpStream,
+    rx: mpsc::Receiver<UpstreamRequest>,
+    in_flight: VecDeque<InFlight>,
+    rbuf: BytesMut,
+    /// Framing progress inside the head reply.
+    resume: usize,
+    wq: WriteQueue,
+    backend: Arc<BackendState>,
+    max_in_flight: usize,
+}
+
+/// Why a connection ended.
+enum End {
+    /// Every handle was dropped and nothing is in flight.
+    Idle,
+    /// The connection broke; the reply line given to requests in flight.
+    Failed(&'static [u8], String),
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let end = self.serve().await;
+        let (msg, why) = match end {
+            End::Idle => (reply::BACKEND_CLOSED, String::new()),
+            End::Failed(msg, why) => (msg, why),
+        };
+        if !why.is_empty() {
+            tracing::debug!(backend = %self.backend.name, "upstream connection failed: {why}");
+            self.backend.stats.connection_failures.inc();
+        }
+        for f in self.in_flight.drain(..) {
+            f.target.deliver(Err(msg), &self.backend);
+        }
+        // Requests queued but never written can be told the backend is gone.
+        self.rx.close();
+        while let Ok(req) = self.rx.try_recv() {
+            req.target.deliver(Err(msg), &self.backend);
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        let mut batch = Vec::with_capacity(BATCH);
+        let timer = sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut timer_armed = false;
+        loop {
+            if !timer_armed {
+                if let Some(head) = self.in_flight.front() {
+                    timer.as_mut().reset(head.deadline);
+                    timer_armed = true;
+                }
+            }
+            let can_take = self.wq.is_empty() && self.in_flight.len() < self.max_in_flight;
+            tokio::select! {
+                biased;
+                // Watched even when idle, so a backend closing an idle connection is noticed at once.
+                r = self.stream.readable() => {
+                    if let Err(e) = r {
+                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
+                    }
+                    if let Err(end) = self.read_replies() {
+                        return end;
+                    }
+                }
+                r = self.stream.writable(), if !self.wq.is_empty() => {
+                    if let Err(e) = r.and_then(|_| self.wq.try_write(&self.stream)) {
+                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
+                    }
+                }
+                n = self.rx.recv_many(&mut batch, BATCH), if can_take => {
+                    if n == 0 {
+                        if self.in_flight.is_empty() {
+                            return End::Idle;
+                        }
+                        // Handles are gone; finish what is in flight.
+                        continue;
+                    }
+                    for req in batch.drain(..) {
+                        self.wq.push(req.bytes.0);
+                        if let Some(rest) = req.bytes.1 {
+                            self.wq.push(rest);
+                        }
+                        self.in_flight.push_back(InFlight {
+                            kind: req.kind,
+                            target: req.target,
+                            deadline: req.deadline,
+                        });
+                    }
+                    // Most writes complete at once; skip a wake-up for writability.
+                    if let Err(e) = self.wq.try_write(&self.stream) {
+                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
+                    }
+                }
+                () = &mut timer, if timer_armed => {
+                    timer_armed = false;
+                    if let Some(head) = self.in_flight.front() {
+                        if head.deadline <= Instant::now() {
+                            self.backend.stats.timeouts.inc();
+                            return End::Failed(reply::BACKEND_TIMEOUT, "request timed out".into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what is available and delivers every complete reply.
+    fn read_replies(&mut self) -> Result<(), End> {
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(READ_BUF);
+            }
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => {
+                    return Err(End::Failed(
+                        reply::BACKEND_CLOSED,
+                        "backend closed the connection".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(End::Failed(reply::BACKEND_CLOSED, e.to_string())),
+            }
+            while let Some(head) = self.in_flight.front() {
+                match frame_reply(&self.rbuf, head.kind, &mut self.resume) {
+                    Ok(Some(n)) => {
+                        let bytes = self.rbuf.split_to(n).freeze();
+                        let done = self.in_flight.pop_front().expect("head exists");
+                        self.backend.stats.replies.inc();
+                        done.target.deliver(Ok(bytes), &self.backend);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(End::Failed(
+                            reply::BACKEND_PROTOCOL,
+                            "unparseable reply".into(),
+                        ))
+                    }
+                }
+            }
+            if self.in_flight.is_empty() && !self.rbuf.is_empty() {
+                return Err(End::Failed(
+                    reply::BACKEND_PROTOCOL,
+                    "bytes from backend with no request in flight".into(),
+                ));
+            }
+        }
+    }
+}
