@@ -51,6 +51,14 @@ pub struct BackendPool {
     backoff: Mutex<Option<(Instant, Duration)>>,
 }
 
+/// Why no handle could be had.
+enum Failure {
+    /// Connecting failed: the backend is down.
+    Connect(String),
+    /// Every connection was held by others for the whole wait.
+    Busy,
+}
+
 /// The backend could not be reached.
 #[derive(Debug, thiserror::Error)]
 #[error("backend {0} unavailable")]
@@ -90,10 +98,15 @@ impl BackendPool {
             }
         }
         let status = self.pool.status();
-        let result = if status.size < status.max_size {
-            self.grow().await
-        } else {
-            self.checkout(None).await
+        let result = match status.size < status.max_size {
+            true => self.grow().await,
+            false => Ok(None),
+        };
+        let result = match result {
+            Ok(Some(h)) => Ok(h),
+            // Every connection exists (or is being created by another client): share one.
+            Ok(None) => self.checkout(Some(self.connect_timeout)).await,
+            Err(e) => Err(e),
         };
         let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         match result {
@@ -102,7 +115,8 @@ impl BackendPool {
                 self.backend.set_up(true, &"connected");
                 Ok(h)
             }
-            Err(e) => {
+            Err(Failure::Busy) => Err(Unavailable(self.backend.name.clone())),
+            Err(Failure::Connect(e)) => {
                 self.backend.stats.connect_failures.inc();
                 self.backend.set_up(false, &e);
                 let pause = backoff.map_or(BACKOFF_MIN, |(_, p)| (p * 2).min(BACKOFF_MAX));
@@ -112,7 +126,7 @@ impl BackendPool {
         }
     }
 
-    async fn checkout(&self, wait: Option<Duration>) -> Result<ConnHandle, String> {
+    async fn checkout(&self, wait: Option<Duration>) -> Result<ConnHandle, Failure> {
         let timeouts = Timeouts {
             wait,
             create: Some(self.connect_timeout),
@@ -120,15 +134,17 @@ impl BackendPool {
         };
         match self.pool.timeout_get(&timeouts).await {
             Ok(obj) => Ok((*obj).clone()),
-            Err(PoolError::Backend(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(PoolError::Backend(e)) => Err(Failure::Connect(e.to_string())),
+            Err(PoolError::Timeout(deadpool::managed::TimeoutType::Create)) => {
+                Err(Failure::Connect("connect timed out".into()))
+            }
+            Err(_) => Err(Failure::Busy),
         }
     }
 
     /// Holds checked-out objects while asking for more, which makes deadpool create them.
-    async fn grow(&self) -> Result<ConnHandle, String> {
+    async fn grow(&self) -> Result<Option<ConnHandle>, Failure> {
         let mut held = Vec::new();
-        let mut first_err = None;
         while held.len() < self.pool.status().max_size {
             let timeouts = Timeouts {
                 wait: Some(Duration::ZERO),
@@ -137,17 +153,13 @@ impl BackendPool {
             };
             match self.pool.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
-                Err(PoolError::Backend(e)) => {
-                    first_err = Some(e.to_string());
-                    break;
+                Err(PoolError::Backend(e)) if held.is_empty() => {
+                    return Err(Failure::Connect(e.to_string()))
                 }
-                // Others hold the rest right now; what we have is enough.
+                // Others hold the rest right now, or one more failed: use what we have.
                 Err(_) => break,
             }
         }
-        match held.first() {
-            Some(obj) => Ok((**obj).clone()),
-            None => Err(first_err.unwrap_or_else(|| "no connection available".into())),
-        }
+        Ok(held.first().map(|obj| (**obj).clone()))
     }
 }

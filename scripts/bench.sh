@@ -1,0 +1,405 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: memcached direct vs twemproxy vs memroute.
+#
+# Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
+#                                              [--workloads a,b,c,d,e,f]
+#   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
+#   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
+#   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
+# Server side (3 memcached backends + proxies) is pinned to CPU 0, the load
+# generator to CPU 1. Runs are interleaved (for rep: for target) so drift hits
+# every target alike. Results land in bench-results/<timestamp>/.
+# Env: MEMROUTE_BIN, LOADGEN_BIN use prebuilt binaries instead of cargo.
+# Exits non-zero on any verification/connection error or crash, never on
+# performance numbers.
+set -euo pipefail
+
+REPS=5
+DUR=10
+WARM=1
+IDLE=10000
+WORKLOADS=a,b,c,d,e,f
+QUICK=0
+CMDLINE="$0 $*"
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
+    --reps) REPS="$2"; shift ;;
+    --duration) DUR="$2"; shift ;;
+    --warmup) WARM="$2"; shift ;;
+    --idle) IDLE="$2"; shift ;;
+    --workloads) WORKLOADS="$2"; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { echo "[bench] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --- prerequisites ----------------------------------------------------------
+missing=()
+command -v memcached >/dev/null || missing+=(memcached)
+command -v nutcracker >/dev/null || [ -x /usr/sbin/nutcracker ] || missing+=(nutcracker)
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "need root to install: ${missing[*]}"
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NUTCRACKER=$(command -v nutcracker || echo /usr/sbin/nutcracker)
+command -v python3 >/dev/null || die "python3 is required for the report"
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+
+# --- binaries ---------------------------------------------------------------
+is_memroute_repo=0
+grep -qs '^name = "memroute"' Cargo.toml && is_memroute_repo=1
+build=()
+[ -z "${LOADGEN_BIN:-}" ] && build+=(--example loadgen)
+[ -z "${MEMROUTE_BIN:-}" ] && [ $is_memroute_repo = 1 ] && build+=(--bin memroute)
+if [ ${#build[@]} -gt 0 ]; then
+    [ $is_memroute_repo = 1 ] || die "run from the memroute repo root or set LOADGEN_BIN"
+    log "cargo build --release ${build[*]}"
+    cargo build --release "${build[@]}"
+fi
+LOADGEN=${LOADGEN_BIN:-target/release/examples/loadgen}
+MEMROUTE=${MEMROUTE_BIN:-target/release/memroute}
+[ -x "$LOADGEN" ] || die "loadgen binary not found: $LOADGEN"
+TARGETS=(direct twemproxy memroute)
+if [ ! -x "$MEMROUTE" ]; then
+    log "NOTE: no memroute binary ($MEMROUTE): memroute rows skipped"
+    TARGETS=(direct twemproxy)
+    MEMROUTE=""
+fi
+
+# Idle-connection runs need ~IDLE descriptors in the proxy and in loadgen;
+# children inherit this limit.
+want=$((IDLE + 1024))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
+ulimit -n "$want" || true
+[ "$(ulimit -n)" -ge $((IDLE + 100)) ] || log "WARNING: ulimit -n $(ulimit -n) is low for $IDLE idle connections"
+
+# --- output -----------------------------------------------------------------
+TS=$(date +%Y%m%d-%H%M%S)
+OUT=bench-results/$TS
+mkdir -p "$OUT/runs" "$OUT/logs"
+{
+    echo "date: $(date -Is)"
+    echo "command: $CMDLINE"
+    echo "git: $(git rev-parse HEAD 2>/dev/null || echo none)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
+    echo "memcached: $(memcached -V 2>&1 | head -1)"
+    echo "nutcracker: $("$NUTCRACKER" -V 2>&1 | head -1)"
+    echo "memroute: $([ -n "$MEMROUTE" ] && "$MEMROUTE" --version 2>&1 | head -1 || echo skipped)"
+    echo "loadgen: $LOADGEN"
+    echo "reps: $REPS  duration: ${DUR}s  warmup: ${WARM}s  idle: $IDLE  quick: $QUICK"
+    echo "kernel: $(uname -r)  cpus: $(nproc)"
+} >"$OUT/meta.txt"
+cat "$OUT/meta.txt" >&2
+
+# --- processes --------------------------------------------------------------
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free loopback ports, chosen by the kernel.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+wait_port() { # pid port
+    local i
+    for i in $(seq 1 200); do
+        kill -0 "$1" 2>/dev/null || die "process $1 exited before listening on $2"
+        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    die "nothing listening on port $2 after 10 s"
+}
+
+read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT <<<"$(free_ports 6)"
+BACKENDS=("$B1" "$B2" "$B3")
+BPIDS=()
+mc_user=()
+[ "$(id -u)" = 0 ] && mc_user=(-u root) # memcached refuses root without -u
+for p in "${BACKENDS[@]}"; do
+    taskset -c 0 memcached "${mc_user[@]}" -p "$p" -t 1 -U 0 -l 127.0.0.1 -m 256 \
+        >"$OUT/logs/memcached-$p.log" 2>&1 &
+    BPIDS+=($!)
+    PIDS+=($!)
+done
+for i in 0 1 2; do wait_port "${BPIDS[$i]}" "${BACKENDS[$i]}"; done
+
+cat >"$OUT/twemproxy.yml" <<EOF
+memroute_bench:
+  listen: 127.0.0.1:$TW_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  timeout: 2000
+  server_connections: 1
+  auto_eject_hosts: false
+  servers:
+   - 127.0.0.1:$B1:1
+   - 127.0.0.1:$B2:1
+   - 127.0.0.1:$B3:1
+EOF
+taskset -c 0 "$NUTCRACKER" -c "$OUT/twemproxy.yml" -s "$TW_STATS" -a 127.0.0.1 \
+    -o "$OUT/logs/twemproxy.log" &
+TW_PID=$!
+PIDS+=($TW_PID)
+wait_port $TW_PID "$TW_PORT"
+
+MR_PID=""
+if [ -n "$MEMROUTE" ]; then
+    taskset -c 0 "$MEMROUTE" --listen "127.0.0.1:$MR_PORT" \
+        --server "127.0.0.1:$B1:1" --server "127.0.0.1:$B2:1" --server "127.0.0.1:$B3:1" \
+        --hash fnv1a_64 --distribution ketama --threads 1 >"$OUT/logs/memroute.log" 2>&1 &
+    MR_PID=$!
+    PIDS+=($MR_PID)
+    wait_port "$MR_PID" "$MR_PORT"
+fi
+
+target_port() {
+    case $1 in
+    direct) echo "$B1" ;; # one backend: the no-proxy reference
+    twemproxy) echo "$TW_PORT" ;;
+    memroute) echo "$MR_PORT" ;;
+    esac
+}
+proxy_pid() {
+    case $1 in
+    twemproxy) echo "$TW_PID" ;;
+    memroute) echo "$MR_PID" ;;
+    *) echo "" ;;
+    esac
+}
+
+# utime+stime in clock ticks (fields 14, 15; strip "pid (comm)" first).
+ticks() {
+    local t=0 p
+    for p in "$@"; do
+        [ -n "$p" ] || continue
+        t=$((t + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo $t
+}
+
+check_alive() {
+    local p
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null || die "server process $p died (see $OUT/logs)"; done
+}
+
+workload_args() {
+    case $1 in
+    a) echo "--connections 50 --depth 1 --get-ratio 0.9" ;;
+    b) echo "--connections 50 --depth 16 --get-ratio 0.9" ;;
+    c) echo "--connections 50 --depth 1 --get-ratio 1 --multiget 10" ;;
+    d) echo "--connections 50 --depth 1 --get-ratio 0.1 --value-size 4096" ;;
+    e) echo "--connections 1 --depth 1 --get-ratio 0.9" ;;
+    esac
+}
+
+FAILED=0
+RUNS="$OUT/runs.tsv"
+printf 'workload\trep\ttarget\tjson\trc\tproxy_cpu_s\tserver_cpu_s\n' >"$RUNS"
+CLK_TCK=$(getconf CLK_TCK)
+
+for w in ${WORKLOADS//,/ }; do
+    [ "$w" = f ] && continue
+    args=$(workload_args "$w")
+    [ -n "$args" ] || die "unknown workload $w"
+    # Prefill once per target so every measured get should hit.
+    for t in "${TARGETS[@]}"; do
+        # shellcheck disable=SC2086
+        taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
+            --prefill --duration 0 --warmup 0 --quiet --json "$OUT/runs/prefill-$w-$t.json" ||
+            { log "prefill $w/$t failed"; FAILED=1; }
+    done
+    for rep in $(seq 1 "$REPS"); do
+        for t in "${TARGETS[@]}"; do
+            json="$OUT/runs/$w-$t-$rep.json"
+            pp=$(proxy_pid "$t")
+            # shellcheck disable=SC2086
+            taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
+                --duration "$DUR" --warmup "$WARM" --expect-hits --quiet --json "$json" \
+                2>"$OUT/logs/$w-$t-$rep.err" &
+            lg=$!
+            # CPU is sampled over the measured window only (after warm-up).
+            sleep "$WARM"
+            p0=$(ticks "$pp")
+            s0=$(ticks "$pp" "${BPIDS[@]}")
+            rc=0
+            wait $lg || rc=$?
+            p1=$(ticks "$pp")
+            s1=$(ticks "$pp" "${BPIDS[@]}")
+            check_alive
+            if [ $rc != 0 ]; then
+                FAILED=1
+                log "FAIL: workload $w target $t rep $rep exited $rc:"
+                cat "$OUT/logs/$w-$t-$rep.err" >&2
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$rep" "$t" "$json" "$rc" \
+                "$(awk -v a="$p0" -v b="$p1" -v h="$CLK_TCK" 'BEGIN{print (b-a)/h}')" \
+                "$(awk -v a="$s0" -v b="$s1" -v h="$CLK_TCK" 'BEGIN{print (b-a)/h}')" >>"$RUNS"
+            log "$w rep $rep $t: rc=$rc $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f ops/s p50 %dus errors %d" % (d["ops_per_sec"], d["p50_us"], d["verification_errors"]))' "$json" 2>/dev/null || echo 'no json')"
+        done
+    done
+done
+
+IDLE_TSV="$OUT/idle.tsv"
+printf 'target\tconnections\trss_before_kb\trss_kb\trc\n' >"$IDLE_TSV"
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+if [[ ",$WORKLOADS," == *,f,* ]]; then
+    for t in "${TARGETS[@]}"; do
+        [ "$t" = direct ] && continue
+        pp=$(proxy_pid "$t")
+        before=$(rss_kb "$pp")
+        out="$OUT/logs/idle-$t.out"
+        taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" \
+            --idle-connections "$IDLE" --duration 2 --json "$OUT/runs/idle-$t.json" \
+            >"$out" 2>"$OUT/logs/idle-$t.err" &
+        lg=$!
+        for _ in $(seq 1 1200); do
+            grep -q '^READY' "$out" 2>/dev/null && break
+            kill -0 $lg 2>/dev/null || break
+            sleep 0.05
+        done
+        after=$(rss_kb "$pp")
+        rc=0
+        wait $lg || rc=$?
+        check_alive
+        if [ $rc != 0 ]; then
+            FAILED=1
+            log "FAIL: idle connections on $t exited $rc:"
+            head -5 "$OUT/logs/idle-$t.err" >&2
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\n' "$t" "$IDLE" "$before" "$after" "$rc" >>"$IDLE_TSV"
+        log "idle $t: RSS ${before} kB -> ${after} kB with $IDLE connections (rc=$rc)"
+    done
+fi
+
+# --- report -----------------------------------------------------------------
+report_rc=0
+python3 - "$RUNS" "$IDLE_TSV" <<'EOF' | tee "$OUT/table.txt" || report_rc=$?
+import csv, json, statistics, sys
+
+runs = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+idle = list(csv.DictReader(open(sys.argv[2]), delimiter="\t"))
+names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
+         "c": "c) 10-key multiget, 50 conns", "d": "d) set-heavy (10% get), 4 KiB values",
+         "e": "e) 1 conn depth 1"}
+targets = [t for t in ("direct", "twemproxy", "memroute") if any(r["target"] == t for r in runs)] \
+    or ["twemproxy", "memroute"]
+
+def load(r):
+    try:
+        d = json.load(open(r["json"]))
+    except (OSError, ValueError):
+        return None
+    ops = d["ops"]
+    d["proxy_cpu_us"] = float(r["proxy_cpu_s"]) * 1e6 / ops if ops and r["target"] != "direct" else None
+    d["server_cpu_us"] = float(r["server_cpu_s"]) * 1e6 / ops if ops else None
+    return d
+
+def fmt(v):
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 or float(v).is_integer() else f"{v:.2f}"
+
+def cell(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-", None
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(m), m
+    return f"{fmt(m)} ({fmt(min(vals))}-{fmt(max(vals))})", m
+
+metrics = [("throughput ops/s", "ops_per_sec"), ("keys/s", "keys_per_sec"),
+           ("p50 us", "p50_us"), ("p99 us", "p99_us"), ("p99.9 us", "p999_us"),
+           ("proxy CPU-us/req", "proxy_cpu_us"), ("server-side CPU-us/req", "server_cpu_us")]
+bad = []
+medians = {}
+print("medians over reps, (min-max); ratio = memroute / twemproxy")
+for w in sorted({r["workload"] for r in runs}):
+    rows = [r for r in runs if r["workload"] == w]
+    data = {t: [] for t in targets}
+    for r in rows:
+        d = load(r)
+        if d is None or r["rc"] != "0" or d["verification_errors"] or d["connection_errors"]:
+            bad.append(f'{w}/{r["target"]}/rep{r["rep"]}: rc={r["rc"]} '
+                       f'verification_errors={d and d["verification_errors"]} '
+                       f'connection_errors={d and d["connection_errors"]}')
+        if d is not None:
+            data[r["target"]].append(d)
+    print()
+    print(f"{names.get(w, w)}   [{len(rows) // len(targets)} reps]")
+    widths = [24] + [28] * len(targets) + [7]
+    head = ["metric"] + targets + ["ratio"]
+    print("".join(h.ljust(x) for h, x in zip(head, widths)))
+    for label, key in metrics:
+        if key == "keys_per_sec" and w != "c":
+            continue
+        cells, med = [], {}
+        for t in targets:
+            s, m = cell([d[key] for d in data[t]])
+            cells.append(s)
+            med[t] = m
+        medians[(w, key)] = med
+        tw, mr = med.get("twemproxy"), med.get("memroute")
+        ratio = f"{mr / tw:.2f}" if tw and mr is not None else "-"
+        print("".join(c.ljust(x) for c, x in zip([label] + cells + [ratio], widths)))
+    errs = sum(d["verification_errors"] + d["connection_errors"] for t in targets for d in data[t])
+    print(f"errors (must be 0): {errs}")
+
+if ("e", "p50_us") in medians:
+    med = medians[("e", "p50_us")]
+    print()
+    print("added latency, p50 of (e) minus direct p50:")
+    added = {}
+    for t in ("twemproxy", "memroute"):
+        if med.get(t) is not None and med.get("direct") is not None:
+            added[t] = med[t] - med["direct"]
+            print(f"  {t:10s} {added[t]:+.0f} us")
+    if len(added) == 2:
+        print(f"  ratio memroute / twemproxy: {added['memroute'] / added['twemproxy']:.2f}"
+              if added["twemproxy"] else "  ratio: -")
+
+if idle:
+    print()
+    print("RSS holding idle client connections:")
+    rss = {}
+    for r in idle:
+        if r["rc"] != "0":
+            bad.append(f'idle/{r["target"]}: rc={r["rc"]}')
+        n = int(r["connections"])
+        before, after = int(r["rss_before_kb"] or 0), int(r["rss_kb"] or 0)
+        rss[r["target"]] = after
+        print(f"  {r['target']:10s} {after / 1024:8.1f} MiB at {n} conns "
+              f"(before {before / 1024:.1f} MiB, {(after - before) * 1024 / n:,.0f} B/conn)")
+    if "twemproxy" in rss and "memroute" in rss and rss["twemproxy"]:
+        print(f"  ratio memroute / twemproxy: {rss['memroute'] / rss['twemproxy']:.2f}")
+
+print()
+if bad:
+    print("FAILED RUNS (errors must be 0):")
+    for b in bad:
+        print("  " + b)
+    sys.exit(1)
+print("all runs: verification errors 0, connection errors 0")
+EOF
+log "results in $OUT"
+[ "$FAILED" = 0 ] && [ "$report_rc" = 0 ] || die "some runs failed (see above)"
