@@ -11,21 +11,22 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::config::BackendProtocol;
 use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
 use crate::protocol::reply::{self, ReplyKind};
 use crate::protocol::request::{Command, Request};
 use crate::reply_queue::{Gather, Reply, ReplyQueue};
 use crate::router::{fragment_request, Route, Router};
 use crate::server::Shared;
+use crate::socket::Socket;
 use crate::stats::WorkerStats;
+use crate::tyrant;
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
 use crate::write_queue::WriteQueue;
 
-const READ_CHUNK: usize = 16 * 1024;
-
 /// The state of one client connection.
 struct Client {
-    stream: TcpStream,
+    sock: Socket,
     router: Arc<Router>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
@@ -45,10 +46,16 @@ pub async fn serve(
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let sock = match Socket::new(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("client socket setup failed: {e}");
+            return;
+        }
+    };
     let handles = vec![None; router.backends().len()];
     let mut client = Client {
-        stream,
+        sock,
         router,
         shared,
         stats,
@@ -73,12 +80,12 @@ impl Client {
         });
         let max_inflight = cfg.max_client_inflight;
         let max_buffer = cfg.max_client_buffer;
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::new();
         loop {
             self.queue.take_ready(&mut self.wq);
             if !self.wq.is_empty() {
                 let before = self.wq.len();
-                self.wq.try_write(&self.stream)?;
+                self.sock.try_write(&mut self.wq)?;
                 self.stats
                     .bytes_written
                     .add((before - self.wq.len()) as u64);
@@ -89,23 +96,21 @@ impl Client {
             let can_read = !self.closing
                 && self.queue.len() < max_inflight
                 && self.wq.len() + self.queue.ready_bytes() < max_buffer;
+            let before = self.wq.len();
             tokio::select! {
                 biased;
-                r = self.stream.writable(), if !self.wq.is_empty() => r?,
-                () = self.queue.notified() => {}
-                r = self.stream.readable(), if can_read => {
+                r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
                     r?;
-                    if rbuf.capacity() - rbuf.len() < 1024 {
-                        rbuf.reserve(READ_CHUNK);
-                    }
-                    match self.stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => self.closing = true,
-                        Ok(n) => {
+                    self.stats.bytes_written.add((before - self.wq.len()) as u64);
+                }
+                () = self.queue.notified() => {}
+                r = self.sock.read(&mut rbuf), if can_read => {
+                    match r? {
+                        0 => self.closing = true,
+                        n => {
                             self.stats.bytes_read.add(n as u64);
                             self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -149,6 +154,22 @@ impl Client {
             _ => {}
         }
         let router = self.router.clone();
+        let tyrant = router.config.protocol == BackendProtocol::TokyoTyrant;
+        let preserve_flags = router.config.preserve_flags;
+        if tyrant {
+            if let Err(msg) = tyrant::admit(&req, preserve_flags) {
+                // Never forwarded: ttserver would drop the connection or misalign it.
+                stats.protocol_errors.inc();
+                if !req.noreply() {
+                    self.queue.push_ready(Reply::Static(msg));
+                }
+                return;
+            }
+        }
+        let retrieval_kind = match preserve_flags {
+            true => ReplyKind::RetrievalFlagsInValue,
+            false => ReplyKind::Retrieval,
+        };
         match router.route(&req) {
             Route::One(b) => {
                 let target = if req.noreply() {
@@ -156,8 +177,15 @@ impl Client {
                 } else {
                     ReplyTarget::Slot(self.queue.clone(), self.queue.reserve())
                 };
-                let kind = ReplyKind::of(req.command);
-                self.send(b, req.upstream_bytes(), kind, target).await;
+                let (kind, bytes) = match req.command {
+                    c if c.is_retrieval() => (retrieval_kind, req.upstream_bytes()),
+                    // Appended data lands after the stored flags prefix and needs none of its own.
+                    Command::Set | Command::Add | Command::Replace if preserve_flags => {
+                        (ReplyKind::Line, tyrant::encode_flags(&req))
+                    }
+                    _ => (ReplyKind::Line, req.upstream_bytes()),
+                };
+                self.send(b, bytes, kind, target).await;
             }
             Route::Split(fragments) => {
                 stats.split_retrievals.inc();
@@ -173,8 +201,7 @@ impl Client {
                     .reserve_gather(Gather::multi_get(keys, positions, policy));
                 for (part, (b, bytes)) in requests.into_iter().enumerate() {
                     let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
-                    self.send(b, (bytes, None), ReplyKind::Retrieval, target)
-                        .await;
+                    self.send(b, (bytes, None), retrieval_kind, target).await;
                 }
             }
             Route::All => {

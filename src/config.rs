@@ -94,6 +94,10 @@ pub struct RawPool {
     pub max_client_buffer: Option<RawSize>,
     /// `miss` or `error`: how a failed backend's part of a retrieval is answered.
     pub retrieval_failure: Option<String>,
+    /// `memcached` (default) or `tokyotyrant`: what the pool's servers speak.
+    pub protocol: Option<String>,
+    /// Tokyo Tyrant pools: keep client flags by storing them inside the value.
+    pub preserve_flags: Option<bool>,
 }
 
 /// A validated configuration.
@@ -136,6 +140,19 @@ pub struct PoolConfig {
     pub max_client_buffer: usize,
     /// How a failed retrieval fragment is answered.
     pub retrieval_failure: RetrievalFailure,
+    /// What the servers speak.
+    pub protocol: BackendProtocol,
+    /// Tokyo Tyrant pools: flags stored inside values.
+    pub preserve_flags: bool,
+}
+
+/// The protocol a pool's servers speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// memcached's text protocol, in full.
+    Memcached,
+    /// Tokyo Tyrant's subset of it: only commands ttserver understands are forwarded.
+    TokyoTyrant,
 }
 
 /// A validated backend.
@@ -415,6 +432,23 @@ impl RawPool {
                 ))
             }
         };
+        let protocol = match self.protocol.as_deref() {
+            None | Some("memcached") => BackendProtocol::Memcached,
+            Some("tokyotyrant") => BackendProtocol::TokyoTyrant,
+            Some(other) => {
+                return Err(invalid(
+                    f("protocol"),
+                    format!("'{other}' is not one of: memcached, tokyotyrant"),
+                ))
+            }
+        };
+        let preserve_flags = self.preserve_flags.unwrap_or(false);
+        if preserve_flags && protocol != BackendProtocol::TokyoTyrant {
+            return Err(invalid(
+                f("preserve_flags"),
+                "only applies to protocol = \"tokyotyrant\" (memcached keeps flags itself)",
+            ));
+        }
         Ok(PoolConfig {
             name: name.to_owned(),
             listen,
@@ -429,6 +463,8 @@ impl RawPool {
             max_client_inflight,
             max_client_buffer: max_client_buffer as usize,
             retrieval_failure,
+            protocol,
+            preserve_flags,
         })
     }
 }
@@ -487,6 +523,10 @@ mod tests {
         );
         assert!(err(&OK.replace("\"2m\"", "\"lots\"")).contains("pools.main.item_size_max"));
         assert!(err("threads = 1").contains("pools"));
+        assert!(err(&OK.replace("timeout = 400", "protocol = \"redis\""))
+            .contains("pools.main.protocol"));
+        assert!(err(&OK.replace("timeout = 400", "preserve_flags = true"))
+            .contains("pools.main.preserve_flags"));
     }
 
     #[test]

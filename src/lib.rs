@@ -15,7 +15,9 @@
 //! - [`client`]: one client connection's task.
 //! - [`server`]: listeners and worker threads (thread per core).
 //! - [`config`]: TOML configuration, validated into typed settings.
-//! - [`stats`], [`write_queue`]: counters; vectored socket writes.
+//! - [`tyrant`]: Tokyo Tyrant pools: the command subset ttserver understands, flags in values.
+//! - [`socket`], [`write_queue`]: readiness-driven socket IO; vectored writes.
+//! - [`stats`]: counters.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
@@ -26,6 +28,8 @@ pub mod reply_queue;
 pub mod ring;
 pub mod router;
 pub mod server;
+pub mod socket;
 pub mod stats;
+pub mod tyrant;
 pub mod upstream;
 pub mod write_queue;

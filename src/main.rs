@@ -63,6 +63,12 @@ struct Cli {
     /// Flag-defined pool: answer a failed backend's part of a retrieval as `miss` or `error`.
     #[arg(long, value_name = "POLICY")]
     retrieval_failure: Option<String>,
+    /// Flag-defined pool: what the servers speak: memcached or tokyotyrant.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Flag-defined pool (tokyotyrant): keep client flags by storing them in values.
+    #[arg(long)]
+    preserve_flags: bool,
 }
 
 impl Cli {
@@ -93,6 +99,8 @@ impl Cli {
                     servers: self.servers.clone(),
                     item_size_max: self.item_size_max.clone().map(RawSize::Text),
                     retrieval_failure: self.retrieval_failure.clone(),
+                    protocol: self.protocol.clone(),
+                    preserve_flags: self.preserve_flags.then_some(true),
                     ..RawPool::default()
                 };
                 let mut raw = RawConfig::default();

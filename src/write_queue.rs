@@ -2,10 +2,9 @@
 //! and forwarded requests go out without being copied and many per system call.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 
 use bytes::{Buf, Bytes};
-use tokio::net::TcpStream;
 
 /// How many buffers one `writev` takes at most.
 const MAX_IOVECS: usize = 64;
@@ -41,9 +40,9 @@ impl WriteQueue {
         self.len == 0
     }
 
-    /// Writes as much as the socket takes without blocking. Returns `Ok(true)` when the
-    /// queue is empty afterwards.
-    pub fn try_write(&mut self, stream: &TcpStream) -> io::Result<bool> {
+    /// Writes as much as a non-blocking writer takes. Returns `Ok(true)` when the queue is
+    /// empty afterwards, `Ok(false)` when the writer would block.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
         while !self.bufs.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self
@@ -52,7 +51,7 @@ impl WriteQueue {
                 .zip(slices.iter_mut())
                 .map(|(b, s)| *s = IoSlice::new(b))
                 .count();
-            match stream.try_write_vectored(&slices[..n]) {
+            match w.write_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

@@ -44,6 +44,9 @@ pub enum ReplyKind {
     Retrieval,
     /// Exactly one line.
     Line,
+    /// A retrieval whose values carry their flags in a prefix (Tokyo Tyrant pools with
+    /// `preserve_flags`); framed like [`ReplyKind::Retrieval`], then rewritten.
+    RetrievalFlagsInValue,
 }
 
 impl ReplyKind {
@@ -71,7 +74,7 @@ pub fn frame_reply(
 ) -> Result<Option<usize>, MalformedReply> {
     match kind {
         ReplyKind::Line => Ok(memchr::memchr(b'\n', buf).map(|i| i + 1)),
-        ReplyKind::Retrieval => {
+        ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue => {
             let mut pos = *resume;
             loop {
                 let rest = &buf[pos..];

@@ -18,6 +18,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::protocol::reply::{self, frame_reply, ReplyKind};
 use crate::reply_queue::{Answer, ReplyQueue};
+use crate::socket::Socket;
 use crate::write_queue::WriteQueue;
 
 use super::BackendState;
@@ -102,13 +103,13 @@ pub async fn connect(
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
+    let sock = Socket::new(stream)?;
     let (tx, rx) = mpsc::channel(settings.queue_depth);
     let conn = Connection {
-        stream,
+        sock,
         rx,
         in_flight: VecDeque::new(),
-        rbuf: BytesMut::with_capacity(READ_BUF),
+        rbuf: BytesMut::new(),
         resume: 0,
         wq: WriteQueue::new(),
         backend,
@@ -118,7 +119,6 @@ pub async fn connect(
     Ok(ConnHandle { tx })
 }
 
-const READ_BUF: usize = 16 * 1024;
 /// Requests taken from the queue per wake-up.
 const BATCH: usize = 256;
 
@@ -129,7 +129,7 @@ struct InFlight {
 }
 
 struct Connection {
-    stream: TcpStream,
+    sock: Socket,
     rx: mpsc::Receiver<UpstreamRequest>,
     in_flight: VecDeque<InFlight>,
     rbuf: BytesMut,
@@ -185,16 +185,19 @@ impl Connection {
             tokio::select! {
                 biased;
                 // Watched even when idle, so a backend closing an idle connection is noticed at once.
-                r = self.stream.readable() => {
-                    if let Err(e) = r {
-                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
-                    }
-                    if let Err(end) = self.read_replies() {
-                        return end;
+                r = self.sock.read(&mut self.rbuf) => {
+                    match r {
+                        Ok(0) => return End::Failed(reply::BACKEND_CLOSED, "backend closed the connection".into()),
+                        Ok(_) => {
+                            if let Err(end) = self.deliver_replies() {
+                                return end;
+                            }
+                        }
+                        Err(e) => return End::Failed(reply::BACKEND_CLOSED, e.to_string()),
                     }
                 }
-                r = self.stream.writable(), if !self.wq.is_empty() => {
-                    if let Err(e) = r.and_then(|_| self.wq.try_write(&self.stream)) {
+                r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
+                    if let Err(e) = r {
                         return End::Failed(reply::BACKEND_CLOSED, e.to_string());
                     }
                 }
@@ -218,7 +221,7 @@ impl Connection {
                         });
                     }
                     // Most writes complete at once; skip a wake-up for writability.
-                    if let Err(e) = self.wq.try_write(&self.stream) {
+                    if let Err(e) = self.sock.try_write(&mut self.wq) {
                         return End::Failed(reply::BACKEND_CLOSED, e.to_string());
                     }
                 }
@@ -235,46 +238,34 @@ impl Connection {
         }
     }
 
-    /// Reads what is available and delivers every complete reply.
-    fn read_replies(&mut self) -> Result<(), End> {
-        loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(READ_BUF);
-            }
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => {
+    /// Delivers every complete reply in the read buffer.
+    fn deliver_replies(&mut self) -> Result<(), End> {
+        while let Some(head) = self.in_flight.front() {
+            match frame_reply(&self.rbuf, head.kind, &mut self.resume) {
+                Ok(Some(n)) => {
+                    let mut bytes = self.rbuf.split_to(n).freeze();
+                    let done = self.in_flight.pop_front().expect("head exists");
+                    if done.kind == ReplyKind::RetrievalFlagsInValue {
+                        bytes = crate::tyrant::decode_flags(bytes);
+                    }
+                    self.backend.stats.replies.inc();
+                    done.target.deliver(Ok(bytes), &self.backend);
+                }
+                Ok(None) => break,
+                Err(_) => {
                     return Err(End::Failed(
-                        reply::BACKEND_CLOSED,
-                        "backend closed the connection".into(),
+                        reply::BACKEND_PROTOCOL,
+                        "unparseable reply".into(),
                     ))
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(End::Failed(reply::BACKEND_CLOSED, e.to_string())),
-            }
-            while let Some(head) = self.in_flight.front() {
-                match frame_reply(&self.rbuf, head.kind, &mut self.resume) {
-                    Ok(Some(n)) => {
-                        let bytes = self.rbuf.split_to(n).freeze();
-                        let done = self.in_flight.pop_front().expect("head exists");
-                        self.backend.stats.replies.inc();
-                        done.target.deliver(Ok(bytes), &self.backend);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        return Err(End::Failed(
-                            reply::BACKEND_PROTOCOL,
-                            "unparseable reply".into(),
-                        ))
-                    }
-                }
-            }
-            if self.in_flight.is_empty() && !self.rbuf.is_empty() {
-                return Err(End::Failed(
-                    reply::BACKEND_PROTOCOL,
-                    "bytes from backend with no request in flight".into(),
-                ));
             }
         }
+        if self.in_flight.is_empty() && !self.rbuf.is_empty() {
+            return Err(End::Failed(
+                reply::BACKEND_PROTOCOL,
+                "bytes from backend with no request in flight".into(),
+            ));
+        }
+        Ok(())
     }
 }

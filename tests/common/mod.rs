@@ -352,3 +352,153 @@ impl Client {
         Some(reply[header_end..reply.len() - 7].to_vec())
     }
 }
+
+// ---- Helpers for ring parity, failure and client-library tests (appended). ----
+
+impl Memcached {
+    /// Starts memcached on a given port (e.g. to bring a killed backend back on its port).
+    /// Retries briefly while the port is still held by the previous process.
+    pub fn start_on(port: u16) -> Memcached {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new(require("/usr/bin/memcached"))
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "0",
+                    "-l",
+                    "127.0.0.1",
+                    "-t",
+                    "1",
+                    "-u",
+                    "root",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn memcached");
+            // Either it listens, or it exits (port busy): poll for both.
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Memcached { child, port };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "memcached did not listen on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(Instant::now() < deadline, "memcached could not bind {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Proxy {
+    /// The memroute process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the memroute process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+}
+
+impl Nutcracker {
+    /// Like [`Nutcracker::start`], with extra pool YAML lines (e.g. `hash_tag: "{}"`), each
+    /// written indented under the pool.
+    pub fn start_with(
+        hash: &str,
+        distribution: &str,
+        servers: &[String],
+        extra_yaml: &[&str],
+    ) -> Nutcracker {
+        let port = free_port();
+        let stats_port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut yaml = format!(
+            "pool:\n  listen: 127.0.0.1:{port}\n  hash: {hash}\n  distribution: {distribution}\n  timeout: 2000\n  auto_eject_hosts: false\n  server_connections: 1\n"
+        );
+        for line in extra_yaml {
+            yaml.push_str(&format!("  {line}\n"));
+        }
+        yaml.push_str("  servers:\n");
+        for s in servers {
+            yaml.push_str(&format!("   - {s}\n"));
+        }
+        let conf = dir.path().join("nutcracker.yml");
+        std::fs::write(&conf, yaml).expect("write nutcracker config");
+        let mut child = Command::new(require("/usr/sbin/nutcracker"))
+            .args([
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                &stats_port.to_string(),
+                "-a",
+                "127.0.0.1",
+            ])
+            .args(["-o", dir.path().join("nutcracker.log").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nutcracker");
+        wait_for_port(port, &mut child, "nutcracker");
+        Nutcracker {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Client {
+    /// Reads until the peer closes the connection (or the read timeout fails the test);
+    /// returns everything received, including bytes already buffered.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+                Err(e) => panic!(
+                    "expected close, got error {e} after {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+    }
+
+    /// Sends `stats` and returns the value of the named stat.
+    pub fn stat(&mut self, name: &str) -> Option<String> {
+        self.send("stats\r\n");
+        let mut found = None;
+        loop {
+            let line = self.read_line();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if text == "END" {
+                return found;
+            }
+            let mut parts = text.splitn(3, ' ');
+            assert_eq!(parts.next(), Some("STAT"), "bad stats line {text:?}");
+            if parts.next() == Some(name) {
+                found = parts.next().map(str::to_string);
+            }
+        }
+    }
+}
+
+pub mod tyrant;
