@@ -12,13 +12,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::BackendProtocol;
+use crate::embedded::Store;
 use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
 use crate::protocol::reply::{self, ReplyKind};
 use crate::protocol::request::{Command, Request};
-use crate::reply_queue::{Gather, Reply, ReplyQueue};
-use crate::router::{fragment_request, Route, Router};
+use crate::reply_queue::{Gather, Reply, ReplyQueue, RetrievalFailure};
+use crate::router::{fragment_request, Backend, Route, Router};
 use crate::server::Shared;
-use crate::socket::Socket;
+use crate::socket::{spare, Socket};
 use crate::stats::WorkerStats;
 use crate::tyrant;
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
@@ -37,6 +38,10 @@ struct Client {
     handles: Vec<Option<ConnHandle>>,
     /// No more requests are read (quit, EOF, or a fatal protocol error).
     closing: bool,
+    /// Decoding stopped at the in-flight cap with bytes still buffered.
+    backlog: bool,
+    /// Where the embedded cache writes replies; split off per reply, so reused.
+    embedded_out: BytesMut,
 }
 
 /// Serves one client until it leaves.
@@ -63,6 +68,8 @@ pub async fn serve(
         wq: WriteQueue::new(),
         handles,
         closing: false,
+        backlog: false,
+        embedded_out: BytesMut::new(),
     };
     if let Err(e) = client.run().await {
         tracing::debug!("client connection ended: {e}");
@@ -96,6 +103,13 @@ impl Client {
             let can_read = !self.closing
                 && self.queue.len() < max_inflight
                 && self.wq.len() + self.queue.ready_bytes() < max_buffer;
+            if self.backlog && self.queue.len() < max_inflight {
+                // Requests left buffered at the in-flight cap: decode them now that replies
+                // have drained, without waiting for the client to send more.
+                self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                spare::give_back(&mut rbuf);
+                continue;
+            }
             let before = self.wq.len();
             tokio::select! {
                 biased;
@@ -110,6 +124,7 @@ impl Client {
                         n => {
                             self.stats.bytes_read.add(n as u64);
                             self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                            spare::give_back(&mut rbuf);
                         }
                     }
                 }
@@ -142,6 +157,7 @@ impl Client {
                 }
             }
         }
+        self.backlog = !self.closing && !rbuf.is_empty() && self.queue.len() >= max_inflight;
     }
 
     async fn dispatch(&mut self, req: Request) {
@@ -172,10 +188,13 @@ impl Client {
         };
         match router.route(&req) {
             Route::One(b) => {
+                let miss = req.command.is_retrieval()
+                    && router.config.retrieval_failure == RetrievalFailure::Miss;
                 let target = if req.noreply() {
                     ReplyTarget::Discard
                 } else {
-                    ReplyTarget::Slot(self.queue.clone(), self.queue.reserve())
+                    let instead = miss.then_some(reply::END);
+                    ReplyTarget::Slot(self.queue.clone(), self.queue.reserve(), instead)
                 };
                 let (kind, bytes) = match req.command {
                     c if c.is_retrieval() => (retrieval_kind, req.upstream_bytes()),
@@ -185,7 +204,7 @@ impl Client {
                     }
                     _ => (ReplyKind::Line, req.upstream_bytes()),
                 };
-                self.send(b, bytes, kind, target).await;
+                self.send(b, bytes, kind, target, Some(&req)).await;
             }
             Route::Split(fragments) => {
                 stats.split_retrievals.inc();
@@ -201,7 +220,8 @@ impl Client {
                     .reserve_gather(Gather::multi_get(keys, positions, policy));
                 for (part, (b, bytes)) in requests.into_iter().enumerate() {
                     let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
-                    self.send(b, (bytes, None), retrieval_kind, target).await;
+                    self.send(b, (bytes, None), retrieval_kind, target, None)
+                        .await;
                 }
             }
             Route::All => {
@@ -213,7 +233,7 @@ impl Client {
                         Some(seq) => ReplyTarget::Part(self.queue.clone(), seq, b as u16),
                         None => ReplyTarget::Discard,
                     };
-                    self.send(b, req.upstream_bytes(), ReplyKind::Line, target)
+                    self.send(b, req.upstream_bytes(), ReplyKind::Line, target, Some(&req))
                         .await;
                 }
             }
@@ -238,17 +258,27 @@ impl Client {
         }
     }
 
-    /// Sends one request to backend `b` over this client's connection to it, opening or
-    /// replacing that connection when needed; failures are answered into `target`.
+    /// Sends one request to backend `b`: `bytes` over this client's connection to a remote
+    /// backend (opening or replacing it when needed), or `request` (else `bytes` decoded)
+    /// to the embedded cache. Failures are answered into `target`.
     async fn send(
         &mut self,
         b: usize,
         bytes: (Bytes, Option<Bytes>),
         kind: ReplyKind,
         target: ReplyTarget,
+        request: Option<&Request>,
     ) {
         let router = self.router.clone();
-        let backend = &router.backends()[b];
+        let backend = match &router.backends()[b] {
+            Backend::Remote(pool) => pool,
+            Backend::Embedded(state, store) => {
+                state.stats.requests.inc();
+                let answer = self.execute_embedded(store, request, bytes.0);
+                target.deliver(Ok(answer), state);
+                return;
+            }
+        };
         let state = backend.backend();
         state.stats.requests.inc();
         let mut req = UpstreamRequest {
@@ -283,6 +313,31 @@ impl Client {
             }
         }
         req.target.deliver(Err(reply::BACKEND_UNAVAILABLE), state);
+    }
+}
+
+impl Client {
+    /// Runs a request on the embedded cache; a split fragment arrives as bytes and is decoded.
+    fn execute_embedded(
+        &mut self,
+        store: &Store,
+        request: Option<&Request>,
+        bytes: Bytes,
+    ) -> Bytes {
+        let mut out = std::mem::take(&mut self.embedded_out);
+        match request {
+            Some(req) => store.execute(req, &mut out),
+            None => {
+                let mut codec = ClientCodec::new(CodecLimits::default());
+                let mut buf = BytesMut::from(&bytes[..]);
+                if let Some(Decoded::Request(req)) = codec.decode_item(&mut buf) {
+                    store.execute(&req, &mut out);
+                }
+            }
+        }
+        let answer = out.split().freeze();
+        self.embedded_out = out;
+        answer
     }
 }
 

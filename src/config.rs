@@ -158,27 +158,51 @@ pub enum BackendProtocol {
 /// A validated backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Host as written.
-    pub host: String,
-    /// Port.
-    pub port: u16,
+    /// Where the backend is.
+    pub endpoint: Endpoint,
     /// Ring weight (> 0).
     pub weight: u32,
     /// Optional explicit name (its ring identity).
     pub name: Option<String>,
-    /// Resolved address.
-    pub addr: SocketAddr,
+}
+
+/// Where a backend is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A server over TCP.
+    Tcp {
+        /// Host as written.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Resolved address.
+        addr: SocketAddr,
+    },
+    /// memroute's embedded cache (`memory:<size>`), holding at most `limit` bytes.
+    Memory {
+        /// Size as written, e.g. `64mb`.
+        size: String,
+        /// Memory limit in bytes.
+        limit: usize,
+    },
 }
 
 impl ServerConfig {
     /// The identity string the ring hashes, as twemproxy computes it.
     pub fn identity(&self) -> String {
-        server_identity(&self.host, self.port, self.name.as_deref())
+        match (&self.endpoint, &self.name) {
+            (_, Some(name)) => name.clone(),
+            (Endpoint::Tcp { host, port, .. }, None) => server_identity(host, *port, None),
+            (Endpoint::Memory { .. }, None) => self.address(),
+        }
     }
 
-    /// `host:port`, for logs and stats.
+    /// `host:port` (or `memory:<size>`), for logs and stats.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.endpoint {
+            Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
+            Endpoint::Memory { size, .. } => format!("memory:{size}"),
+        }
     }
 }
 
@@ -277,7 +301,7 @@ fn parse_size(field: &str, raw: &RawSize) -> Result<u64, ConfigError> {
     }
 }
 
-/// Parses `host:port[:weight] [name]`.
+/// Parses `host:port[:weight] [name]` or `memory:<size>[:weight] [name]`.
 pub fn parse_server(field: &str, text: &str) -> Result<ServerConfig, ConfigError> {
     let mut words = text.split_whitespace();
     let spec = words
@@ -289,6 +313,30 @@ pub fn parse_server(field: &str, text: &str) -> Result<ServerConfig, ConfigError
             field,
             format!("'{text}': expected \"host:port:weight [name]\""),
         ));
+    }
+    if let Some(rest) = spec.strip_prefix("memory:") {
+        let (size, weight) = match rest.split_once(':') {
+            Some((size, w)) => (size, Some(w)),
+            None => (rest, None),
+        };
+        let limit = parse_size(
+            field,
+            &RawSize::Text(size.trim_end_matches(['b', 'B']).into()),
+        )?;
+        if limit < 1024 * 1024 {
+            return Err(invalid(
+                field,
+                format!("'{text}': an embedded cache needs at least 1mb"),
+            ));
+        }
+        return Ok(ServerConfig {
+            endpoint: Endpoint::Memory {
+                size: size.to_owned(),
+                limit: limit as usize,
+            },
+            weight: parse_weight(field, text, weight)?,
+            name,
+        });
     }
     let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
     let (host, port, weight) = match parts.as_slice() {
@@ -304,27 +352,33 @@ pub fn parse_server(field: &str, text: &str) -> Result<ServerConfig, ConfigError
     let port: u16 = port
         .parse()
         .map_err(|_| invalid(field, format!("'{text}': bad port '{port}'")))?;
-    let weight: u32 = match weight {
-        None => 1,
-        Some(w) => w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
-            invalid(
-                field,
-                format!("'{text}': weight must be a positive integer"),
-            )
-        })?,
-    };
+    let weight = parse_weight(field, text, weight)?;
     let addr = (host, port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| invalid(field, format!("'{text}': cannot resolve host '{host}'")))?;
     Ok(ServerConfig {
-        host: host.to_owned(),
-        port,
+        endpoint: Endpoint::Tcp {
+            host: host.to_owned(),
+            port,
+            addr,
+        },
         weight,
         name,
-        addr,
     })
+}
+
+fn parse_weight(field: &str, text: &str, weight: Option<&str>) -> Result<u32, ConfigError> {
+    match weight {
+        None => Ok(1),
+        Some(w) => w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
+            invalid(
+                field,
+                format!("'{text}': weight must be a positive integer"),
+            )
+        }),
+    }
 }
 
 impl RawPool {
@@ -442,6 +496,16 @@ impl RawPool {
                 ))
             }
         };
+        if protocol == BackendProtocol::TokyoTyrant
+            && servers
+                .iter()
+                .any(|s| matches!(s.endpoint, Endpoint::Memory { .. }))
+        {
+            return Err(invalid(
+                f("servers"),
+                "a tokyotyrant pool cannot hold memory: servers",
+            ));
+        }
         let preserve_flags = self.preserve_flags.unwrap_or(false);
         if preserve_flags && protocol != BackendProtocol::TokyoTyrant {
             return Err(invalid(

@@ -15,14 +15,16 @@
 //! - [`client`]: one client connection's task.
 //! - [`server`]: listeners and worker threads (thread per core).
 //! - [`config`]: TOML configuration, validated into typed settings.
+//! - [`embedded`]: the in-process cache backend (`memory:<size>` servers).
 //! - [`tyrant`]: Tokyo Tyrant pools: the command subset ttserver understands, flags in values.
 //! - [`socket`], [`write_queue`]: readiness-driven socket IO; vectored writes.
-//! - [`stats`]: counters.
+//! - [`stats`]: counters (per worker, per backend).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod client;
 pub mod config;
+pub mod embedded;
 pub mod protocol;
 pub mod reply_queue;
 pub mod ring;

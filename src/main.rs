@@ -13,7 +13,8 @@ use memroute::server::Server;
 /// A key-routing memcached proxy.
 ///
 /// Either give a config file (`--config`), or describe one pool with flags that mirror the
-/// pool keys: `--listen 127.0.0.1:22121 --server 127.0.0.1:11211:1 --server …`.
+/// pool keys: `--listen 127.0.0.1:22121 --server 127.0.0.1:11211:1 --server …`. With
+/// neither, memroute serves memcached clients on 127.0.0.1:11211 from an embedded cache.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -32,6 +33,14 @@ struct Cli {
     /// Client connections accepted at most.
     #[arg(long)]
     max_clients: Option<usize>,
+
+    /// Add an embedded cache to the flag-defined pool (the default when no --server is given:
+    /// then memroute listens on 127.0.0.1:11211 and serves from memory alone).
+    #[arg(long)]
+    embedded: bool,
+    /// Size of that embedded cache.
+    #[arg(long, value_name = "SIZE", default_value = "64mb")]
+    memory: String,
 
     /// Flag-defined pool: address to listen on.
     #[arg(long, value_name = "ADDR")]
@@ -75,28 +84,34 @@ impl Cli {
     fn raw_config(&self) -> Result<RawConfig> {
         let mut raw = match &self.config {
             Some(path) => {
-                if self.listen.is_some() || !self.servers.is_empty() {
+                if self.listen.is_some() || !self.servers.is_empty() || self.embedded {
                     bail!("--listen/--server describe a pool without a file; do not combine them with --config");
                 }
                 RawConfig::load(path)?
             }
             None => {
-                if self.servers.is_empty() {
-                    bail!("no backends: give --config FILE, or --listen ADDR with one or more --server host:port:weight");
-                }
+                let servers = if self.servers.is_empty() || self.embedded {
+                    // Nothing to front: serve from the embedded cache, so memroute is a
+                    // working memcached on a fresh machine.
+                    let mut s = self.servers.clone();
+                    s.push(format!("memory:{}", self.memory));
+                    s
+                } else {
+                    self.servers.clone()
+                };
+                let default_listen = match self.servers.is_empty() {
+                    true => "127.0.0.1:11211",
+                    false => "127.0.0.1:22121",
+                };
                 let pool = RawPool {
-                    listen: Some(
-                        self.listen
-                            .clone()
-                            .unwrap_or_else(|| "127.0.0.1:22121".into()),
-                    ),
+                    listen: Some(self.listen.clone().unwrap_or_else(|| default_listen.into())),
                     hash: self.hash.clone(),
                     hash_tag: self.hash_tag.clone(),
                     distribution: self.distribution.clone(),
                     timeout: self.timeout,
                     connect_timeout: self.connect_timeout,
                     server_connections: self.server_connections,
-                    servers: self.servers.clone(),
+                    servers,
                     item_size_max: self.item_size_max.clone().map(RawSize::Text),
                     retrieval_failure: self.retrieval_failure.clone(),
                     protocol: self.protocol.clone(),

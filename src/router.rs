@@ -9,9 +9,10 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::PoolConfig;
+use crate::embedded::Store;
 use crate::protocol::request::{Command, Request};
 use crate::ring::{Ring, RingServer};
-use crate::upstream::{BackendPool, BackendState, ConnSettings};
+use crate::upstream::{BackendKind, BackendPool, BackendState, ConnSettings};
 
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,12 +27,30 @@ pub enum Route {
     Local,
 }
 
+/// One backend as a worker sees it.
+pub enum Backend {
+    /// A server over TCP, through this worker's connection pool.
+    Remote(BackendPool),
+    /// The embedded cache, executed inline.
+    Embedded(Arc<BackendState>, Arc<Store>),
+}
+
+impl Backend {
+    /// The shared state of the backend.
+    pub fn state(&self) -> &Arc<BackendState> {
+        match self {
+            Backend::Remote(pool) => pool.backend(),
+            Backend::Embedded(state, _) => state,
+        }
+    }
+}
+
 /// One pool's routing state in one worker: the ring and this worker's backend pools.
 pub struct Router {
     /// The pool's settings.
     pub config: PoolConfig,
     ring: Ring,
-    backends: Vec<BackendPool>,
+    backends: Vec<Backend>,
 }
 
 impl Router {
@@ -48,7 +67,15 @@ impl Router {
         };
         let backends = states
             .iter()
-            .map(|s| BackendPool::new(s.clone(), settings, config.server_connections))
+            .map(|s| match &s.kind {
+                BackendKind::Remote(addr) => Backend::Remote(BackendPool::new(
+                    *addr,
+                    s.clone(),
+                    settings,
+                    config.server_connections,
+                )),
+                BackendKind::Embedded(store) => Backend::Embedded(s.clone(), store.clone()),
+            })
             .collect();
         Ok(Router {
             config,
@@ -62,8 +89,8 @@ impl Router {
         &self.ring
     }
 
-    /// The backend pools, in config order.
-    pub fn backends(&self) -> &[BackendPool] {
+    /// The backends, in config order.
+    pub fn backends(&self) -> &[Backend] {
         &self.backends
     }
 

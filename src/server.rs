@@ -14,12 +14,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Endpoint};
+use crate::embedded::{Store, StoreConfig, SystemClock};
 use crate::protocol::reply;
 use crate::reply_queue::Reply;
 use crate::router::Router;
 use crate::stats::WorkerStats;
-use crate::upstream::BackendState;
+use crate::upstream::{BackendKind, BackendState};
 
 /// Starting the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,37 @@ impl Shared {
                 stat("bytes_written", &self.sum(|w| w.bytes_written.get()));
                 let n: usize = self.backends.iter().map(Vec::len).sum();
                 stat("backends", &n);
+                let stores = self
+                    .backends
+                    .iter()
+                    .flatten()
+                    .filter_map(|b| match &b.kind {
+                        BackendKind::Embedded(store) => Some(store.stats()),
+                        BackendKind::Remote(_) => None,
+                    });
+                let mut total = crate::embedded::StoreStats::default();
+                let mut any = false;
+                for st in stores {
+                    any = true;
+                    total.curr_items += st.curr_items;
+                    total.bytes += st.bytes;
+                    total.limit_maxbytes += st.limit_maxbytes;
+                    total.evictions += st.evictions;
+                    total.get_hits += st.get_hits;
+                    total.get_misses += st.get_misses;
+                    total.get_expired += st.get_expired;
+                    total.total_items += st.total_items;
+                }
+                if any {
+                    stat("embedded_curr_items", &total.curr_items);
+                    stat("embedded_bytes", &total.bytes);
+                    stat("embedded_limit_maxbytes", &total.limit_maxbytes);
+                    stat("embedded_evictions", &total.evictions);
+                    stat("embedded_get_hits", &total.get_hits);
+                    stat("embedded_get_misses", &total.get_misses);
+                    stat("embedded_get_expired", &total.get_expired);
+                    stat("embedded_total_items", &total.total_items);
+                }
             }
             b"backends" => {
                 for (pool, states) in self.config.pools.iter().zip(&self.backends) {
@@ -159,7 +191,22 @@ impl Server {
             backends.push(
                 pool.servers
                     .iter()
-                    .map(|s| Arc::new(BackendState::new(s.address(), s.addr)))
+                    .map(|s| {
+                        let kind = match &s.endpoint {
+                            Endpoint::Tcp { addr, .. } => BackendKind::Remote(*addr),
+                            Endpoint::Memory { limit, .. } => {
+                                BackendKind::Embedded(Arc::new(Store::new(
+                                    StoreConfig {
+                                        memory_limit: *limit,
+                                        evict: true,
+                                        item_size_max: pool.item_size_max,
+                                    },
+                                    Arc::new(SystemClock),
+                                )))
+                            }
+                        };
+                        Arc::new(BackendState::new(s.address(), kind))
+                    })
                     .collect(),
             );
         }

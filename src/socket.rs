@@ -42,6 +42,10 @@ impl Socket {
     pub async fn read(&self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
+            if buf.capacity() == 0 {
+                // An idle connection holds no buffer: borrow one only once data is there.
+                *buf = spare::take();
+            }
             // From here to the end of the iteration nothing awaits, so a caller's `select!`
             // can never observe the zeroed room as data.
             let start = buf.len();
@@ -95,6 +99,40 @@ impl Socket {
                     return Ok(true);
                 }
             }
+        }
+    }
+}
+
+/// Read buffers of idle connections, kept per worker thread. A connection takes one when
+/// data arrives and gives it back once everything in it is decoded, so ten thousand idle
+/// clients hold no read buffers, and a busy one never allocates per request.
+pub mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Buffers kept per thread at most.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer from the thread's spares, or a new empty one.
+    pub fn take() -> BytesMut {
+        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Returns `buf` to the spares if it holds no data; leaves it otherwise.
+    pub fn give_back(buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 0 {
+            let buf = std::mem::take(buf);
+            SPARE.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < KEEP {
+                    s.push(buf);
+                }
+            });
         }
     }
 }

@@ -99,7 +99,13 @@ impl ClientCodec {
                 let (mut req, _) = self.pending.take().expect("checked above");
                 if &buf[total - 2..total] != b"\r\n" {
                     buf.advance(total);
-                    return Some(Decoded::Invalid(reply::BAD_DATA_CHUNK));
+                    // memcached stays silent about a bad data chunk when asked for noreply.
+                    let msg = if req.noreply() {
+                        SILENT
+                    } else {
+                        reply::BAD_DATA_CHUNK
+                    };
+                    return Some(Decoded::Invalid(msg));
                 }
                 req.frame = buf.split_to(total).freeze();
                 return Some(Decoded::Request(req));
@@ -140,10 +146,10 @@ impl ClientCodec {
                     buf.advance(nl + 1);
                     return Some(Decoded::Invalid(msg));
                 }
-                Line::TooLarge(len) => {
+                Line::TooLarge(len, msg) => {
                     buf.advance(nl + 1);
                     self.discard = len + 2;
-                    return Some(Decoded::Invalid(reply::TOO_LARGE));
+                    return Some(Decoded::Invalid(msg));
                 }
             }
         }
@@ -164,8 +170,14 @@ enum Line {
     Done(Request),
     NeedsData(Request, usize),
     Invalid(&'static [u8]),
-    TooLarge(usize),
+    /// A value above the limit: its length and the reply.
+    TooLarge(usize, &'static [u8]),
 }
+
+/// The "reply" to an invalid request that ends in `noreply`: nothing. memcached reads the
+/// flag before it validates the arguments and then suppresses its error line (a client that
+/// sent `noreply` does not read one); only a wrong token count and retrievals still answer.
+pub const SILENT: &[u8] = b"";
 
 /// Up to this many tokens are looked at; memcached's tokenizer has the same order of limit.
 const MAX_TOKENS: usize = 8;
@@ -240,6 +252,28 @@ fn blank(command: Command) -> Request {
 }
 
 fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
+    match parse_fields(line, limits) {
+        Line::Invalid(msg) if msg != reply::ERROR && noreply_silences(line) => {
+            Line::Invalid(SILENT)
+        }
+        Line::TooLarge(len, _) if noreply_silences(line) => Line::TooLarge(len, SILENT),
+        other => other,
+    }
+}
+
+/// Whether memcached would have seen `noreply` on this (invalid) line before rejecting it:
+/// the last of at most `MAX_TOKENS` tokens is `noreply` and the command is no retrieval.
+fn noreply_silences(line: &[u8]) -> bool {
+    let mut toks = [(0u32, 0u32); MAX_TOKENS];
+    let n = tokenize(line, &mut toks);
+    let tok = |i: usize| &line[toks[i].0 as usize..toks[i].1 as usize];
+    n > 1
+        && n <= MAX_TOKENS
+        && tok(n - 1) == b"noreply"
+        && !matches!(tok(0), b"get" | b"gets" | b"gat" | b"gats")
+}
+
+fn parse_fields(line: &[u8], limits: &CodecLimits) -> Line {
     let mut toks = [(0u32, 0u32); MAX_TOKENS];
     let n = tokenize(line, &mut toks);
     if n == 0 {
@@ -359,7 +393,7 @@ fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
             }
             let len = len as usize;
             if len > limits.item_size_max {
-                return Line::TooLarge(len);
+                return Line::TooLarge(len, reply::TOO_LARGE);
             }
             Line::NeedsData(req, len)
         }
@@ -368,9 +402,7 @@ fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
             if !(2..=4).contains(&n) {
                 return Line::Invalid(reply::ERROR);
             }
-            if !set_key(&mut req, 1) {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
+            // memcached checks the arguments before the key.
             let ok = match n {
                 2 => true,
                 3 => tok(2) == b"0" || last_is_noreply,
@@ -378,6 +410,9 @@ fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
             };
             if !ok {
                 return Line::Invalid(reply::DELETE_USAGE);
+            }
+            if !set_key(&mut req, 1) {
+                return Line::Invalid(reply::BAD_FORMAT);
             }
             set_noreply(&mut req);
             Line::Done(req)
@@ -410,14 +445,13 @@ fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
                 return Line::Invalid(reply::ERROR);
             }
             set_noreply(&mut req);
-            let args = if last_is_noreply { n - 2 } else { n - 1 };
-            if args == 1 {
+            // Like memcached: any line with more than `flush_all [noreply]` has its first
+            // argument read as the delay; a further argument is ignored.
+            if n != if last_is_noreply { 2 } else { 1 } {
                 match parse_i32(tok(1)) {
                     Some(e) => req.exptime = e,
                     None => return Line::Invalid(reply::INVALID_EXPTIME),
                 }
-            } else if args > 1 {
-                return Line::Invalid(reply::ERROR);
             }
             Line::Done(req)
         }
@@ -426,6 +460,10 @@ fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
                 return Line::Invalid(reply::ERROR);
             }
             set_noreply(&mut req);
+            // memcached requires a numeric level (and ignores a second argument).
+            if parse_u64(tok(1)).is_none() {
+                return Line::Invalid(reply::BAD_FORMAT);
+            }
             Line::Done(req)
         }
         Command::Version | Command::Quit => Line::Done(req),

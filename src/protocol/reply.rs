@@ -73,7 +73,11 @@ pub fn frame_reply(
     resume: &mut usize,
 ) -> Result<Option<usize>, MalformedReply> {
     match kind {
-        ReplyKind::Line => Ok(memchr::memchr(b'\n', buf).map(|i| i + 1)),
+        ReplyKind::Line => match memchr::memchr(b'\n', buf) {
+            None => Ok(None),
+            Some(i) if is_line_reply(&buf[..i]) => Ok(Some(i + 1)),
+            Some(_) => Err(MalformedReply),
+        },
         ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue => {
             let mut pos = *resume;
             loop {
@@ -103,6 +107,19 @@ pub fn frame_reply(
             }
         }
     }
+}
+
+/// Whether `line` (without `\n`) is a reply memcached gives to a one-line command: a status
+/// word, an incr/decr result, a version, or an error. Anything else means the stream is not
+/// what it should be.
+fn is_line_reply(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    matches!(
+        line,
+        b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" | b"DELETED" | b"TOUCHED" | b"OK"
+    ) || (!line.is_empty() && line.iter().all(u8::is_ascii_digit))
+        || line.starts_with(b"VERSION ")
+        || is_error_line(line)
 }
 
 /// Whether a reply line is one of memcached's error lines.

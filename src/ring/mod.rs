@@ -183,6 +183,9 @@ pub struct Ring {
     /// `weight_ends[i-1]..weight_ends[i]`. Equivalent to twemproxy's list
     /// of each server repeated `weight` times, without the memory.
     weight_ends: Vec<u32>,
+    /// Modula: the server (config index) of each `weight_ends` entry. twemproxy sorts a
+    /// pool's servers by name (shorter first, then bytewise) before building its table.
+    modula_servers: Vec<u32>,
     /// What `points_per_server` reports.
     counts: Vec<usize>,
 }
@@ -215,15 +218,22 @@ impl Ring {
             point_values: Vec::new(),
             point_owners: Vec::new(),
             weight_ends: Vec::new(),
+            modula_servers: Vec::new(),
             counts: Vec::new(),
         };
         match distribution {
             Distribution::Ketama => ring.build_ketama(servers, total),
             Distribution::Modula => {
+                let mut order: Vec<usize> = (0..servers.len()).collect();
+                order.sort_by(|&a, &b| {
+                    let (a, b) = (servers[a].name.as_bytes(), servers[b].name.as_bytes());
+                    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+                });
                 let mut end = 0u32;
-                for s in servers {
-                    end += s.weight; // cannot overflow: the total fits in u32
+                for &i in &order {
+                    end += servers[i].weight; // cannot overflow: the total fits in u32
                     ring.weight_ends.push(end);
+                    ring.modula_servers.push(i as u32);
                 }
                 ring.counts = servers.iter().map(|s| s.weight as usize).collect();
             }
@@ -274,7 +284,7 @@ impl Ring {
                 // weight_ends is non-empty and its last value is the total (> 0).
                 let total = self.weight_ends[n - 1];
                 let slot = self.hash_key(key) % total;
-                self.weight_ends.partition_point(|&end| end <= slot)
+                self.modula_servers[self.weight_ends.partition_point(|&end| end <= slot)] as usize
             }
             Distribution::Random => random_below(n),
         }

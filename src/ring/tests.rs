@@ -307,3 +307,15 @@ fn libmemcached_weighted_ketama_fixture() {
     }
     assert_eq!(rows, 99);
 }
+
+#[test]
+fn modula_orders_servers_by_name_like_twemproxy() {
+    // twemproxy sorts servers by name (shorter first, then bytewise) before `hash % n`.
+    let servers = [RingServer::new("server-zz", 1), RingServer::new("a", 2)];
+    let ring = Ring::new(Distribution::Modula, HashFunction::Md5, None, &servers).unwrap();
+    for key in ["k1", "k2", "k3", "k4", "k5", "k6"] {
+        let slot = HashFunction::Md5.hash(key.as_bytes()) % 3;
+        let expected = if slot < 2 { 1 } else { 0 };
+        assert_eq!(ring.server_for(key.as_bytes()), expected, "{key}");
+    }
+}

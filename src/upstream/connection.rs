@@ -26,8 +26,9 @@ use super::BackendState;
 /// Where a backend's answer goes.
 #[derive(Debug)]
 pub enum ReplyTarget {
-    /// A client's reply slot.
-    Slot(Arc<ReplyQueue>, u64),
+    /// A client's reply slot, and the reply that stands in for a backend failure (a
+    /// retrieval answered as a miss), if not the failure's own error line.
+    Slot(Arc<ReplyQueue>, u64, Option<&'static [u8]>),
     /// One fragment of a gathered reply.
     Part(Arc<ReplyQueue>, u64, u16),
     /// Nobody (a `noreply` request); errors are only counted.
@@ -41,7 +42,9 @@ impl ReplyTarget {
             backend.stats.errors.inc();
         }
         match self {
-            ReplyTarget::Slot(q, seq) => q.complete(seq, answer),
+            ReplyTarget::Slot(q, seq, instead) => {
+                q.complete(seq, answer.map_err(|e| instead.unwrap_or(e)))
+            }
             ReplyTarget::Part(q, seq, part) => q.complete_part(seq, part as usize, answer),
             ReplyTarget::Discard => {
                 if answer.as_deref().map_or(true, reply::is_error_line) {

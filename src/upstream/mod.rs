@@ -5,19 +5,31 @@ pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::embedded::Store;
 
 use crate::stats::BackendStats;
 
 pub use connection::{ConnHandle, ConnSettings, ReplyTarget, UpstreamRequest};
 pub use pool::BackendPool;
 
+/// What kind of backend it is.
+#[derive(Debug)]
+pub enum BackendKind {
+    /// A memcached (or ttserver) reached over TCP at this address.
+    Remote(SocketAddr),
+    /// memroute's in-process cache, shared by every worker.
+    Embedded(Arc<Store>),
+}
+
 /// What every worker shares about one backend: its identity, health and counters.
 #[derive(Debug)]
 pub struct BackendState {
     /// The server as written in the config (`host:port`), for logs and stats.
     pub name: String,
-    /// Where to connect.
-    pub addr: SocketAddr,
+    /// Where it is.
+    pub kind: BackendKind,
     /// Counters.
     pub stats: BackendStats,
     /// Whether the last connection attempt (from any worker) succeeded.
@@ -26,10 +38,10 @@ pub struct BackendState {
 
 impl BackendState {
     /// A backend assumed up until a connection attempt says otherwise.
-    pub fn new(name: String, addr: SocketAddr) -> Self {
+    pub fn new(name: String, kind: BackendKind) -> Self {
         BackendState {
             name,
-            addr,
+            kind,
             stats: BackendStats::default(),
             up: AtomicBool::new(true),
         }

@@ -6,6 +6,7 @@
 //! many clients share each connection, and a client keeps its handle (and so its request
 //! order) until that connection ends.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use super::BackendState;
 
 /// Creates and checks connection handles for deadpool.
 pub struct ConnManager {
+    addr: SocketAddr,
     backend: Arc<BackendState>,
     settings: ConnSettings,
 }
@@ -26,7 +28,7 @@ impl managed::Manager for ConnManager {
     type Error = std::io::Error;
 
     async fn create(&self) -> Result<ConnHandle, std::io::Error> {
-        connect(self.backend.addr, self.settings, self.backend.clone()).await
+        connect(self.addr, self.settings, self.backend.clone()).await
     }
 
     async fn recycle(&self, conn: &mut ConnHandle, _: &Metrics) -> RecycleResult<std::io::Error> {
@@ -66,8 +68,14 @@ pub struct Unavailable(pub String);
 
 impl BackendPool {
     /// A pool of at most `connections` connections to `backend`; nothing is opened yet.
-    pub fn new(backend: Arc<BackendState>, settings: ConnSettings, connections: usize) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        backend: Arc<BackendState>,
+        settings: ConnSettings,
+        connections: usize,
+    ) -> Self {
         let pool = Pool::builder(ConnManager {
+            addr,
             backend: backend.clone(),
             settings,
         })
@@ -93,7 +101,8 @@ impl BackendPool {
     /// that clients spread over all of them (FIFO checkout then rotates through them).
     pub async fn handle(&self) -> Result<ConnHandle, Unavailable> {
         if let Some((until, _)) = *self.backoff.lock().unwrap_or_else(|e| e.into_inner()) {
-            if Instant::now() < until {
+            // Another worker reaching the backend since ends this worker's pause too.
+            if Instant::now() < until && !self.backend.is_up() {
                 return Err(Unavailable(self.backend.name.clone()));
             }
         }

@@ -1,0 +1,490 @@
+//! The store: sharded items and the execution of each memcached command against them.
+//!
+//! Keys are spread by hash over independently locked shards, each with its own index, LRU
+//! list and share of the memory limit, so requests on different keys rarely contend. A
+//! request locks one shard at a time (a multi-key get locks each key's shard in turn) and
+//! never holds a lock while writing to anything but the caller's buffer.
+
+// The only names this file takes from memroute; inside memroute this block becomes
+// `crate::protocol::…`.
+use crate::protocol::reply::{END, ERROR, OK, TOO_LARGE};
+use crate::protocol::request::MAX_KEY_LEN;
+use crate::protocol::{Command, Request};
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::BytesMut;
+
+use super::clock::Clock;
+use super::numeric::{format_u64, parse_counter};
+use super::shard::{secs_u32, FlushState, Shard, StoreError, Value, ITEM_OVERHEAD};
+use super::stats::StoreStats;
+
+const STORED: &[u8] = b"STORED\r\n";
+const NOT_STORED: &[u8] = b"NOT_STORED\r\n";
+const EXISTS: &[u8] = b"EXISTS\r\n";
+const NOT_FOUND: &[u8] = b"NOT_FOUND\r\n";
+const DELETED: &[u8] = b"DELETED\r\n";
+const TOUCHED: &[u8] = b"TOUCHED\r\n";
+const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
+const STORE_OOM: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
+/// incr/decr's own out-of-memory line differs from the storage commands' one.
+const DELTA_OOM: &[u8] = b"SERVER_ERROR out of memory\r\n";
+
+/// Exptimes up to this many seconds (30 days) are relative; larger ones are unix times.
+const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
+/// memcached dates its "process started" 62 s (its update interval + 2) before it really
+/// started; absolute times before that count as "long ago" (see [`Store::flush_all`]).
+const PROCESS_STARTED_SKEW: u64 = 62;
+/// Upper bound on shards; fewer are used when the limit is small (see [`shard_count`]).
+const MAX_SHARDS: usize = 16;
+
+/// Settings of an embedded store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Bytes the items may take, counting key + value + [`ITEM_OVERHEAD`] per item. It is
+    /// split evenly across the shards, so the largest storable item is `memory_limit / shards`
+    /// (the shard count is reduced until that is at least one maximal item).
+    pub memory_limit: usize,
+    /// When full: evict least recently used items (true), or refuse the store with
+    /// `SERVER_ERROR out of memory storing object` (false, like memcached's `-M`).
+    pub evict: bool,
+    /// Largest value accepted (the codec normally refuses larger ones first).
+    pub item_size_max: usize,
+}
+
+/// An in-process memcached: executes requests with memcached 1.6's semantics and replies.
+#[derive(Debug)]
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    clock: Arc<dyn Clock>,
+    config: StoreConfig,
+    /// The last CAS unique handed out; one counter for the whole store, as in memcached.
+    cas: AtomicU64,
+    /// flush_all state ([`FlushState`]); two atomics rather than a lock since every lookup
+    /// reads them. A get racing a flush_all may see one updated and not the other, which is
+    /// no worse than the get simply arriving first.
+    oldest_live: AtomicU64,
+    oldest_cas: AtomicU64,
+    /// memcached's `process_started`, in unix seconds.
+    process_started: u64,
+}
+
+/// A single-line reply.
+enum Reply {
+    Line(&'static [u8]),
+    Number(u64),
+}
+
+/// The number of shards for `config`: [`MAX_SHARDS`], halved while a shard's share of the
+/// limit could not hold one maximal item (so every storable item fits somewhere).
+fn shard_count(config: &StoreConfig) -> usize {
+    let biggest = config.item_size_max + MAX_KEY_LEN + ITEM_OVERHEAD;
+    let mut n = MAX_SHARDS;
+    while n > 1 && config.memory_limit / n < biggest {
+        n /= 2;
+    }
+    n
+}
+
+impl Store {
+    /// An empty store reading time from `clock`.
+    pub fn new(config: StoreConfig, clock: Arc<dyn Clock>) -> Store {
+        let n = shard_count(&config);
+        let per_shard = config.memory_limit / n;
+        Store {
+            shards: (0..n).map(|_| Mutex::new(Shard::new(per_shard))).collect(),
+            hasher: RandomState::new(),
+            process_started: clock.now().saturating_sub(PROCESS_STARTED_SKEW),
+            clock,
+            config,
+            cas: AtomicU64::new(0),
+            oldest_live: AtomicU64::new(0),
+            oldest_cas: AtomicU64::new(0),
+        }
+    }
+
+    /// Executes one validated request and appends memcached's exact reply bytes to `out`
+    /// (nothing at all for a request with noreply).
+    pub fn execute(&self, req: &Request, out: &mut BytesMut) {
+        let now = self.clock.now();
+        let reply = match req.command {
+            Command::Get | Command::Gets | Command::Gat | Command::Gats => {
+                self.retrieve(req, now, out);
+                return;
+            }
+            Command::Set
+            | Command::Add
+            | Command::Replace
+            | Command::Append
+            | Command::Prepend
+            | Command::Cas => Reply::Line(self.store(req, now)),
+            Command::Delete => Reply::Line(self.delete(req, now)),
+            Command::Incr | Command::Decr => self.delta(req, now),
+            Command::Touch => Reply::Line(self.touch(req, now)),
+            Command::FlushAll => {
+                self.flush_all(req.exptime, now);
+                Reply::Line(OK)
+            }
+            // Answered by the proxy itself; reaching here is a routing mistake.
+            Command::Version | Command::Stats | Command::Verbosity | Command::Quit => {
+                out.extend_from_slice(ERROR);
+                return;
+            }
+        };
+        // memcached suppresses every reply of a noreply command, errors included.
+        if req.noreply() {
+            return;
+        }
+        match reply {
+            Reply::Line(line) => out.extend_from_slice(line),
+            Reply::Number(n) => {
+                out.extend_from_slice(format_u64(n, &mut [0; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// A snapshot of the counters, summed over the shards.
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats {
+            limit_maxbytes: self.config.memory_limit as u64,
+            ..StoreStats::default()
+        };
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            stats.curr_items += shard.items;
+            stats.bytes += shard.used as u64;
+            stats.add(&shard.stats);
+        }
+        stats
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key hash (high bits; the shard's index uses the low 32).
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        let i = (hash >> 32) as usize % self.shards.len();
+        lock(&self.shards[i])
+    }
+
+    fn flush_state(&self) -> FlushState {
+        FlushState {
+            oldest_live: self.oldest_live.load(Ordering::Acquire),
+            oldest_cas: self.oldest_cas.load(Ordering::Acquire),
+        }
+    }
+
+    fn next_cas(&self) -> u64 {
+        self.cas.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// memcached's `realtime()`: an exptime as sent → absolute expiry (0 = never). Times
+    /// that are already past map to `process_started + 1`, memcached's "long ago".
+    fn realtime(&self, exptime: i64, now: u64) -> u64 {
+        let long_ago = self.process_started + 1;
+        if exptime == 0 {
+            0
+        } else if exptime < 0 {
+            long_ago
+        } else if exptime > REALTIME_MAXDELTA {
+            let at = exptime as u64;
+            if at <= self.process_started {
+                long_ago
+            } else {
+                at
+            }
+        } else {
+            now + exptime as u64
+        }
+    }
+
+    fn retrieve(&self, req: &Request, now: u64, out: &mut BytesMut) {
+        let touch = matches!(req.command, Command::Gat | Command::Gats);
+        let with_cas = matches!(req.command, Command::Gets | Command::Gats);
+        let exptime = secs_u32(self.realtime(req.exptime, now));
+        let flush = self.flush_state();
+        for key in req.keys() {
+            let hash = self.hash(key);
+            let mut shard = self.shard(hash);
+            // memcached counts a gat key as a touch only, not as a get.
+            if touch {
+                shard.stats.cmd_touch += 1;
+            } else {
+                shard.stats.cmd_get += 1;
+            }
+            let Some(idx) = shard.lookup(hash as u32, key, now, &flush) else {
+                if touch {
+                    shard.stats.touch_misses += 1;
+                } else {
+                    shard.stats.get_misses += 1;
+                }
+                continue;
+            };
+            if touch {
+                shard.stats.touch_hits += 1;
+            } else {
+                shard.stats.get_hits += 1;
+            }
+            shard.bump(idx);
+            let e = shard.entry_mut(idx);
+            e.fetched = true;
+            if touch {
+                e.exptime = exptime;
+            }
+            let mut num = [0; 20];
+            out.extend_from_slice(b"VALUE ");
+            out.extend_from_slice(key);
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(format_u64(u64::from(e.flags), &mut num));
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(format_u64(e.value().len() as u64, &mut num));
+            if with_cas {
+                out.extend_from_slice(b" ");
+                out.extend_from_slice(format_u64(e.cas, &mut num));
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(e.value());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(END);
+    }
+
+    fn store(&self, req: &Request, now: u64) -> &'static [u8] {
+        let key = req.key();
+        let data = req.data();
+        let hash = self.hash(key);
+        let flush = self.flush_state();
+        let mut shard = self.shard(hash);
+        let h = hash as u32;
+        if data.len() > self.config.item_size_max {
+            // memcached drops the old value of a failed set rather than leave it stale.
+            if req.command == Command::Set {
+                shard.remove_key(h, key);
+            }
+            return TOO_LARGE;
+        }
+        let exptime = secs_u32(self.realtime(req.exptime, now));
+        let evict = self.config.evict;
+        let old = shard.lookup(h, key, now, &flush);
+        let (value, flags, exptime) = match (req.command, old) {
+            (Command::Add, Some(idx)) => {
+                // Like memcached, a refused add still counts as a use of the item.
+                shard.bump(idx);
+                shard.stats.cmd_set += 1;
+                return NOT_STORED;
+            }
+            (Command::Replace | Command::Append | Command::Prepend, None) => {
+                shard.stats.cmd_set += 1;
+                return NOT_STORED;
+            }
+            (Command::Cas, None) => {
+                shard.stats.cmd_set += 1;
+                shard.stats.cas_misses += 1;
+                return NOT_FOUND;
+            }
+            (Command::Cas, Some(idx)) => {
+                // A unique of 0 never matches: memcached treats it as "no CAS given".
+                if req.number == 0 || shard.entry(idx).cas != req.number {
+                    shard.stats.cmd_set += 1;
+                    shard.stats.cas_badval += 1;
+                    return EXISTS;
+                }
+                (Value::New(data), req.flags, exptime)
+            }
+            // append/prepend keep the existing item's flags and expiry.
+            (Command::Append | Command::Prepend, Some(idx)) => {
+                let e = shard.entry(idx);
+                // A combined value beyond the size limit is refused with NOT_STORED, as
+                // memcached does (its allocation of the combined item fails).
+                if e.value().len() + data.len() > self.config.item_size_max {
+                    shard.stats.cmd_set += 1;
+                    return NOT_STORED;
+                }
+                let value = if req.command == Command::Append {
+                    Value::Append(data)
+                } else {
+                    Value::Prepend(data)
+                };
+                (value, e.flags, e.exptime)
+            }
+            _ => (Value::New(data), req.flags, exptime),
+        };
+        let cas = self.next_cas();
+        match shard.link(h, key, value, flags, exptime, cas, old, evict, now, &flush) {
+            Ok(_) => {
+                shard.stats.cmd_set += 1;
+                if req.command == Command::Cas {
+                    shard.stats.cas_hits += 1;
+                }
+                STORED
+            }
+            Err(StoreError::OutOfMemory) => match req.command {
+                // memcached drops the old value of a failed set rather than leave it stale.
+                Command::Set => {
+                    shard.remove_key(h, key);
+                    STORE_OOM
+                }
+                // The request's own item fit; only the combined one did not: memcached
+                // answers NOT_STORED for that.
+                Command::Append | Command::Prepend => {
+                    shard.stats.cmd_set += 1;
+                    NOT_STORED
+                }
+                _ => STORE_OOM,
+            },
+        }
+    }
+
+    fn delete(&self, req: &Request, now: u64) -> &'static [u8] {
+        let key = req.key();
+        let hash = self.hash(key);
+        let flush = self.flush_state();
+        let mut shard = self.shard(hash);
+        match shard.lookup(hash as u32, key, now, &flush) {
+            Some(idx) => {
+                shard.unlink(idx);
+                shard.stats.delete_hits += 1;
+                DELETED
+            }
+            None => {
+                shard.stats.delete_misses += 1;
+                NOT_FOUND
+            }
+        }
+    }
+
+    fn touch(&self, req: &Request, now: u64) -> &'static [u8] {
+        let key = req.key();
+        let hash = self.hash(key);
+        let flush = self.flush_state();
+        let exptime = secs_u32(self.realtime(req.exptime, now));
+        let mut shard = self.shard(hash);
+        shard.stats.cmd_touch += 1;
+        match shard.lookup(hash as u32, key, now, &flush) {
+            Some(idx) => {
+                shard.stats.touch_hits += 1;
+                shard.bump(idx);
+                // touch changes only the expiry: memcached 1.6 keeps the CAS unique.
+                let e = shard.entry_mut(idx);
+                e.exptime = exptime;
+                e.fetched = true;
+                TOUCHED
+            }
+            None => {
+                shard.stats.touch_misses += 1;
+                NOT_FOUND
+            }
+        }
+    }
+
+    fn delta(&self, req: &Request, now: u64) -> Reply {
+        let incr = req.command == Command::Incr;
+        let key = req.key();
+        let hash = self.hash(key);
+        let h = hash as u32;
+        let flush = self.flush_state();
+        let mut shard = self.shard(hash);
+        let Some(idx) = shard.lookup(h, key, now, &flush) else {
+            if incr {
+                shard.stats.incr_misses += 1;
+            } else {
+                shard.stats.decr_misses += 1;
+            }
+            return Reply::Line(NOT_FOUND);
+        };
+        let Some(value) = parse_counter(shard.entry(idx).value()) else {
+            return Reply::Line(NON_NUMERIC);
+        };
+        let value = if incr {
+            shard.stats.incr_hits += 1;
+            value.wrapping_add(req.number)
+        } else {
+            shard.stats.decr_hits += 1;
+            value.saturating_sub(req.number)
+        };
+        let mut buf = [0; 20];
+        let text = format_u64(value, &mut buf);
+        let cas = self.next_cas();
+        let e = shard.entry_mut(idx);
+        if text.len() <= e.value().len() {
+            // memcached rewrites a value that still fits in place and pads it with spaces
+            // to its old length: decr of "10" by 1 leaves "9 ".
+            let key_len = usize::from(e.key_len);
+            let stored = &mut e.data[key_len..];
+            stored[..text.len()].copy_from_slice(text);
+            stored[text.len()..].fill(b' ');
+            e.cas = cas;
+            e.time = secs_u32(now);
+            shard.bump(idx);
+        } else {
+            let (flags, exptime) = (e.flags, e.exptime);
+            let evict = self.config.evict;
+            let new = Value::New(text);
+            if shard
+                .link(
+                    h,
+                    key,
+                    new,
+                    flags,
+                    exptime,
+                    cas,
+                    Some(idx),
+                    evict,
+                    now,
+                    &flush,
+                )
+                .is_err()
+            {
+                return Reply::Line(DELTA_OOM);
+            }
+        }
+        Reply::Number(value)
+    }
+
+    /// memcached's flush_all: with no delay every current item becomes invalid (by CAS, so
+    /// items stored afterwards in the same second stay valid); with a delay, items stored up
+    /// to one second before `now + delay` become invalid once the clock reaches that second.
+    /// A delay that is an absolute time before the process started disables flushing.
+    /// Invalid items are reclaimed lazily, on lookup or when memory is needed.
+    fn flush_all(&self, delay: i64, now: u64) {
+        let new_oldest = if delay > 0 {
+            self.realtime(delay, now)
+        } else {
+            now
+        };
+        let mut oldest_live = new_oldest.saturating_sub(1);
+        if oldest_live <= self.process_started {
+            oldest_live = 0;
+        }
+        if oldest_live <= now {
+            self.oldest_cas.store(self.next_cas(), Ordering::Release);
+        }
+        self.oldest_live.store(oldest_live, Ordering::Release);
+    }
+
+    /// Keys of one shard from least to most recently used.
+    #[cfg(test)]
+    pub(super) fn lru_keys(&self, shard: usize) -> Vec<Vec<u8>> {
+        lock(&self.shards[shard]).lru_keys()
+    }
+
+    /// How many shards the store has.
+    #[cfg(test)]
+    pub(super) fn shard_total(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+/// Locks a shard. A panic while holding the lock cannot leave a shard's structures half
+/// updated in a way later requests would trip over more than over a lost item, so the lock
+/// is taken even when poisoned rather than failing every later request for its keys.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,474 @@
+//! Unit tests of the embedded store: each command, the time rules, eviction and stats.
+
+// The only names taken from memroute; inside memroute this becomes `crate::protocol::…`.
+use crate::protocol::{ClientCodec, CodecLimits, Decoded};
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::*;
+
+const T0: u64 = 1_700_000_000;
+
+fn store_with(limit: usize, evict: bool) -> (Store, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = StoreConfig {
+        memory_limit: limit,
+        evict,
+        item_size_max: 1024 * 1024,
+    };
+    (Store::new(config, clock.clone()), clock)
+}
+
+fn store() -> (Store, Arc<ManualClock>) {
+    store_with(64 << 20, true)
+}
+
+/// Runs every request in `text` and returns the concatenated replies.
+fn run(store: &Store, text: &str) -> String {
+    let mut codec = ClientCodec::new(CodecLimits::default());
+    let mut buf = BytesMut::from(text.as_bytes());
+    let mut out = BytesMut::new();
+    while let Some(item) = codec.decode_item(&mut buf) {
+        match item {
+            Decoded::Request(req) => store.execute(&req, &mut out),
+            Decoded::Invalid(reply) | Decoded::Fatal(reply) => out.extend_from_slice(reply),
+        }
+    }
+    assert!(buf.is_empty(), "incomplete request in {text:?}");
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+/// The CAS unique of `key` as `gets` shows it.
+fn cas_of(store: &Store, key: &str) -> u64 {
+    let reply = run(store, &format!("gets {key}\r\n"));
+    let line = reply.lines().next().unwrap();
+    line.split(' ').nth(4).unwrap().parse().unwrap()
+}
+
+#[test]
+fn set_get_and_multi_get() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "set a 5 0 3\r\nabc\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "set b 4294967295 0 0\r\n\r\n"), "STORED\r\n");
+    assert_eq!(
+        run(&s, "get a missing b a\r\n"),
+        "VALUE a 5 3\r\nabc\r\nVALUE b 4294967295 0\r\n\r\nVALUE a 5 3\r\nabc\r\nEND\r\n"
+    );
+    assert_eq!(run(&s, "get nothing\r\n"), "END\r\n");
+    let st = s.stats();
+    assert_eq!((st.cmd_get, st.get_hits, st.get_misses), (5, 3, 2));
+    assert_eq!((st.cmd_set, st.total_items, st.curr_items), (2, 2, 2));
+}
+
+#[test]
+fn add_replace_semantics() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "replace k 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+    assert_eq!(run(&s, "add k 1 0 1\r\nx\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "add k 2 0 1\r\ny\r\n"), "NOT_STORED\r\n");
+    assert_eq!(run(&s, "replace k 3 0 1\r\nz\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 3 1\r\nz\r\nEND\r\n");
+}
+
+#[test]
+fn append_prepend_keep_flags_and_exptime() {
+    let (s, clock) = store();
+    assert_eq!(run(&s, "append k 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+    assert_eq!(run(&s, "prepend k 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+    assert_eq!(run(&s, "set k 7 100 2\r\nbc\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "append k 9 0 1\r\nd\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "prepend k 9 0 1\r\na\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 7 4\r\nabcd\r\nEND\r\n");
+    // The original 100 s expiry still applies, not the request's 0.
+    clock.advance(100);
+    assert_eq!(run(&s, "get k\r\n"), "END\r\n");
+}
+
+#[test]
+fn append_beyond_item_size_max_is_not_stored() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = StoreConfig {
+        memory_limit: 1 << 20,
+        evict: true,
+        item_size_max: 4,
+    };
+    let s = Store::new(config, clock);
+    assert_eq!(run(&s, "set k 0 0 3\r\nabc\r\n"), "STORED\r\n");
+    assert_eq!(run(&s, "append k 0 0 2\r\nde\r\n"), "NOT_STORED\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 0 3\r\nabc\r\nEND\r\n");
+}
+
+#[test]
+fn value_above_item_size_max_is_refused_and_set_drops_the_old_value() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = StoreConfig {
+        memory_limit: 1 << 20,
+        evict: true,
+        item_size_max: 4,
+    };
+    let s = Store::new(config, clock);
+    // The codec would refuse these first; a bigger codec limit lets them reach the store.
+    let mut codec = ClientCodec::new(CodecLimits {
+        item_size_max: 100,
+        max_retrieval_line: 1024,
+    });
+    assert_eq!(run(&s, "set k 0 0 3\r\nabc\r\n"), "STORED\r\n");
+    let mut out = BytesMut::new();
+    let mut buf = BytesMut::from(&b"add k 0 0 5\r\nabcde\r\nset k 0 0 5\r\nabcde\r\n"[..]);
+    while let Some(Decoded::Request(req)) = codec.decode_item(&mut buf) {
+        s.execute(&req, &mut out);
+    }
+    assert_eq!(
+        &out[..],
+        b"SERVER_ERROR object too large for cache\r\nSERVER_ERROR object too large for cache\r\n"
+    );
+    assert_eq!(run(&s, "get k\r\n"), "END\r\n");
+}
+
+#[test]
+fn cas_semantics() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "cas k 0 0 1 1\r\nx\r\n"), "NOT_FOUND\r\n");
+    run(&s, "set k 0 0 1\r\nx\r\n");
+    let unique = cas_of(&s, "k");
+    assert_eq!(
+        run(&s, &format!("cas k 0 0 1 {}\r\ny\r\n", unique + 1)),
+        "EXISTS\r\n"
+    );
+    assert_eq!(run(&s, "cas k 0 0 1 0\r\ny\r\n"), "EXISTS\r\n");
+    assert_eq!(
+        run(&s, &format!("cas k 3 0 1 {unique}\r\ny\r\n")),
+        "STORED\r\n"
+    );
+    assert_eq!(
+        run(&s, &format!("cas k 3 0 1 {unique}\r\nz\r\n")),
+        "EXISTS\r\n"
+    );
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 3 1\r\ny\r\nEND\r\n");
+    let st = s.stats();
+    assert_eq!((st.cas_misses, st.cas_hits, st.cas_badval), (1, 1, 3));
+}
+
+#[test]
+fn cas_uniques_change_on_every_modification_but_not_on_touch() {
+    let (s, _) = store();
+    run(&s, "set k 0 0 1\r\n1\r\n");
+    let mut last = cas_of(&s, "k");
+    for cmd in [
+        "set k 0 0 1\r\n1\r\n",
+        "replace k 0 0 1\r\n2\r\n",
+        "append k 0 0 1\r\n3\r\n",
+        "prepend k 0 0 1\r\n4\r\n",
+        "incr k 1\r\n",
+        "decr k 1\r\n",
+    ] {
+        run(&s, cmd);
+        let now = cas_of(&s, "k");
+        assert!(now > last, "{cmd:?} must change the unique");
+        last = now;
+    }
+    run(&s, "touch k 100\r\n");
+    run(&s, "gat 100 k\r\n");
+    assert_eq!(cas_of(&s, "k"), last);
+}
+
+#[test]
+fn delete_semantics() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "delete k\r\n"), "NOT_FOUND\r\n");
+    run(&s, "set k 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "delete k 0\r\n"), "DELETED\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "END\r\n");
+    let st = s.stats();
+    assert_eq!(
+        (st.delete_hits, st.delete_misses, st.curr_items, st.bytes),
+        (1, 1, 0, 0)
+    );
+}
+
+#[test]
+fn incr_decr_semantics() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "incr k 1\r\n"), "NOT_FOUND\r\n");
+    run(&s, "set k 5 0 2\r\n10\r\n");
+    assert_eq!(run(&s, "decr k 1\r\n"), "9\r\n");
+    // memcached rewrites in place, padding with spaces to the old length.
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 5 2\r\n9 \r\nEND\r\n");
+    assert_eq!(run(&s, "incr k 991\r\n"), "1000\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 5 4\r\n1000\r\nEND\r\n");
+    assert_eq!(run(&s, "decr k 5000\r\n"), "0\r\n");
+    run(&s, "set k 0 0 20\r\n18446744073709551615\r\n");
+    assert_eq!(run(&s, "incr k 2\r\n"), "1\r\n");
+    run(&s, "set k 0 0 3\r\nabc\r\n");
+    assert_eq!(
+        run(&s, "incr k 1\r\n"),
+        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    );
+    assert_eq!(run(&s, "incr k 1 noreply\r\n"), "");
+    run(&s, "set k 0 0 0\r\n\r\n");
+    assert_eq!(
+        run(&s, "decr k 1\r\n"),
+        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    );
+    let st = s.stats();
+    assert_eq!((st.incr_hits, st.incr_misses, st.decr_hits), (2, 1, 2));
+}
+
+#[test]
+fn noreply_suppresses_every_reply() {
+    let (s, _) = store();
+    let text = "set k 0 0 1 noreply\r\nx\r\nadd k 0 0 1 noreply\r\nx\r\n\
+                cas k 0 0 1 999 noreply\r\nx\r\nincr k 1 noreply\r\ndelete k noreply\r\n\
+                delete k noreply\r\ntouch k 1 noreply\r\nflush_all noreply\r\n";
+    assert_eq!(run(&s, text), "");
+}
+
+#[test]
+fn unsupported_commands_get_error() {
+    let (s, _) = store();
+    assert_eq!(run(&s, "version\r\nstats\r\n"), "ERROR\r\nERROR\r\n");
+}
+
+#[test]
+fn relative_negative_and_absolute_exptimes() {
+    let (s, clock) = store();
+    run(&s, "set rel 0 10 1\r\nx\r\n");
+    assert_eq!(run(&s, "set neg 0 -1 1\r\nx\r\n"), "STORED\r\n");
+    run(&s, &format!("set abs 0 {} 1\r\nx\r\n", T0 + 20));
+    run(&s, &format!("set past 0 {} 1\r\nx\r\n", T0 - 1));
+    // 30 days exactly is relative; one second more is an absolute time in 1970.
+    run(&s, "set month 0 2592000 1\r\nx\r\n");
+    run(&s, "set epoch 0 2592001 1\r\nx\r\n");
+    assert_eq!(run(&s, "get neg past epoch\r\n"), "END\r\n");
+    assert_eq!(run(&s, "get rel\r\n"), "VALUE rel 0 1\r\nx\r\nEND\r\n");
+    clock.advance(9);
+    assert_eq!(run(&s, "get rel\r\n"), "VALUE rel 0 1\r\nx\r\nEND\r\n");
+    clock.advance(1);
+    assert_eq!(run(&s, "get rel abs\r\n"), "VALUE abs 0 1\r\nx\r\nEND\r\n");
+    clock.advance(10);
+    assert_eq!(run(&s, "get abs\r\n"), "END\r\n");
+    clock.advance(2592000 - 21);
+    assert_eq!(run(&s, "get month\r\n"), "VALUE month 0 1\r\nx\r\nEND\r\n");
+    clock.advance(1);
+    assert_eq!(run(&s, "get month\r\n"), "END\r\n");
+    assert_eq!(s.stats().get_expired, 6);
+}
+
+#[test]
+fn touch_and_gat_set_the_expiry() {
+    let (s, clock) = store();
+    assert_eq!(run(&s, "touch k 10\r\n"), "NOT_FOUND\r\n");
+    run(&s, "set k 0 5 1\r\nx\r\nset j 0 5 1\r\ny\r\n");
+    assert_eq!(run(&s, "touch k 10\r\n"), "TOUCHED\r\n");
+    assert_eq!(run(&s, "gat 0 j nope\r\n"), "VALUE j 0 1\r\ny\r\nEND\r\n");
+    clock.advance(9);
+    let unique = cas_of(&s, "k");
+    assert_eq!(
+        run(&s, "gats 1 k j\r\n"),
+        format!(
+            "VALUE k 0 1 {unique}\r\nx\r\nVALUE j 0 1 {}\r\ny\r\nEND\r\n",
+            unique + 1
+        )
+    );
+    clock.advance(1);
+    assert_eq!(run(&s, "get k j\r\n"), "END\r\n");
+    run(&s, "set k 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "touch k -1\r\n"), "TOUCHED\r\n");
+    assert_eq!(run(&s, "get k\r\n"), "END\r\n");
+    let st = s.stats();
+    // gat keys count as touches, not gets.
+    assert_eq!((st.cmd_touch, st.touch_hits, st.touch_misses), (7, 5, 2));
+    assert_eq!(st.cmd_get, 4);
+}
+
+#[test]
+fn flush_all_now_spares_later_items() {
+    let (s, _) = store();
+    run(&s, "set a 0 0 1\r\nx\r\nset b 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "flush_all\r\n"), "OK\r\n");
+    // Same second as the flush: still valid, as memcached's CAS cutoff makes it.
+    run(&s, "set c 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "get a b c\r\n"), "VALUE c 0 1\r\nx\r\nEND\r\n");
+    assert_eq!(run(&s, "add a 0 0 1\r\ny\r\n"), "STORED\r\n");
+    assert_eq!(s.stats().get_flushed, 2);
+}
+
+#[test]
+fn flush_all_with_delay() {
+    let (s, clock) = store();
+    run(&s, "set a 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "flush_all 10\r\n"), "OK\r\n");
+    clock.advance(8);
+    run(&s, "set b 0 0 1\r\nx\r\n");
+    assert_eq!(
+        run(&s, "get a b\r\n"),
+        "VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\nx\r\nEND\r\n"
+    );
+    // memcached's cutoff is one second before now+delay: items stored up to then go.
+    clock.advance(1);
+    run(&s, "set c 0 0 1\r\nx\r\n");
+    clock.advance(1);
+    run(&s, "set d 0 0 1\r\nx\r\n");
+    assert_eq!(run(&s, "get a b c d\r\n"), "VALUE d 0 1\r\nx\r\nEND\r\n");
+    clock.advance(100);
+    assert_eq!(run(&s, "get d\r\n"), "VALUE d 0 1\r\nx\r\nEND\r\n");
+}
+
+#[test]
+fn flush_all_with_absolute_times() {
+    let (s, clock) = store();
+    run(&s, "set a 0 0 1\r\nx\r\n");
+    // Before the store started: memcached treats it as no flush at all.
+    assert_eq!(run(&s, "flush_all 1000000000\r\n"), "OK\r\n");
+    assert_eq!(run(&s, "get a\r\n"), "VALUE a 0 1\r\nx\r\nEND\r\n");
+    run(&s, &format!("flush_all {}\r\n", T0 + 5));
+    clock.advance(4);
+    assert_eq!(run(&s, "get a\r\n"), "END\r\n");
+}
+
+#[test]
+fn eviction_is_lru_and_counts() {
+    // Items of 1-byte keys and 100-byte values: 101 + overhead each; room for 10.
+    let item = 101 + ITEM_OVERHEAD;
+    let (s, _) = store_with(item * 10 + item / 2, true);
+    assert_eq!(s.shard_total(), 1);
+    let value = "v".repeat(100);
+    for k in 0..10 {
+        run(&s, &format!("set {k} 0 0 100\r\n{value}\r\n"));
+    }
+    // Reads and touches are uses: 0 and 1 become the most recently used.
+    run(&s, "get 0\r\ntouch 1 0\r\n");
+    for k in ["a", "b", "c"] {
+        assert_eq!(
+            run(&s, &format!("set {k} 0 0 100\r\n{value}\r\n")),
+            "STORED\r\n"
+        );
+    }
+    let st = s.stats();
+    assert_eq!(
+        (st.evictions, st.evicted_unfetched, st.curr_items),
+        (3, 3, 10)
+    );
+    assert!(st.bytes <= st.limit_maxbytes);
+    assert_eq!(run(&s, "get 2 3 4\r\n"), "END\r\n");
+    assert_eq!(run(&s, "get 0 1 5\r\n").matches("VALUE").count(), 3);
+    let order: Vec<String> = s
+        .lru_keys(0)
+        .into_iter()
+        .map(|k| String::from_utf8(k).unwrap())
+        .collect();
+    assert_eq!(order, ["6", "7", "8", "9", "a", "b", "c", "0", "1", "5"]);
+}
+
+#[test]
+fn expired_items_are_reclaimed_before_live_ones() {
+    let item = 101 + ITEM_OVERHEAD;
+    let (s, clock) = store_with(item * 3, true);
+    let value = "v".repeat(100);
+    run(&s, &format!("set a 0 0 100\r\n{value}\r\n"));
+    run(&s, &format!("set b 0 5 100\r\n{value}\r\n"));
+    run(&s, &format!("set c 0 0 100\r\n{value}\r\n"));
+    clock.advance(5);
+    run(&s, &format!("set d 0 0 100\r\n{value}\r\n"));
+    let st = s.stats();
+    assert_eq!((st.evictions, st.expired_unfetched), (0, 1));
+    assert_eq!(run(&s, "get a c d\r\n").matches("VALUE").count(), 3);
+}
+
+#[test]
+fn bytes_never_exceed_the_limit_under_random_load() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (s, _) = store_with(50_000, true);
+    for _ in 0..5000 {
+        let key = rng.gen_range(0..500);
+        let len = rng.gen_range(0..2000);
+        let cmd = match rng.gen_range(0..4) {
+            0 => format!("append {key} 0 0 {len}\r\n{}\r\n", "x".repeat(len)),
+            1 => format!("get {key}\r\n"),
+            _ => format!("set {key} 0 0 {len}\r\n{}\r\n", "x".repeat(len)),
+        };
+        run(&s, &cmd);
+        let st = s.stats();
+        assert!(st.bytes <= st.limit_maxbytes, "{st:?}");
+    }
+    assert!(s.stats().evictions > 0);
+}
+
+#[test]
+fn refuse_mode_reports_out_of_memory() {
+    let item = 101 + ITEM_OVERHEAD;
+    let (s, _) = store_with(item * 2, false);
+    let value = "v".repeat(100);
+    run(&s, &format!("set a 0 0 100\r\n{value}\r\n"));
+    run(&s, &format!("set b 0 0 100\r\n{value}\r\n"));
+    assert_eq!(
+        run(&s, &format!("set c 0 0 100\r\n{value}\r\n")),
+        "SERVER_ERROR out of memory storing object\r\n"
+    );
+    // Replacing an item with one of the same size needs no new room.
+    assert_eq!(
+        run(&s, &format!("set a 0 0 100\r\n{value}\r\n")),
+        "STORED\r\n"
+    );
+    assert_eq!(run(&s, "append a 0 0 1\r\nx\r\n"), "NOT_STORED\r\n");
+    assert_eq!(s.stats().evictions, 0);
+}
+
+#[test]
+fn item_larger_than_the_limit_is_out_of_memory() {
+    let (s, _) = store_with(1000, true);
+    run(&s, "set k 0 0 1\r\nx\r\n");
+    let value = "v".repeat(1000);
+    assert_eq!(
+        run(&s, &format!("set k 0 0 1000\r\n{value}\r\n")),
+        "SERVER_ERROR out of memory storing object\r\n"
+    );
+    // A failed set drops the old value, as memcached does; nothing was evicted for it.
+    assert_eq!(run(&s, "get k\r\n"), "END\r\n");
+    assert_eq!(s.stats().evictions, 0);
+}
+
+#[test]
+fn shards_split_the_limit_and_hold_a_maximal_item() {
+    let (s, _) = store();
+    assert_eq!(s.shard_total(), 16);
+    let (s, _) = store_with(3 << 20, true);
+    assert_eq!(s.shard_total(), 2);
+    let value = "v".repeat(1024 * 1024);
+    assert_eq!(
+        run(&s, &format!("set k 0 0 {}\r\n{value}\r\n", value.len())),
+        "STORED\r\n"
+    );
+}
+
+#[test]
+fn concurrent_clients_see_consistent_counters() {
+    let (s, _) = store();
+    let s = Arc::new(s);
+    run(&s, "set n 0 0 1\r\n0\r\n");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..1000 {
+                    run(&s, "incr n 1\r\n");
+                    run(&s, &format!("set {t}-{i} 0 0 1\r\nx\r\n"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(run(&s, "get n\r\n"), "VALUE n 0 4\r\n4000\r\nEND\r\n");
+    assert_eq!(s.stats().curr_items, 4001);
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}

@@ -1,0 +1,1064 @@
+//! Conformance with memcached: every request in a table is sent, byte for byte, to a real
+//! memcached and to memroute fronting another memcached, and the replies must be identical,
+//! except for the deliberate differences listed in [`EXPECTED_DIFFERENCES`].
+//!
+//! Each side gets its own memcached so that state never leaks between them; before each case
+//! both are flushed and their CAS counters are brought level, so `gets` answers the same
+//! unique on both sides and a case may name the next uniques (`{C1}`, `{C2}`, `{C3}`).
+//! A case is followed by `version\r\n` as a sentinel: its reply ends the case's replies
+//! (memroute's version differs from memcached's, so that line is dropped before comparing).
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Memcached, Proxy};
+
+/// How a case ends the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Well-formed requests only: also part of the pipelined test.
+    Valid,
+    /// Contains at least one malformed request; the connection stays open.
+    Invalid,
+    /// The connection is closed by the server (quit, line too long): no sentinel is sent.
+    Closes,
+}
+
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    kind: Kind,
+}
+
+/// What memroute must answer for a case where it deliberately differs from memcached.
+enum Expect {
+    /// Exactly these bytes (`<closed>` marks the connection closing).
+    Exact(&'static [u8]),
+    /// A `STAT name value` block ended by `END` (memroute's own counters).
+    StatsBlock,
+}
+
+/// Cases where memroute deliberately answers differently from memcached, with memroute's
+/// reply and the reason. The test also checks that memcached really does differ, so this
+/// list cannot go stale.
+const EXPECTED_DIFFERENCES: &[(&str, Expect, &str)] = &[
+    (
+        "version",
+        Expect::Exact(b"VERSION 0.1.0\r\n"),
+        "memroute answers version itself",
+    ),
+    (
+        "version_extra_token",
+        Expect::Exact(b"VERSION 0.1.0\r\n"),
+        "memroute answers version itself",
+    ),
+    (
+        "stats",
+        Expect::StatsBlock,
+        "memroute answers stats with its own counters",
+    ),
+    (
+        "get_hit_then_251_byte_key",
+        Expect::Exact(b"STORED\r\nCLIENT_ERROR bad command line format\r\n"),
+        "memcached 1.6.18, failing a multi-get on a long key after a hit, also drops the \
+         earlier STORED still queued from the same read; memroute keeps every reply",
+    ),
+    (
+        "set_exptime_overflow",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "memroute refuses 32-bit overflow; memcached's safe_strtol truncates to 32 bits",
+    ),
+    (
+        "set_length_overflow",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "memcached truncates a length of 2^32+1 to 1 and reads one byte; memroute refuses it",
+    ),
+    (
+        "touch_exptime_overflow",
+        Expect::Exact(b"CLIENT_ERROR invalid exptime argument\r\n"),
+        "memroute refuses 32-bit overflow; memcached truncates",
+    ),
+    (
+        "key_with_control_char",
+        Expect::Exact(
+            b"CLIENT_ERROR bad command line format\r\nERROR\r\nCLIENT_ERROR bad command line format\r\n",
+        ),
+        "memroute refuses control characters in keys; memcached stores them",
+    ),
+    (
+        "key_with_tab",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "a tab is a control character; memcached only splits on spaces and keeps it",
+    ),
+    (
+        "key_with_del",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\n"),
+        "memroute refuses DEL (0x7f) in keys",
+    ),
+    (
+        "get_key_with_nul",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\n"),
+        "memcached's tokenizer stops at NUL and looks up `a`; memroute refuses the key",
+    ),
+    (
+        "get_key_with_cr",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\n"),
+        "a lone CR inside a key is a control character for memroute",
+    ),
+    (
+        "set_line_too_long",
+        Expect::Exact(b"CLIENT_ERROR line too long\r\n<closed>"),
+        "memroute caps non-retrieval lines at 2048 bytes; memcached processes a long line \
+         that arrives in one read",
+    ),
+    (
+        "set_too_large_deletes_old_value",
+        Expect::Exact(b"STORED\r\nSERVER_ERROR object too large for cache\r\nVALUE k 0 3\r\nold\r\nEND\r\n"),
+        "memroute refuses a too-large value without forwarding it; memcached also deletes \
+         the old value",
+    ),
+    (
+        "set_plus_sign_numbers",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "memroute accepts only plain decimal numbers; memcached's strtol takes a + sign",
+    ),
+    (
+        "set_minus_zero_flags",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "memroute refuses a sign on unsigned fields; memcached's strtoul takes -0",
+    ),
+    (
+        "set_tab_after_number",
+        Expect::Exact(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+        "memroute refuses whitespace other than spaces inside numbers",
+    ),
+    (
+        "incr_minus_zero",
+        Expect::Exact(b"CLIENT_ERROR invalid numeric delta argument\r\n"),
+        "memroute refuses a sign on the delta; memcached's strtoull takes -0",
+    ),
+];
+
+/// The CAS counter placeholders a case may use: `{C1}` is the unique the case's first
+/// store gets, and so on.
+fn substitute(bytes: &[u8], cas_base: u64) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for i in 1..=3u64 {
+        let pat = format!("{{C{i}}}").into_bytes();
+        let val = (cas_base + i).to_string().into_bytes();
+        while let Some(at) = out.windows(pat.len()).position(|w| w == pat.as_slice()) {
+            out.splice(at..at + pat.len(), val.iter().copied());
+        }
+    }
+    out
+}
+
+/// `<cmd> <key> <flags> <exptime> <len>[ extra]\r\n<data>\r\n`
+fn store(cmd: &str, key: &str, data: &[u8], extra: &str) -> Vec<u8> {
+    let mut v = format!("{cmd} {key} 0 0 {}{extra}\r\n", data.len()).into_bytes();
+    v.extend_from_slice(data);
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn cases() -> Vec<Case> {
+    use Kind::*;
+    let mut v = Vec::new();
+    let mut add =
+        |name: &'static str, kind: Kind, bytes: Vec<u8>| v.push(Case { name, bytes, kind });
+    let k250 = "k".repeat(250);
+    let k251 = "k".repeat(251);
+    let s = |t: &str| t.as_bytes().to_vec();
+
+    // ---- Retrievals.
+    add("get_miss", Valid, s("get k\r\n"));
+    add("get_hit", Valid, s("set k 5 0 3\r\nabc\r\nget k\r\n"));
+    add(
+        "get_multi_order",
+        Valid,
+        s("set a 1 0 1\r\nA\r\nset c 3 0 1\r\nC\r\nget c b a\r\n"),
+    );
+    add(
+        "get_same_key_thrice",
+        Valid,
+        s("set a 0 0 1\r\nA\r\nget a a a\r\n"),
+    );
+    add(
+        "get_many_keys",
+        Valid,
+        cat(&[
+            b"set k7 0 0 2\r\nk7\r\nset k29 0 0 3\r\nk29\r\nget",
+            (0..40)
+                .map(|i| format!(" k{i}"))
+                .collect::<String>()
+                .as_bytes(),
+            b"\r\n",
+        ]),
+    );
+    add("gets_hit", Valid, s("set k 0 0 2\r\nhi\r\ngets k\r\n"));
+    add(
+        "gets_multi",
+        Valid,
+        s("set a 0 0 1\r\nA\r\nset b 9 0 1\r\nB\r\ngets a x b\r\n"),
+    );
+    add("gat_hit", Valid, s("set k 0 0 2\r\nhi\r\ngat 100 k\r\n"));
+    add("gat_miss", Valid, s("gat 100 k\r\n"));
+    add(
+        "gats_multi",
+        Valid,
+        s("set k 0 0 2\r\nhi\r\ngats 0 k x k\r\n"),
+    );
+    add(
+        "gat_negative_expires",
+        Valid,
+        s("set k 0 0 2\r\nhi\r\ngat -1 k\r\nget k\r\n"),
+    );
+    add("get_250_byte_key", Valid, {
+        let mut b = store("set", &k250, b"v", "");
+        b.extend(format!("get {k250}\r\n").into_bytes());
+        b
+    });
+    add(
+        "get_leading_space",
+        Valid,
+        s("set k 0 0 1\r\nv\r\n   get k\r\n"),
+    );
+    add(
+        "get_trailing_space",
+        Valid,
+        s("set k 0 0 1\r\nv\r\nget k   \r\n"),
+    );
+    add(
+        "get_multiple_spaces",
+        Valid,
+        s("set a 0 0 1\r\nA\r\nget    a     b  a\r\n"),
+    );
+    add("get_lf_only", Valid, s("set k 0 0 1\r\nv\r\nget k\n"));
+    add(
+        "get_key_named_noreply",
+        Valid,
+        s("set noreply 0 0 1\r\nn\r\nget noreply\r\n"),
+    );
+    add(
+        "get_long_line",
+        Valid,
+        cat(&[
+            b"set k3 0 0 1\r\n3\r\nget",
+            (0..600)
+                .map(|i| format!(" k{i}"))
+                .collect::<String>()
+                .as_bytes(),
+            b"\r\n",
+        ]),
+    );
+
+    // ---- Storage.
+    add("set_basic", Valid, s("set k 0 0 5\r\nhello\r\nget k\r\n"));
+    add(
+        "set_flags_exptime",
+        Valid,
+        s("set k 4294967295 1000 1\r\nx\r\nget k\r\n"),
+    );
+    add(
+        "set_flags_over_32_bits",
+        Valid,
+        s("set k 4294967296 0 1\r\nx\r\nget k\r\n"),
+    );
+    add(
+        "set_negative_exptime",
+        Valid,
+        s("set k 0 -1 1\r\nx\r\nget k\r\n"),
+    );
+    add("set_empty_value", Valid, s("set k 0 0 0\r\n\r\nget k\r\n"));
+    add(
+        "set_data_with_crlf_and_get",
+        Valid,
+        cat(&[
+            &store("set", "k", b"a\r\nget k\r\nEND\r\n", ""),
+            b"get k\r\n",
+        ]),
+    );
+    add(
+        "set_noreply",
+        Valid,
+        s("set k 0 0 2 noreply\r\nhi\r\nget k\r\n"),
+    );
+    add(
+        "set_extra_spaces",
+        Valid,
+        s("set  k  0  0  2 \r\nhe\r\nget k\r\n"),
+    );
+    add(
+        "set_lf_line_crlf_data",
+        Valid,
+        s("set k 0 0 2\nhe\r\nget k\n"),
+    );
+    add("set_250_byte_key", Valid, store("set", &k250, b"v", ""));
+    add("set_binary_data", Valid, {
+        let data: Vec<u8> = (0u8..=255).collect();
+        cat(&[&store("set", "k", &data, ""), b"get k\r\n"])
+    });
+    add(
+        "add_new_and_existing",
+        Valid,
+        s("add k 0 0 1\r\na\r\nadd k 0 0 1\r\nb\r\nget k\r\n"),
+    );
+    add(
+        "add_noreply",
+        Valid,
+        s("add k 0 0 1 noreply\r\na\r\nadd k 0 0 1 noreply\r\nb\r\nget k\r\n"),
+    );
+    add(
+        "replace_missing_and_existing",
+        Valid,
+        s("replace k 0 0 1\r\na\r\nset k 0 0 1\r\na\r\nreplace k 7 0 1\r\nb\r\nget k\r\n"),
+    );
+    add(
+        "append_prepend",
+        Valid,
+        s("append k 0 0 1\r\nx\r\nset k 0 0 2\r\nmm\r\nappend k 0 0 1\r\n>\r\nprepend k 0 0 1\r\n<\r\nget k\r\n"),
+    );
+    add(
+        "append_prepend_noreply",
+        Valid,
+        s("set k 0 0 2\r\nmm\r\nappend k 0 0 1 noreply\r\n>\r\nprepend k 0 0 1 noreply\r\n<\r\nget k\r\n"),
+    );
+    add(
+        "cas_ok_exists_missing",
+        Valid,
+        s("cas k 0 0 1 1\r\nx\r\nset k 0 0 1\r\na\r\ngets k\r\ncas k 0 0 1 {C1}\r\nb\r\ncas k 0 0 1 {C1}\r\nc\r\ngets k\r\n"),
+    );
+    add(
+        "cas_noreply",
+        Valid,
+        s("set k 0 0 1\r\na\r\ncas k 0 0 1 {C1} noreply\r\nb\r\ngets k\r\n"),
+    );
+    add(
+        "cas_max_unique",
+        Valid,
+        s("set k 0 0 1\r\na\r\ncas k 0 0 1 18446744073709551615\r\nb\r\n"),
+    );
+    add("set_max_value", Valid, {
+        // Just under memcached's limit with its item header.
+        cat(&[
+            &store("set", "k", &vec![b'x'; 1_048_000], ""),
+            b"get nothing\r\n",
+        ])
+    });
+
+    // ---- delete / incr / decr / touch.
+    add(
+        "delete_hit_miss",
+        Valid,
+        s("set k 0 0 1\r\na\r\ndelete k\r\ndelete k\r\nget k\r\n"),
+    );
+    add(
+        "delete_noreply",
+        Valid,
+        s("set k 0 0 1\r\na\r\ndelete k noreply\r\nget k\r\n"),
+    );
+    add(
+        "delete_zero",
+        Valid,
+        s("set k 0 0 1\r\na\r\ndelete k 0\r\nget k\r\n"),
+    );
+    add(
+        "delete_zero_noreply",
+        Valid,
+        s("set k 0 0 1\r\na\r\ndelete k 0 noreply\r\nget k\r\n"),
+    );
+    add(
+        "incr_decr",
+        Valid,
+        s("incr k 1\r\nset k 0 0 2\r\n10\r\nincr k 5\r\ndecr k 3\r\ndecr k 100\r\nget k\r\n"),
+    );
+    add(
+        "incr_noreply",
+        Valid,
+        s("set k 0 0 1\r\n1\r\nincr k 5 noreply\r\ndecr k 1 noreply\r\nget k\r\n"),
+    );
+    add(
+        "incr_wraps",
+        Valid,
+        s("set k 0 0 2\r\n10\r\nincr k 18446744073709551615\r\n"),
+    );
+    add(
+        "incr_non_numeric_value",
+        Valid,
+        s("set k 0 0 2\r\nab\r\nincr k 1\r\n"),
+    );
+    add(
+        "incr_huge_delta",
+        Invalid,
+        s("set k 0 0 1\r\n1\r\nincr k 18446744073709551616\r\n"),
+    );
+    add("incr_negative_delta", Invalid, s("incr k -1\r\n"));
+    add("incr_minus_zero", Invalid, s("incr k -0\r\n"));
+    add("incr_bad_delta", Invalid, s("incr k abc\r\n"));
+    add(
+        "incr_bad_delta_noreply",
+        Invalid,
+        s("incr k abc noreply\r\n"),
+    );
+    add("incr_delta_noreply_token", Invalid, s("incr k noreply\r\n"));
+    add("incr_no_delta", Invalid, s("incr k\r\n"));
+    add("incr_extra_token", Invalid, s("incr k 1 noreply extra\r\n"));
+    add("decr_bad_delta", Invalid, s("decr k 1x\r\n"));
+    add(
+        "touch_hit_miss",
+        Valid,
+        s("touch k 10\r\nset k 0 0 1\r\na\r\ntouch k 10\r\ntouch k -1\r\nget k\r\n"),
+    );
+    add(
+        "touch_noreply",
+        Valid,
+        s("set k 0 0 1\r\na\r\ntouch k 10 noreply\r\nget k\r\n"),
+    );
+    add("touch_bad_exptime", Invalid, s("touch k abc\r\n"));
+    add(
+        "touch_bad_exptime_noreply",
+        Invalid,
+        s("touch k abc noreply\r\n"),
+    );
+    add(
+        "touch_exptime_overflow",
+        Invalid,
+        s("touch k 2147483648\r\n"),
+    );
+    add("touch_no_exptime", Invalid, s("touch k\r\n"));
+
+    // ---- flush_all, verbosity, version, stats, quit.
+    add(
+        "flush_all",
+        Valid,
+        s("set k 0 0 1\r\na\r\nflush_all\r\nget k\r\n"),
+    );
+    add(
+        "flush_all_noreply",
+        Valid,
+        s("set k 0 0 1\r\na\r\nflush_all noreply\r\nget k\r\n"),
+    );
+    add("flush_all_zero", Valid, s("flush_all 0\r\n"));
+    add(
+        "flush_all_delay_noreply",
+        Valid,
+        s("flush_all 0 noreply\r\n"),
+    );
+    add("flush_all_negative", Valid, s("flush_all -1\r\n"));
+    add("flush_all_bad_delay", Invalid, s("flush_all abc\r\n"));
+    add(
+        "flush_all_bad_delay_noreply",
+        Invalid,
+        s("flush_all abc noreply\r\n"),
+    );
+    add("flush_all_extra_arg", Valid, s("flush_all 0 2\r\n"));
+    add(
+        "flush_all_noreply_not_last",
+        Invalid,
+        s("flush_all noreply extra\r\n"),
+    );
+    add("flush_all_too_many", Invalid, s("flush_all 1 2 3\r\n"));
+    add(
+        "flush_all_four_noreply",
+        Invalid,
+        s("flush_all 1 noreply x\r\n"),
+    );
+    add("verbosity", Valid, s("verbosity 1\r\n"));
+    add("verbosity_noreply", Valid, s("verbosity 1 noreply\r\n"));
+    add("verbosity_extra_arg", Valid, s("verbosity 1 2\r\n"));
+    add("verbosity_no_arg", Invalid, s("verbosity\r\n"));
+    add("verbosity_bad_arg", Invalid, s("verbosity abc\r\n"));
+    add(
+        "verbosity_only_noreply",
+        Invalid,
+        s("verbosity noreply\r\n"),
+    );
+    add(
+        "verbosity_too_many",
+        Invalid,
+        s("verbosity 1 2 noreply\r\n"),
+    );
+    add("version", Valid, s("version\r\n"));
+    add("version_extra_token", Valid, s("version foo\r\n"));
+    add("stats", Valid, s("stats\r\n"));
+    add("stats_with_arg", Valid, s("stats foo\r\n"));
+    add("quit", Closes, s("quit\r\n"));
+    add(
+        "quit_after_get",
+        Closes,
+        s("set k 0 0 1\r\na\r\nget k\r\nquit\r\n"),
+    );
+    add("quit_extra_token", Closes, s("quit now\r\n"));
+
+    // ---- Unknown commands and token counts.
+    add("empty_line", Invalid, s("\r\n"));
+    add("empty_line_lf", Invalid, s("\n"));
+    add("only_spaces", Invalid, s("    \r\n"));
+    add("unknown_command", Invalid, s("bogus k\r\n"));
+    add("one_letter", Invalid, s("g\r\n"));
+    add("uppercase_get", Invalid, s("GET k\r\n"));
+    add("uppercase_set", Invalid, s("SET k 0 0 1\r\na\r\n"));
+    add("get_prefix_word", Invalid, s("getx k\r\n"));
+    add("get_no_key", Invalid, s("get\r\n"));
+    add("get_only_space", Invalid, s("get \r\n"));
+    add("gets_no_key", Invalid, s("gets\r\n"));
+    add("gat_nothing", Invalid, s("gat\r\n"));
+    add("gat_no_keys", Invalid, s("gat 10\r\n"));
+    add("gats_no_keys", Invalid, s("gats 10\r\n"));
+    add("gat_bad_exptime", Invalid, s("gat abc k\r\n"));
+    add("gat_bad_exptime_noreply", Invalid, s("gat abc noreply\r\n"));
+    add("set_too_few_tokens", Invalid, s("set k 0 0\r\nhe\r\n"));
+    add("set_no_args", Invalid, s("set\r\n"));
+    add(
+        "set_too_many_tokens",
+        Invalid,
+        s("set k 0 0 2 1 2\r\nhe\r\n"),
+    );
+    add(
+        "set_extra_after_noreply",
+        Invalid,
+        s("set k 0 0 2 noreply extra\r\nhe\r\n"),
+    );
+    add(
+        "set_sixth_token_ignored",
+        Valid,
+        s("set k 0 0 2 1\r\nhe\r\nget k\r\n"),
+    );
+    add("cas_missing_unique", Invalid, s("cas k 0 0 2\r\nhe\r\n"));
+    add(
+        "cas_too_many_tokens",
+        Invalid,
+        s("cas k 0 0 2 1 noreply x\r\nhe\r\n"),
+    );
+    add("delete_no_key", Invalid, s("delete\r\n"));
+    add("delete_too_many", Invalid, s("delete k 0 noreply x\r\n"));
+    add("incr_no_key", Invalid, s("incr\r\n"));
+    add("touch_too_many", Invalid, s("touch k 1 noreply x\r\n"));
+
+    // ---- Bad numbers and keys on storage commands.
+    add("set_bad_flags", Invalid, s("set k x 0 1\r\na\r\n"));
+    add("set_negative_flags", Invalid, s("set k -1 0 1\r\na\r\n"));
+    add("set_minus_zero_flags", Invalid, s("set k -0 0 2\r\nhe\r\n"));
+    add(
+        "set_plus_sign_numbers",
+        Invalid,
+        s("set k 1 +0 +2\r\nhe\r\n"),
+    );
+    add(
+        "set_tab_after_number",
+        Invalid,
+        s("set k 1\t 0 2\r\nhe\r\n"),
+    );
+    add(
+        "set_flags_overflow",
+        Invalid,
+        s("set k 18446744073709551616 0 1\r\na\r\n"),
+    );
+    add("set_bad_exptime", Invalid, s("set k 0 x 1\r\na\r\n"));
+    add(
+        "set_exptime_overflow",
+        Invalid,
+        s("set k 0 2147483648 1\r\na\r\n"),
+    );
+    add("set_bad_length", Invalid, s("set k 0 0 abc\r\nhello\r\n"));
+    add(
+        "set_negative_length",
+        Invalid,
+        s("set k 0 0 -1\r\nhello\r\n"),
+    );
+    add(
+        "set_length_overflow",
+        Invalid,
+        s("set k 0 0 4294967297\r\na\r\n"),
+    );
+    add(
+        "set_bad_length_noreply",
+        Invalid,
+        s("set k 0 0 abc noreply\r\nhello\r\n"),
+    );
+    add(
+        "set_negative_length_noreply",
+        Invalid,
+        s("set k 0 0 -1 noreply\r\nhello\r\n"),
+    );
+    add(
+        "set_length_is_noreply",
+        Invalid,
+        s("set k 0 0 noreply\r\nhi\r\n"),
+    );
+    add("cas_bad_unique", Invalid, s("cas k 0 0 2 x\r\nhe\r\n"));
+    add(
+        "cas_negative_unique",
+        Invalid,
+        s("cas k 0 0 2 -1\r\nhe\r\n"),
+    );
+    add(
+        "cas_unique_is_noreply",
+        Invalid,
+        s("cas k 0 0 2 noreply\r\nhe\r\n"),
+    );
+    add("set_251_byte_key", Invalid, store("set", &k251, b"v", ""));
+    add(
+        "set_251_byte_key_noreply",
+        Invalid,
+        store("set", &k251, b"v", " noreply"),
+    );
+    add(
+        "get_251_byte_key",
+        Invalid,
+        format!("get {k251}\r\n").into_bytes(),
+    );
+    add(
+        "get_hit_then_251_byte_key",
+        Invalid,
+        format!("set k 0 0 1\r\na\r\nget k {k251}\r\n").into_bytes(),
+    );
+    add(
+        "gat_251_byte_key",
+        Invalid,
+        format!("gat 0 k {k251}\r\n").into_bytes(),
+    );
+    add(
+        "delete_251_byte_key",
+        Invalid,
+        format!("delete {k251}\r\n").into_bytes(),
+    );
+    add(
+        "delete_251_byte_key_bad_arg",
+        Invalid,
+        format!("delete {k251} 1\r\n").into_bytes(),
+    );
+    add(
+        "delete_251_byte_key_noreply",
+        Invalid,
+        format!("delete {k251} noreply\r\n").into_bytes(),
+    );
+    add(
+        "incr_251_byte_key",
+        Invalid,
+        format!("incr {k251} 1\r\n").into_bytes(),
+    );
+    add(
+        "touch_251_byte_key",
+        Invalid,
+        format!("touch {k251} 1\r\n").into_bytes(),
+    );
+    add("delete_with_time", Invalid, s("delete k 10\r\n"));
+    add(
+        "delete_with_time_noreply",
+        Invalid,
+        s("delete k 10 noreply\r\n"),
+    );
+    add("delete_bad_word", Invalid, s("delete k x y\r\n"));
+
+    // ---- Data blocks.
+    add(
+        "bad_data_chunk_long",
+        Invalid,
+        s("set k 0 0 2\r\nhelloo\r\nget k\r\n"),
+    );
+    add(
+        "bad_data_chunk_short",
+        Invalid,
+        s("set k 0 0 5\r\nhi\r\nget k\r\nget k\r\n"),
+    );
+    add(
+        "bad_data_chunk_cr_only",
+        Invalid,
+        s("set k 0 0 2\r\nhe\rxget k\r\n"),
+    );
+    add(
+        "bad_data_chunk_lf_only",
+        Invalid,
+        s("set k 0 0 2\nhe\nget k\n"),
+    );
+    add(
+        "bad_data_chunk_noreply",
+        Invalid,
+        s("set k 0 0 2 noreply\r\nhello\r\nget k\r\n"),
+    );
+    add(
+        "set_too_large_deletes_old_value",
+        Invalid,
+        cat(&[
+            b"set k 0 0 3\r\nold\r\n",
+            &store("set", "k", &vec![b'x'; 2_000_000], ""),
+            b"get k\r\n",
+        ]),
+    );
+    add(
+        "add_too_large_keeps_old_value",
+        Invalid,
+        cat(&[
+            b"set k 0 0 3\r\nold\r\n",
+            &store("add", "k", &vec![b'x'; 2_000_000], ""),
+            b"get k\r\n",
+        ]),
+    );
+    add(
+        "too_large_noreply",
+        Invalid,
+        cat(&[
+            &store("add", "k", &vec![b'x'; 1_500_000], " noreply"),
+            b"get k\r\n",
+        ]),
+    );
+    add(
+        "too_large_with_get_text_inside",
+        Invalid,
+        cat(&[
+            &store("append", "k", &b"get k\r\n".repeat(200_000), ""),
+            b"get k\r\n",
+        ]),
+    );
+
+    // ---- Control characters and long lines.
+    add(
+        "key_with_control_char",
+        Invalid,
+        s("set k\x01 0 0 1\r\na\r\nget k\x01\r\n"),
+    );
+    add("key_with_tab", Invalid, s("set k\tx 0 0 2\r\nhe\r\n"));
+    add("key_with_del", Invalid, s("get k\x7f\r\n"));
+    add("get_key_with_nul", Invalid, s("get a\x00b\r\n"));
+    add("get_key_with_cr", Invalid, s("get a\rb\r\n"));
+    add(
+        "set_line_too_long",
+        Invalid,
+        format!("set k 0 0 1{}\r\na\r\n", " ".repeat(3000)).into_bytes(),
+    );
+
+    // Interleavings of valid and invalid requests: the stream stays in sync.
+    add(
+        "errors_between_valid_requests",
+        Invalid,
+        s("set a 0 0 1\r\nA\r\nbogus\r\nget a\r\nset b 0 0 x\r\nincr a 1\r\nset c 0 0 1\r\nCC\r\nget a b c\r\n"),
+    );
+    v
+}
+
+/// A connection with a deadline on every read.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads more bytes; false when the connection ended or timed out (noted in `buf`).
+    fn fill(&mut self, deadline: Instant) -> bool {
+        if Instant::now() > deadline {
+            self.buf.extend_from_slice(b"<timeout>");
+            return false;
+        }
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                self.buf.extend_from_slice(b"<closed>");
+                false
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                self.buf.extend_from_slice(b"<closed>");
+                false
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                self.buf.extend_from_slice(b"<timeout>");
+                false
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Reads through the first occurrence of `end`, returning everything up to it.
+    fn read_through(&mut self, end: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            if let Some(i) = find(&self.buf, end) {
+                return self.buf.drain(..i + end.len()).collect();
+            }
+            assert!(
+                self.fill(deadline),
+                "waiting for {:?}, got {:?}",
+                String::from_utf8_lossy(end),
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    /// Reads until `sentinels` `VERSION` lines arrived and drops the last one; or until
+    /// the connection closes.
+    fn read_case(&mut self, sentinels: usize) -> Vec<u8> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            if let Some(last) = nth_version_line(&self.buf, sentinels) {
+                let mut out: Vec<u8> = std::mem::take(&mut self.buf);
+                out.truncate(last);
+                return out;
+            }
+            if !self.fill(deadline) {
+                return std::mem::take(&mut self.buf);
+            }
+        }
+    }
+
+    /// Reads until the connection closes.
+    fn read_to_close(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while self.fill(deadline) {}
+        std::mem::take(&mut self.buf)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The start of the `n`th complete `VERSION …\r\n` line at a line start, if it arrived.
+fn nth_version_line(buf: &[u8], n: usize) -> Option<usize> {
+    let mut seen = 0;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let nl = find(&buf[pos..], b"\r\n")? + pos;
+        if buf[pos..].starts_with(b"VERSION ") {
+            seen += 1;
+            if seen == n {
+                return Some(pos);
+            }
+        }
+        pos = nl + 2;
+    }
+    None
+}
+
+/// How many `version` commands a case holds (its own replies end in as many VERSION lines).
+fn version_commands(bytes: &[u8]) -> usize {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| {
+            line.split(|b| *b == b' ')
+                .find(|t| !t.is_empty())
+                .is_some_and(|t| t == b"version" || t == b"version\r")
+        })
+        .count()
+}
+
+/// The CAS unique the next store on `c`'s server would get, minus one.
+fn cas_counter(c: &mut Conn) -> u64 {
+    c.send(b"set __cas_sync 0 0 1\r\nx\r\ngets __cas_sync\r\n");
+    c.read_through(b"STORED\r\n");
+    let reply = c.read_through(b"END\r\n");
+    let line = String::from_utf8_lossy(&reply);
+    line.split_whitespace()
+        .nth(4)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no cas in {line:?}"))
+}
+
+/// Flushes both servers and brings their CAS counters level; returns the common counter.
+fn reset(direct: &mut Conn, proxied: &mut Conn) -> u64 {
+    for c in [&mut *direct, &mut *proxied] {
+        c.send(b"flush_all\r\n");
+        c.read_through(b"OK\r\n");
+    }
+    let (a, b) = (cas_counter(direct), cas_counter(proxied));
+    let (behind, n) = if a < b {
+        (&mut *direct, b - a)
+    } else {
+        (&mut *proxied, a - b)
+    };
+    for _ in 0..n {
+        behind.send(b"set __cas_sync 0 0 1\r\nx\r\n");
+        behind.read_through(b"STORED\r\n");
+    }
+    for c in [&mut *direct, &mut *proxied] {
+        c.send(b"delete __cas_sync\r\n");
+        c.read_through(b"\r\n");
+    }
+    a.max(b)
+}
+
+struct Rig {
+    direct_mc: Memcached,
+    _proxied_mc: Memcached,
+    proxy: Proxy,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let direct_mc = Memcached::start();
+        let proxied_mc = Memcached::start();
+        let proxy = Proxy::start(&[proxied_mc.server(1)], &[]);
+        Rig {
+            direct_mc,
+            _proxied_mc: proxied_mc,
+            proxy,
+        }
+    }
+
+    /// Runs `bytes` on fresh connections to both sides; returns (memcached, memroute).
+    fn run(&self, bytes: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>) {
+        let mut direct = Conn::open(self.direct_mc.port);
+        let mut proxied = Conn::open(self.proxy.port);
+        let cas = reset(&mut direct, &mut proxied);
+        let bytes = substitute(bytes, cas);
+        let sentinels = 1 + version_commands(&bytes);
+        let mut out = Vec::new();
+        for c in [&mut direct, &mut proxied] {
+            c.send(&bytes);
+            let got = if kind == Kind::Closes {
+                c.read_to_close()
+            } else {
+                c.send(b"version\r\n");
+                c.read_case(sentinels)
+            };
+            out.push(got);
+        }
+        let memroute = out.pop().unwrap();
+        (out.pop().unwrap(), memroute)
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    if b.len() > 300 {
+        format!("{}…({} bytes)", String::from_utf8_lossy(&b[..300]), b.len())
+    } else {
+        String::from_utf8_lossy(b).into_owned()
+    }
+}
+
+fn is_stats_block(b: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(b);
+    text.ends_with("END\r\n")
+        && text
+            .trim_end_matches("END\r\n")
+            .split_terminator("\r\n")
+            .all(|l| l.starts_with("STAT ") && l.split(' ').count() >= 3)
+}
+
+#[test]
+fn every_case_answers_like_memcached() {
+    let rig = Rig::start();
+    let cases = cases();
+    assert!(cases.len() >= 100, "only {} cases", cases.len());
+    let mut names = std::collections::HashSet::new();
+    for case in &cases {
+        assert!(names.insert(case.name), "duplicate case {}", case.name);
+    }
+    for (name, _, _) in EXPECTED_DIFFERENCES {
+        assert!(
+            names.contains(name),
+            "EXPECTED_DIFFERENCES names unknown case {name}"
+        );
+    }
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (memcached, memroute) = rig.run(&case.bytes, case.kind);
+        if std::env::var_os("CONFORMANCE_VERBOSE").is_some() {
+            eprintln!(
+                "{}\n  memcached: {:?}\n  memroute:  {:?}",
+                case.name,
+                show(&memcached),
+                show(&memroute)
+            );
+        }
+        let expected = EXPECTED_DIFFERENCES
+            .iter()
+            .find(|(n, _, _)| *n == case.name);
+        match expected {
+            None if memcached == memroute => {}
+            None => failures.push(format!(
+                "{}: request {:?}\n    memcached: {:?}\n    memroute:  {:?}",
+                case.name,
+                show(&case.bytes),
+                show(&memcached),
+                show(&memroute)
+            )),
+            Some((_, expect, why)) => {
+                let ok = match expect {
+                    Expect::Exact(e) => memroute == *e,
+                    Expect::StatsBlock => is_stats_block(&memroute),
+                };
+                if !ok {
+                    failures.push(format!(
+                        "{} (expected difference: {why}): memroute answered {:?}",
+                        case.name,
+                        show(&memroute)
+                    ));
+                }
+                if memcached == memroute {
+                    failures.push(format!(
+                        "{}: listed as a difference but memcached answers the same {:?}",
+                        case.name,
+                        show(&memcached)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn pipelined_valid_cases_answer_like_memcached() {
+    let rig = Rig::start();
+    let pipeline: Vec<u8> = cases()
+        .iter()
+        .filter(|c| c.kind == Kind::Valid)
+        .filter(|c| !EXPECTED_DIFFERENCES.iter().any(|(n, _, _)| *n == c.name))
+        .flat_map(|c| c.bytes.iter().copied())
+        .collect();
+    assert_eq!(version_commands(&pipeline), 0);
+    let (memcached, memroute) = rig.run(&pipeline, Kind::Valid);
+    assert!(
+        !memcached.ends_with(b"<timeout>") && !memcached.ends_with(b"<closed>"),
+        "{}",
+        show(&memcached)
+    );
+    if memcached != memroute {
+        let at = memcached
+            .iter()
+            .zip(&memroute)
+            .position(|(a, b)| a != b)
+            .unwrap_or(memcached.len().min(memroute.len()));
+        let from = at.saturating_sub(200);
+        panic!(
+            "replies differ at byte {at} (memcached {} bytes, memroute {} bytes):\n  memcached: {:?}\n  memroute:  {:?}",
+            memcached.len(),
+            memroute.len(),
+            show(&memcached[from..]),
+            show(&memroute[from..])
+        );
+    }
+}
