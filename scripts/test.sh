@@ -23,3 +23,6 @@ systemctl stop memcached nutcracker >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets "$@"
+# The benchmark's quick pass: proves the bench script and load generator still work and that
+# every reply through memroute verifies; it never fails on performance numbers.
+bash scripts/bench.sh --quick
