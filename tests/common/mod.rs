@@ -502,3 +502,13 @@ impl Client {
 }
 
 pub mod tyrant;
+
+/// Waits until something accepts connections on `port` (a listener of a process already
+/// known to be running).
+pub fn wait_for_port_only(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
