@@ -292,7 +292,9 @@ impl Client {
         for _ in 0..2 {
             let handle = match &self.handles[b] {
                 Some(h) if !h.is_closed() => h.clone(),
-                _ => match backend.handle().await {
+                // Boxed: the pool checkout future is large and rarely needed; inline it would
+                // enlarge every idle connection's task.
+                _ => match Box::pin(backend.handle()).await {
                     Ok(h) => {
                         self.handles[b] = Some(h.clone());
                         h

@@ -172,7 +172,8 @@ fn answer_error(answer: &Answer) -> &'static [u8] {
 enum Slot {
     Pending,
     Ready(Reply),
-    Gathering(Gather),
+    // Boxed: a gather is rare and large; every slot would otherwise be its size.
+    Gathering(Box<Gather>),
 }
 
 #[derive(Debug, Default)]
@@ -211,7 +212,7 @@ impl ReplyQueue {
 
     /// Reserves a slot completed by several answers.
     pub fn reserve_gather(&self, gather: Gather) -> u64 {
-        self.push(Slot::Gathering(gather))
+        self.push(Slot::Gathering(Box::new(gather)))
     }
 
     /// Appends a reply that is ready now.
