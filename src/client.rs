@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::BackendProtocol;
@@ -23,12 +24,18 @@ use crate::socket::{spare, Socket};
 use crate::stats::WorkerStats;
 use crate::tyrant;
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
+use crate::worker::RouterSlot;
 use crate::write_queue::WriteQueue;
 
 /// The state of one client connection.
 struct Client {
     sock: Socket,
+    /// The pool's current router in this worker; reloads replace it.
+    slot: RouterSlot,
+    /// The router this client last used (its `handles` index its backends).
     router: Arc<Router>,
+    /// Shutdown: finish what is in flight, then close.
+    stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     queue: Arc<ReplyQueue>,
@@ -47,10 +54,12 @@ struct Client {
 /// Serves one client until it leaves.
 pub async fn serve(
     stream: TcpStream,
-    router: Arc<Router>,
+    slot: RouterSlot,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
+    stop: watch::Receiver<bool>,
 ) {
+    let router = slot.load_full();
     let sock = match Socket::new(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -61,7 +70,9 @@ pub async fn serve(
     let handles = vec![None; router.backends().len()];
     let mut client = Client {
         sock,
+        slot,
         router,
+        stop,
         shared,
         stats,
         queue: Arc::new(ReplyQueue::new()),
@@ -111,8 +122,18 @@ impl Client {
                 continue;
             }
             let before = self.wq.len();
+            let stopping = !self.closing && *self.stop.borrow();
+            if stopping {
+                self.closing = true;
+                continue;
+            }
             tokio::select! {
                 biased;
+                r = self.stop.changed(), if !self.closing => {
+                    if r.is_err() {
+                        self.closing = true;
+                    }
+                }
                 r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
                     r?;
                     self.stats.bytes_written.add((before - self.wq.len()) as u64);
@@ -160,7 +181,32 @@ impl Client {
         self.backlog = !self.closing && !rbuf.is_empty() && self.queue.len() >= max_inflight;
     }
 
+    /// Moves to the pool's current router if a reload replaced it, carrying over the
+    /// connections to backends both routers have (so request order per backend holds).
+    fn follow_router(&mut self) {
+        let current = self.slot.load();
+        if Arc::ptr_eq(&current, &self.router) {
+            return;
+        }
+        let next = current.clone();
+        drop(current);
+        let mut handles = vec![None; next.backends().len()];
+        for (i, b) in next.backends().iter().enumerate() {
+            if let Some(j) = self
+                .router
+                .backends()
+                .iter()
+                .position(|o| Arc::ptr_eq(o.state(), b.state()))
+            {
+                handles[i] = self.handles[j].take();
+            }
+        }
+        self.handles = handles;
+        self.router = next;
+    }
+
     async fn dispatch(&mut self, req: Request) {
+        self.follow_router();
         let stats = &self.stats;
         match req.command {
             c if c.is_retrieval() => stats.cmd_get.add(req.keys().count() as u64),
@@ -225,7 +271,7 @@ impl Client {
                 }
             }
             Route::All => {
-                let n = router.backends().len();
+                let n = router.pool_backends();
                 let noreply = req.noreply();
                 let seq = (!noreply).then(|| self.queue.reserve_gather(Gather::broadcast(n)));
                 for b in 0..n {
@@ -251,7 +297,7 @@ impl Client {
             }
             Command::Quit => self.closing = true,
             Command::Stats => {
-                let text = self.shared.stats_reply(req.key());
+                let text = crate::stats::stats_reply(&self.shared, req.key());
                 self.queue.push_ready(text);
             }
             _ => self.queue.push_ready(Reply::Static(reply::ERROR)),

@@ -50,6 +50,10 @@ pub struct RawConfig {
     pub threads: Option<usize>,
     /// Client connections accepted at most, over all pools.
     pub max_clients: Option<usize>,
+    /// Address of the admin HTTP listener (`/metrics`, `/health`); none by default.
+    pub admin: Option<String>,
+    /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish (ms).
+    pub shutdown_timeout: Option<u64>,
     /// The pools, by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
@@ -98,6 +102,17 @@ pub struct RawPool {
     pub protocol: Option<String>,
     /// Tokyo Tyrant pools: keep client flags by storing them inside the value.
     pub preserve_flags: Option<bool>,
+    /// After a reload moves keys, how long a miss on a key's new owner is retried on its
+    /// previous owner, e.g. `"30s"`; `"0s"` turns warm-up off.
+    pub warmup: Option<String>,
+    /// TTL (seconds) of values copied to their new owner during warm-up.
+    pub warmup_ttl: Option<u32>,
+    /// twemproxy's: take a failing backend off the ring.
+    pub auto_eject_hosts: Option<bool>,
+    /// twemproxy's: consecutive failures that eject a backend.
+    pub server_failure_limit: Option<u32>,
+    /// twemproxy's: how long an ejected backend stays out before it is probed (ms).
+    pub server_retry_timeout: Option<u64>,
 }
 
 /// A validated configuration.
@@ -107,6 +122,10 @@ pub struct Config {
     pub threads: usize,
     /// Client connections accepted at most.
     pub max_clients: usize,
+    /// Admin HTTP listener.
+    pub admin: Option<SocketAddr>,
+    /// Grace period for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
     /// The pools.
     pub pools: Vec<PoolConfig>,
 }
@@ -144,6 +163,47 @@ pub struct PoolConfig {
     pub protocol: BackendProtocol,
     /// Tokyo Tyrant pools: flags stored inside values.
     pub preserve_flags: bool,
+    /// Warm-up period after a reload moves keys (zero: off).
+    pub warmup: Duration,
+    /// TTL of values copied during warm-up, seconds.
+    pub warmup_ttl: u32,
+    /// Ejection of failing backends.
+    pub ejection: Option<Ejection>,
+}
+
+/// twemproxy's ejection settings (`auto_eject_hosts = true`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ejection {
+    /// Consecutive failures that eject a backend.
+    pub failure_limit: u32,
+    /// How long it stays out before a probe may bring it back.
+    pub retry_timeout: Duration,
+}
+
+/// Parses `"30s"`, `"500ms"`, `"5m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("'{text}' is not a duration (e.g. \"30s\", \"500ms\")"),
+        )
+    })?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(invalid(
+                field,
+                format!("'{text}': unknown unit (ms, s, m, h)"),
+            ))
+        }
+    };
+    Ok(d)
 }
 
 /// The protocol a pool's servers speak.
@@ -224,6 +284,10 @@ pub mod defaults {
     pub const MAX_CLIENT_BUFFER: u64 = 8 * 1024 * 1024;
     /// Client connections over all pools.
     pub const MAX_CLIENTS: usize = 50_000;
+    /// Warm-up after a ring change.
+    pub const WARMUP_SECS: u64 = 60;
+    /// TTL of values copied to their new owner during warm-up.
+    pub const WARMUP_TTL: u32 = 3600;
 }
 
 impl RawConfig {
@@ -267,9 +331,21 @@ impl RawConfig {
                 ));
             }
         }
+        let admin = match &self.admin {
+            None => None,
+            Some(a) => Some(
+                a.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .ok_or_else(|| invalid("admin", format!("'{a}' is not host:port")))?,
+            ),
+        };
+        let shutdown_timeout = Duration::from_millis(self.shutdown_timeout.unwrap_or(10_000));
         Ok(Config {
             threads,
             max_clients,
+            admin,
+            shutdown_timeout,
             pools,
         })
     }
@@ -513,6 +589,24 @@ impl RawPool {
                 "only applies to protocol = \"tokyotyrant\" (memcached keeps flags itself)",
             ));
         }
+        let warmup = match &self.warmup {
+            None => Duration::from_secs(defaults::WARMUP_SECS),
+            Some(t) => parse_duration(&f("warmup"), t)?,
+        };
+        let warmup_ttl = self.warmup_ttl.unwrap_or(defaults::WARMUP_TTL);
+        let ejection = match self.auto_eject_hosts.unwrap_or(false) {
+            false => None,
+            true => Some(Ejection {
+                failure_limit: match self.server_failure_limit.unwrap_or(2) {
+                    0 => return Err(invalid(f("server_failure_limit"), "must be at least 1")),
+                    n => n,
+                },
+                retry_timeout: ms("server_retry_timeout", self.server_retry_timeout, 30_000)?,
+            }),
+        };
+        if protocol == BackendProtocol::TokyoTyrant && !warmup.is_zero() && self.warmup.is_some() {
+            return Err(invalid(f("warmup"), "not available for tokyotyrant pools"));
+        }
         Ok(PoolConfig {
             name: name.to_owned(),
             listen,
@@ -529,6 +623,9 @@ impl RawPool {
             retrieval_failure,
             protocol,
             preserve_flags,
+            warmup,
+            warmup_ttl,
+            ejection,
         })
     }
 }

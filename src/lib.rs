@@ -9,11 +9,14 @@
 //!
 //! - [`protocol`]: the memcached text protocol: requests, the client codec, reply framing.
 //! - [`ring`]: the consistent-hash ring, twemproxy-exact, and every twemproxy key hash.
+//! - [`generation`]: the routing snapshot all workers share; reloads and ejections swap it.
 //! - [`router`]: which backend(s) answer a request; splitting multi-key retrievals.
 //! - [`upstream`]: per-backend pools of pipelined connections.
 //! - [`reply_queue`]: the per-client queue that puts replies back in request order.
 //! - [`client`]: one client connection's task.
-//! - [`server`]: listeners and worker threads (thread per core).
+//! - [`server`]: listeners, shared state, reload; [`worker`]: one thread's runtime.
+//! - [`admin`]: the admin HTTP listener: Prometheus `/metrics`, `/health`, `/route`.
+//! - [`health`]: ejection of failing backends and their return.
 //! - [`config`]: TOML configuration, validated into typed settings.
 //! - [`embedded`]: the in-process cache backend (`memory:<size>` servers).
 //! - [`tyrant`]: Tokyo Tyrant pools: the command subset ttserver understands, flags in values.
@@ -22,9 +25,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod embedded;
+pub mod generation;
+pub mod health;
 pub mod protocol;
 pub mod reply_queue;
 pub mod ring;
@@ -34,4 +40,5 @@ pub mod socket;
 pub mod stats;
 pub mod tyrant;
 pub mod upstream;
+pub mod worker;
 pub mod write_queue;

@@ -1,14 +1,18 @@
 //! The `memroute` command: parse flags or a config file, then run the proxy.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tokio::sync::watch;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{mpsc, watch};
 
 use memroute::config::{Config, RawConfig, RawPool, RawSize};
+use memroute::generation::Generation;
 use memroute::router::build_ring;
-use memroute::server::Server;
+use memroute::server::{Server, Shared};
 
 /// A key-routing memcached proxy.
 ///
@@ -16,8 +20,10 @@ use memroute::server::Server;
 /// pool keys: `--listen 127.0.0.1:22121 --server 127.0.0.1:11211:1 --server …`. With
 /// neither, memroute serves memcached clients on 127.0.0.1:11211 from an embedded cache.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// TOML configuration file.
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
@@ -33,6 +39,9 @@ struct Cli {
     /// Client connections accepted at most.
     #[arg(long)]
     max_clients: Option<usize>,
+    /// Admin HTTP listener (`/metrics`, `/health`, `/route?key=`).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
 
     /// Add an embedded cache to the flag-defined pool (the default when no --server is given:
     /// then memroute listens on 127.0.0.1:11211 and serves from memory alone).
@@ -78,6 +87,24 @@ struct Cli {
     /// Flag-defined pool (tokyotyrant): keep client flags by storing them in values.
     #[arg(long)]
     preserve_flags: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print which backend owns each key (and, asked of a running proxy during warm-up, the
+    /// previous owner).
+    Route {
+        /// The configuration to compute from.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Ask the running proxy's admin listener instead.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 impl Cli {
@@ -129,6 +156,9 @@ impl Cli {
         if self.max_clients.is_some() {
             raw.max_clients = self.max_clients;
         }
+        if self.admin.is_some() {
+            raw.admin = self.admin.clone();
+        }
         Ok(raw)
     }
 }
@@ -158,13 +188,142 @@ fn print_rings(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Re-reads the config file and switches to it; an invalid file changes nothing.
+fn reload(cli: &Cli, shared: &Shared, why: &str, last: &mut String) {
+    let Some(path) = &cli.config else {
+        tracing::warn!("{why}: no config file to reload (pool given by flags)");
+        return;
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            memroute::stats::RELOADS_FAILED.inc();
+            tracing::error!(
+                "{why}: cannot read {}: {e}; keeping the running configuration",
+                path.display()
+            );
+            return;
+        }
+    };
+    if text == *last {
+        return;
     }
+    let parsed = RawConfig::parse(&text).and_then(|mut raw| {
+        raw.threads = cli.threads.or(raw.threads);
+        raw.max_clients = cli.max_clients.or(raw.max_clients);
+        raw.validate()
+    });
+    let result = parsed
+        .map_err(|e| e.to_string())
+        .and_then(|config| shared.reload(config).map_err(|e| e.to_string()));
+    match result {
+        Ok(id) => {
+            memroute::stats::RELOADS_OK.inc();
+            *last = text;
+            tracing::info!("{why}: configuration reloaded (generation {id})");
+        }
+        Err(e) => {
+            memroute::stats::RELOADS_FAILED.inc();
+            tracing::error!("{why}: configuration rejected, keeping the running one: {e}");
+        }
+    }
+}
+
+/// Watches the config file (its folder, since editors replace files) for changes.
+fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let target = path.file_name().map(|n| n.to_owned());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let ours = event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == target.as_deref());
+            if ours && (event.kind.is_modify() || event.kind.is_create()) {
+                let _ = tx.try_send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// Runs until SIGTERM/SIGINT, reloading on SIGHUP and when the config file changes.
+async fn control(cli: &Cli, shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let Some(addr) = shared.generation().config.admin {
+        tokio::spawn(memroute::admin::serve(addr, shared.clone(), metrics));
+    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, mut changes) = mpsc::channel(16);
+    let _watcher = match &cli.config {
+        Some(path) => match watch_file(path, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("not watching {} for changes: {e}", path.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let mut last = cli
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => reload(cli, &shared, "SIGHUP", &mut last),
+            Some(()) = changes.recv() => {
+                // Editors write in several steps: let the burst settle, then read once.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                while changes.try_recv().is_ok() {}
+                reload(cli, &shared, "config file changed", &mut last);
+            }
+        }
+    }
+}
+
+/// `memroute route`: where keys go.
+fn route(config: Option<&Path>, admin: Option<&str>, keys: &[String]) -> Result<()> {
+    if let Some(addr) = admin {
+        // Ask the running proxy, which also knows the previous owner during warm-up.
+        for key in keys {
+            let mut s =
+                std::net::TcpStream::connect(addr).with_context(|| format!("admin {addr}"))?;
+            let encoded: String = key
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            write!(s, "GET /route?key={encoded} HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            print!("{}", response.split("\r\n\r\n").nth(1).unwrap_or(""));
+        }
+        return Ok(());
+    }
+    let path = config.context("route needs --config FILE or --admin ADDR")?;
+    let config = RawConfig::load(path)?.validate()?;
+    let generation = Generation::build(config, None)?;
+    for key in keys {
+        print!(
+            "{}",
+            memroute::admin::route_text(&generation, key.as_bytes())
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -177,12 +336,24 @@ fn main() -> Result<()> {
         .with_target(false)
         .init();
 
+    if let Some(Cmd::Route {
+        config,
+        admin,
+        keys,
+    }) = &cli.command
+    {
+        return route(config.as_deref(), admin.as_deref(), keys);
+    }
     let config = cli.raw_config()?.validate()?;
     if cli.check {
         print_rings(&config)?;
         println!("configuration ok");
         return Ok(());
     }
+    // Before the backends exist, so their latency histograms register with it.
+    let metrics = config
+        .admin
+        .and_then(|_| memroute::admin::install_metrics());
     let server = Server::bind(config.clone())?;
     for (pool, addr) in config.pools.iter().zip(server.local_addrs()) {
         tracing::info!(
@@ -194,13 +365,14 @@ fn main() -> Result<()> {
             config.threads
         );
     }
+    let shared = server.shared();
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = std::thread::spawn(move || server.run(stop_rx));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(shutdown_signal());
-    tracing::info!("shutting down");
+        .block_on(control(&cli, shared, metrics))?;
+    tracing::info!("shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
     running
         .join()

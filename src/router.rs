@@ -8,8 +8,11 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use tokio::time::Instant;
+
 use crate::config::PoolConfig;
 use crate::embedded::Store;
+use crate::generation::PoolState;
 use crate::protocol::request::{Command, Request};
 use crate::ring::{Ring, RingServer};
 use crate::upstream::{BackendKind, BackendPool, BackendState, ConnSettings};
@@ -30,7 +33,7 @@ pub enum Route {
 /// One backend as a worker sees it.
 pub enum Backend {
     /// A server over TCP, through this worker's connection pool.
-    Remote(BackendPool),
+    Remote(Arc<BackendPool>),
     /// The embedded cache, executed inline.
     Embedded(Arc<BackendState>, Arc<Store>),
 }
@@ -45,43 +48,91 @@ impl Backend {
     }
 }
 
-/// One pool's routing state in one worker: the ring and this worker's backend pools.
+/// Warm-up: where keys lived before the last ring change, until when.
+struct PreviousRing {
+    ring: Arc<Ring>,
+    /// Old ring index → index in `Router::backends`.
+    owners: Vec<usize>,
+    until: Instant,
+}
+
+/// One pool's routing state in one worker, built from a [`Generation`]'s pool: the ring and
+/// this worker's connection pools. Immutable; a change builds a new one.
 pub struct Router {
     /// The pool's settings.
     pub config: PoolConfig,
-    ring: Ring,
+    /// The generation it was built from.
+    pub generation: u64,
+    ring: Arc<Ring>,
+    /// Ring index → index in `backends`.
+    ring_backends: Vec<usize>,
+    /// The pool's backends in config order, then any previous owners kept for warm-up.
     backends: Vec<Backend>,
+    previous: Option<PreviousRing>,
 }
 
 impl Router {
-    /// Builds the ring for `config` and a (lazy) connection pool per backend.
-    pub fn new(
-        config: PoolConfig,
-        states: &[Arc<BackendState>],
-    ) -> Result<Router, crate::ring::RingError> {
-        let ring = build_ring(&config)?;
+    /// Builds this worker's router for `pool`, reusing `old`'s connection pools for backends
+    /// present in both (so their connections stay open).
+    pub fn new(pool: &PoolState, generation: u64, old: Option<&Router>) -> Router {
+        let config = pool.config.clone();
         let settings = ConnSettings {
             connect_timeout: config.connect_timeout,
             queue_depth: 4096,
             max_in_flight: 8192,
+            timeout: config.timeout,
         };
-        let backends = states
-            .iter()
-            .map(|s| match &s.kind {
-                BackendKind::Remote(addr) => Backend::Remote(BackendPool::new(
+        let make = |s: &Arc<BackendState>| -> Backend {
+            let reused = old.and_then(|o| {
+                o.backends
+                    .iter()
+                    .find(|b| Arc::ptr_eq(b.state(), s))
+                    .map(|b| match b {
+                        Backend::Remote(p) => Backend::Remote(p.clone()),
+                        Backend::Embedded(st, store) => {
+                            Backend::Embedded(st.clone(), store.clone())
+                        }
+                    })
+            });
+            reused.unwrap_or_else(|| match &s.kind {
+                BackendKind::Remote(addr) => Backend::Remote(Arc::new(BackendPool::new(
                     *addr,
                     s.clone(),
                     settings,
                     config.server_connections,
-                )),
+                ))),
                 BackendKind::Embedded(store) => Backend::Embedded(s.clone(), store.clone()),
             })
-            .collect();
-        Ok(Router {
+        };
+        let mut backends: Vec<Backend> = pool.backends.iter().map(make).collect();
+        let previous = pool.previous.as_ref().map(|p| {
+            let owners = p
+                .backends
+                .iter()
+                .map(
+                    |s| match backends.iter().position(|b| Arc::ptr_eq(b.state(), s)) {
+                        Some(i) => i,
+                        None => {
+                            backends.push(make(s));
+                            backends.len() - 1
+                        }
+                    },
+                )
+                .collect();
+            PreviousRing {
+                ring: p.ring.clone(),
+                owners,
+                until: p.until,
+            }
+        });
+        Router {
             config,
-            ring,
+            generation,
+            ring: pool.ring.clone(),
+            ring_backends: pool.ring_backends.clone(),
             backends,
-        })
+            previous,
+        }
     }
 
     /// The ring.
@@ -89,15 +140,43 @@ impl Router {
         &self.ring
     }
 
-    /// The backends, in config order.
+    /// The backends: the pool's in config order, then previous owners kept for warm-up.
     pub fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// The backends on the ring now, in config order (what a broadcast reaches).
+    pub fn pool_backends(&self) -> usize {
+        self.config.servers.len()
+    }
+
+    /// The backend owning `key`.
+    pub fn owner(&self, key: &[u8]) -> usize {
+        self.ring_backends[self.ring.server_for(key)]
+    }
+
+    /// During warm-up, the backend that owned `key` before the last ring change, if it
+    /// differs from the owner now.
+    pub fn previous_owner(&self, key: &[u8]) -> Option<usize> {
+        let p = self.previous.as_ref()?;
+        if Instant::now() >= p.until {
+            return None;
+        }
+        let before = p.owners[p.ring.server_for(key)];
+        (before != self.owner(key)).then_some(before)
+    }
+
+    /// Whether a warm-up period is running.
+    pub fn warming(&self) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|p| Instant::now() < p.until)
     }
 
     /// Decides where `req` goes.
     pub fn route(&self, req: &Request) -> Route {
         match req.command {
-            c if c.is_single_key() => Route::One(self.ring.server_for(req.key())),
+            c if c.is_single_key() => Route::One(self.owner(req.key())),
             c if c.is_retrieval() => self.route_retrieval(req),
             Command::FlushAll => Route::All,
             _ => Route::Local,
@@ -106,13 +185,13 @@ impl Router {
 
     fn route_retrieval(&self, req: &Request) -> Route {
         let mut keys = req.keys();
-        let first = self.ring.server_for(keys.next().unwrap_or_default());
-        if keys.all(|k| self.ring.server_for(k) == first) {
+        let first = self.owner(keys.next().unwrap_or_default());
+        if keys.all(|k| self.owner(k) == first) {
             return Route::One(first);
         }
         let mut split: Vec<(usize, Vec<u16>)> = Vec::new();
         for (pos, key) in req.keys().enumerate() {
-            let b = self.ring.server_for(key);
+            let b = self.owner(key);
             match split.iter_mut().find(|(s, _)| *s == b) {
                 Some((_, positions)) => positions.push(pos as u16),
                 None => split.push((b, vec![pos as u16])),

@@ -95,6 +95,8 @@ pub struct ConnSettings {
     pub queue_depth: usize,
     /// Requests written and unanswered on one connection at most.
     pub max_in_flight: usize,
+    /// The request timeout.
+    pub timeout: Duration,
 }
 
 /// Opens a connection to `addr` and starts its task.
@@ -117,6 +119,7 @@ pub async fn connect(
         wq: WriteQueue::new(),
         backend,
         max_in_flight: settings.max_in_flight,
+        timeout: settings.timeout,
     };
     tokio::spawn(conn.run());
     Ok(ConnHandle { tx })
@@ -141,6 +144,8 @@ struct Connection {
     wq: WriteQueue,
     backend: Arc<BackendState>,
     max_in_flight: usize,
+    /// The request timeout, to recover send times from deadlines.
+    timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -161,8 +166,10 @@ impl Connection {
         if !why.is_empty() {
             tracing::debug!(backend = %self.backend.name, "upstream connection failed: {why}");
             self.backend.stats.connection_failures.inc();
+            self.backend.record_failure();
         }
         for f in self.in_flight.drain(..) {
+            self.backend.stats.in_flight.dec();
             f.target.deliver(Err(msg), &self.backend);
         }
         // Requests queued but never written can be told the backend is gone.
@@ -217,6 +224,7 @@ impl Connection {
                         if let Some(rest) = req.bytes.1 {
                             self.wq.push(rest);
                         }
+                        self.backend.stats.in_flight.inc();
                         self.in_flight.push_back(InFlight {
                             kind: req.kind,
                             target: req.target,
@@ -251,7 +259,15 @@ impl Connection {
                     if done.kind == ReplyKind::RetrievalFlagsInValue {
                         bytes = crate::tyrant::decode_flags(bytes);
                     }
-                    self.backend.stats.replies.inc();
+                    let stats = &self.backend.stats;
+                    stats.replies.inc();
+                    stats.in_flight.dec();
+                    // Sent at the deadline minus the timeout; measured in microseconds.
+                    let sent = done.deadline - self.timeout;
+                    let latency = sent.elapsed();
+                    stats.latency_us_total.add(latency.as_micros() as u64);
+                    self.backend.latency.record(latency.as_secs_f64());
+                    self.backend.record_success();
                     done.target.deliver(Ok(bytes), &self.backend);
                 }
                 Ok(None) => break,

@@ -127,6 +127,7 @@ impl BackendPool {
             Err(Failure::Busy) => Err(Unavailable(self.backend.name.clone())),
             Err(Failure::Connect(e)) => {
                 self.backend.stats.connect_failures.inc();
+                self.backend.record_failure();
                 self.backend.set_up(false, &e);
                 let pause = backoff.map_or(BACKOFF_MIN, |(_, p)| (p * 2).min(BACKOFF_MAX));
                 *backoff = Some((Instant::now() + pause, pause));

@@ -1,0 +1,210 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/health`, and `/route?key=K`
+//! (where a key goes now, and where it went before the last ring change during warm-up).
+//!
+//! memroute's counters are plain atomics on the hot path; they are copied into the `metrics`
+//! registry when scraped. Backend latency histograms are recorded per reply.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::generation::Generation;
+use crate::server::Shared;
+
+/// Installs the Prometheus recorder; call before building the server so backend latency
+/// histograms register with it.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    let builder = PrometheusBuilder::new().set_buckets(&buckets).ok()?;
+    builder.install_recorder().ok()
+}
+
+/// Serves the admin endpoints on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, metrics: Option<PrometheusHandle>) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin: cannot listen on {addr}: {e}");
+            return;
+        }
+    };
+    tracing::info!("admin listening on {addr} (/metrics, /health, /route?key=)");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (shared, metrics) = (shared.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let _ = answer(stream, &shared, metrics.as_ref()).await;
+        });
+    }
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    shared: &Shared,
+    metrics: Option<&PrometheusHandle>,
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let target = line.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, body) = match path {
+        "/metrics" => ("200 OK", render_metrics(shared, metrics)),
+        "/health" => health(&shared.generation()),
+        "/route" => {
+            let key = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("key="))
+                .unwrap_or("");
+            (
+                "200 OK",
+                route_text(&shared.generation(), &percent_decode(key)),
+            )
+        }
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// 200 when every pool has a backend that is up and not ejected, else 503.
+fn health(generation: &Generation) -> (&'static str, String) {
+    let mut body = String::new();
+    let mut ok = true;
+    for pool in &generation.pools {
+        let live = pool
+            .backends
+            .iter()
+            .filter(|b| b.is_up() && !b.is_ejected())
+            .count();
+        let _ = writeln!(
+            body,
+            "pool {}: {live}/{} backends live",
+            pool.config.name,
+            pool.backends.len()
+        );
+        ok &= live > 0;
+    }
+    let _ = writeln!(body, "generation {}", generation.id);
+    (
+        if ok {
+            "200 OK"
+        } else {
+            "503 Service Unavailable"
+        },
+        body,
+    )
+}
+
+/// Where `key` goes in each pool, and during warm-up where it went before.
+pub fn route_text(generation: &Generation, key: &[u8]) -> String {
+    let mut out = String::new();
+    for pool in &generation.pools {
+        let owner = &pool.backends[pool.ring_backends[pool.ring.server_for(key)]];
+        let _ = write!(
+            out,
+            "pool {}: {} -> {}",
+            pool.config.name,
+            String::from_utf8_lossy(key),
+            owner.name
+        );
+        if let Some(p) = &pool.previous {
+            if p.until > tokio::time::Instant::now() {
+                let before = &p.backends[p.ring.server_for(key)];
+                if !Arc::ptr_eq(before, owner) {
+                    let _ = write!(out, " (previously {}, warming up)", before.name);
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String {
+    let Some(handle) = handle else {
+        return "# metrics recorder not installed\n".into();
+    };
+    let generation = shared.generation();
+    let sum = |f: &dyn Fn(&crate::stats::WorkerStats) -> u64| -> u64 {
+        shared.workers().iter().map(|w| f(w)).sum()
+    };
+    metrics::gauge!("memroute_config_generation").set(generation.id as f64);
+    metrics::gauge!("memroute_client_connections").set(shared.clients() as f64);
+    metrics::counter!("memroute_client_connections_total")
+        .absolute(sum(&|w| w.total_connections.get()));
+    metrics::counter!("memroute_cmd_get_total").absolute(sum(&|w| w.cmd_get.get()));
+    metrics::counter!("memroute_cmd_set_total").absolute(sum(&|w| w.cmd_set.get()));
+    metrics::counter!("memroute_protocol_errors_total").absolute(sum(&|w| w.protocol_errors.get()));
+    for pool in &generation.pools {
+        for b in &pool.backends {
+            let labels = [
+                ("pool", pool.config.name.clone()),
+                ("backend", b.name.clone()),
+            ];
+            let st = &b.stats;
+            metrics::counter!("memroute_backend_requests_total", &labels)
+                .absolute(st.requests.get());
+            metrics::counter!("memroute_backend_errors_total", &labels).absolute(st.errors.get());
+            metrics::counter!("memroute_backend_timeouts_total", &labels)
+                .absolute(st.timeouts.get());
+            metrics::counter!("memroute_backend_ejections_total", &labels)
+                .absolute(st.ejections.get());
+            metrics::counter!("memroute_backend_warmup_hits_total", &labels)
+                .absolute(st.warmup_hits.get());
+            metrics::gauge!("memroute_backend_in_flight", &labels).set(st.in_flight.get() as f64);
+            metrics::gauge!("memroute_backend_up", &labels).set(if b.is_up() && !b.is_ejected() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+    crate::stats::export_reload_metrics();
+    handle.run_upkeep();
+    handle.render()
+}

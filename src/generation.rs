@@ -1,0 +1,190 @@
+//! The routing generation: one immutable snapshot of the configuration, each pool's ring and
+//! its backends, shared by every worker behind one `ArcSwap`. A reload or an ejection builds
+//! the next generation beside the current one and swaps it in; workers then rebuild their
+//! per-worker routers from it, keeping connections to backends present in both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{Config, Endpoint, PoolConfig, ServerConfig};
+use crate::embedded::{Store, StoreConfig, SystemClock};
+use crate::ring::{Ring, RingError, RingServer};
+use crate::upstream::{BackendKind, BackendState};
+
+/// One pool's routing state.
+#[derive(Debug)]
+pub struct PoolState {
+    /// The pool's settings.
+    pub config: PoolConfig,
+    /// Every backend of the pool, in config order.
+    pub backends: Vec<Arc<BackendState>>,
+    /// The ring over the live backends.
+    pub ring: Arc<Ring>,
+    /// Ring index → index in `backends`.
+    pub ring_backends: Vec<usize>,
+    /// The ring before the last change that moved keys, during warm-up.
+    pub previous: Option<Previous>,
+}
+
+/// Where keys lived before a ring change, kept for the warm-up period.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    /// The old ring.
+    pub ring: Arc<Ring>,
+    /// Old ring index → backend.
+    pub backends: Vec<Arc<BackendState>>,
+    /// When warm-up ends.
+    pub until: Instant,
+}
+
+/// A full snapshot.
+#[derive(Debug)]
+pub struct Generation {
+    /// Increases with every change.
+    pub id: u64,
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The pools, in config order.
+    pub pools: Vec<PoolState>,
+}
+
+/// A pool's ring could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool}: {source}")]
+pub struct GenerationError {
+    /// The pool.
+    pub pool: String,
+    /// Why.
+    pub source: RingError,
+}
+
+fn same_endpoint(a: &ServerConfig, b: &BackendState) -> bool {
+    a.address() == b.name
+        && match (&a.endpoint, &b.kind) {
+            (Endpoint::Tcp { addr, .. }, BackendKind::Remote(other)) => addr == other,
+            (Endpoint::Memory { limit, .. }, BackendKind::Embedded(store)) => {
+                store.stats().limit_maxbytes == *limit as u64
+            }
+            _ => false,
+        }
+}
+
+fn new_backend(pool: &PoolConfig, server: &ServerConfig) -> Arc<BackendState> {
+    let kind = match &server.endpoint {
+        Endpoint::Tcp { addr, .. } => BackendKind::Remote(*addr),
+        Endpoint::Memory { limit, .. } => BackendKind::Embedded(Arc::new(Store::new(
+            StoreConfig {
+                memory_limit: *limit,
+                evict: true,
+                item_size_max: pool.item_size_max,
+            },
+            Arc::new(SystemClock),
+        ))),
+    };
+    Arc::new(BackendState::new(server.address(), kind))
+}
+
+/// Builds the ring over the backends not ejected (all of them if every one is).
+fn live_ring(
+    config: &PoolConfig,
+    backends: &[Arc<BackendState>],
+) -> Result<(Ring, Vec<usize>), RingError> {
+    let mut live: Vec<usize> = (0..backends.len())
+        .filter(|&i| !backends[i].is_ejected())
+        .collect();
+    if live.is_empty() {
+        live = (0..backends.len()).collect();
+    }
+    let servers: Vec<RingServer> = live
+        .iter()
+        .map(|&i| RingServer::new(config.servers[i].identity(), config.servers[i].weight))
+        .collect();
+    let ring = Ring::new(config.distribution, config.hash, config.hash_tag, &servers)?;
+    Ok((ring, live))
+}
+
+impl Generation {
+    /// Builds generation `id` from `config`, reusing the backends (their connections,
+    /// counters and embedded stores) that `old` already has for the same endpoints.
+    pub fn build(config: Config, old: Option<&Generation>) -> Result<Generation, GenerationError> {
+        let id = old.map_or(1, |g| g.id + 1);
+        let now = Instant::now();
+        let mut pools = Vec::new();
+        for pool in &config.pools {
+            let backends: Vec<Arc<BackendState>> = pool
+                .servers
+                .iter()
+                .map(|s| {
+                    old.into_iter()
+                        .flat_map(|g| g.pools.iter().flat_map(|p| p.backends.iter()))
+                        .find(|b| same_endpoint(s, b))
+                        .cloned()
+                        .unwrap_or_else(|| new_backend(pool, s))
+                })
+                .collect();
+            for b in &backends {
+                b.set_ejection(pool.ejection);
+            }
+            let (ring, ring_backends) =
+                live_ring(pool, &backends).map_err(|source| GenerationError {
+                    pool: pool.name.clone(),
+                    source,
+                })?;
+            let ring_owners: Vec<Arc<BackendState>> =
+                ring_backends.iter().map(|&i| backends[i].clone()).collect();
+            let before = old.and_then(|g| g.pools.iter().find(|p| p.config.name == pool.name));
+            let previous = match before {
+                Some(b) if !pool.warmup.is_zero() && moved(b, &ring, &ring_owners) => {
+                    Some(Previous {
+                        ring: b.ring.clone(),
+                        backends: b
+                            .ring_backends
+                            .iter()
+                            .map(|&i| b.backends[i].clone())
+                            .collect(),
+                        until: now + pool.warmup,
+                    })
+                }
+                // Nothing moved: an earlier warm-up still running carries on.
+                Some(b) => b.previous.clone().filter(|p| p.until > now),
+                None => None,
+            };
+            pools.push(PoolState {
+                config: pool.clone(),
+                backends,
+                ring: Arc::new(ring),
+                ring_backends,
+                previous,
+            });
+        }
+        Ok(Generation { id, config, pools })
+    }
+
+    /// The same configuration again, with the ring rebuilt over the backends live now.
+    pub fn rebuild(&self) -> Result<Generation, GenerationError> {
+        Generation::build(self.config.clone(), Some(self))
+    }
+}
+
+/// Whether the new ring maps keys differently from the old one: a different set of owners,
+/// weights, names or hashing.
+fn moved(before: &PoolState, ring: &Ring, owners: &[Arc<BackendState>]) -> bool {
+    let old_owners: Vec<&Arc<BackendState>> = before
+        .ring_backends
+        .iter()
+        .map(|&i| &before.backends[i])
+        .collect();
+    old_owners.len() != owners.len()
+        || old_owners
+            .iter()
+            .zip(owners)
+            .any(|(a, b)| !Arc::ptr_eq(a, b))
+        || before.ring.points_per_server() != ring.points_per_server()
+        || before.ring.hash_function() != ring.hash_function()
+        || before.ring.distribution() != ring.distribution()
+}
+
+/// How long to wait between checks that ejected backends may come back.
+pub const EJECTION_CHECK: Duration = Duration::from_millis(200);

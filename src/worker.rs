@@ -1,0 +1,231 @@
+//! One worker thread: a single-threaded runtime that accepts clients on its own listeners,
+//! serves them with its own upstream connections, and follows generation changes — building
+//! its routers anew (keeping connections to unchanged backends), opening listeners for new or
+//! moved pools before closing old ones — and, at shutdown, lets in-flight requests finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::generation::Generation;
+use crate::protocol::reply;
+use crate::router::Router;
+use crate::server::{bind_reuseport, Shared};
+use crate::stats::WorkerStats;
+
+/// The router slot of one pool in this worker: clients load it per request.
+pub type RouterSlot = Arc<ArcSwap<Router>>;
+
+struct PoolEntry {
+    slot: RouterSlot,
+    listen: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+/// Runs worker `index` until `stop`, on the listeners bound for it (one per pool).
+pub fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    stop: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker {index}: cannot build runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(serve(index, shared, listeners, stop));
+}
+
+async fn serve(
+    index: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stats = shared.workers()[index].clone();
+    let mut changes = shared.subscribe();
+    let mut generation = shared.generation();
+    let mut pools: HashMap<String, PoolEntry> = HashMap::new();
+    for (pool, listener) in generation.pools.iter().zip(listeners) {
+        let slot: RouterSlot = Arc::new(ArcSwap::from_pointee(Router::new(
+            pool,
+            generation.id,
+            None,
+        )));
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("pool {}: {e}", pool.config.name);
+                continue;
+            }
+        };
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            slot.clone(),
+            shared.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+        pools.insert(
+            pool.config.name.clone(),
+            PoolEntry {
+                slot,
+                listen: pool.config.listen,
+                accept,
+            },
+        );
+    }
+    let ejection = tokio::spawn(crate::health::watch(shared.clone(), index, stop.clone()));
+    let stop_for_new = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            r = changes.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let next = shared.generation();
+                if next.id != generation.id {
+                    apply(&next, &mut pools, &shared, &stats, &stop_for_new);
+                    generation = next;
+                }
+            }
+        }
+    }
+    // Shutdown: no new clients; those connected finish what is in flight and close.
+    for entry in pools.values() {
+        entry.accept.abort();
+    }
+    ejection.abort();
+    let grace = generation.config.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + grace;
+    while stats.curr_connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Brings this worker to generation `next`.
+fn apply(
+    next: &Generation,
+    pools: &mut HashMap<String, PoolEntry>,
+    shared: &Arc<Shared>,
+    stats: &Arc<WorkerStats>,
+    stop: &watch::Receiver<bool>,
+) {
+    for pool in &next.pools {
+        let name = &pool.config.name;
+        match pools.get_mut(name) {
+            Some(entry) => {
+                let router = Router::new(pool, next.id, Some(&entry.slot.load()));
+                entry.slot.store(Arc::new(router));
+                if entry.listen != pool.config.listen {
+                    // Open the new listener before closing the old one.
+                    match listen(pool.config.listen) {
+                        Ok(l) => {
+                            let accept = tokio::spawn(accept_loop(
+                                l,
+                                entry.slot.clone(),
+                                shared.clone(),
+                                stats.clone(),
+                                stop.clone(),
+                            ));
+                            std::mem::replace(&mut entry.accept, accept).abort();
+                            entry.listen = pool.config.listen;
+                        }
+                        Err(e) => tracing::error!(
+                            "pool {name}: cannot listen on {}: {e}; keeping {}",
+                            pool.config.listen,
+                            entry.listen
+                        ),
+                    }
+                }
+            }
+            None => match listen(pool.config.listen) {
+                Ok(l) => {
+                    let slot: RouterSlot =
+                        Arc::new(ArcSwap::from_pointee(Router::new(pool, next.id, None)));
+                    let accept = tokio::spawn(accept_loop(
+                        l,
+                        slot.clone(),
+                        shared.clone(),
+                        stats.clone(),
+                        stop.clone(),
+                    ));
+                    pools.insert(
+                        name.clone(),
+                        PoolEntry {
+                            slot,
+                            listen: pool.config.listen,
+                            accept,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("pool {name}: cannot listen on {}: {e}", pool.config.listen)
+                }
+            },
+        }
+    }
+    // Pools no longer configured stop accepting; their clients keep their last router.
+    pools.retain(|name, entry| {
+        let keep = next.pools.iter().any(|p| &p.config.name == name);
+        if !keep {
+            entry.accept.abort();
+        }
+        keep
+    });
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_reuseport(addr)?)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    slot: RouterSlot,
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !shared.admit_client() {
+            stats.rejected_connections.inc();
+            let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
+            continue;
+        }
+        stats.curr_connections.inc();
+        stats.total_connections.inc();
+        let (slot, shared, stats, stop) =
+            (slot.clone(), shared.clone(), stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            crate::client::serve(stream, slot, shared.clone(), stats.clone(), stop).await;
+            stats.curr_connections.dec();
+            shared.client_left();
+        });
+    }
+}
