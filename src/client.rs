@@ -24,6 +24,7 @@ use crate::socket::{spare, Socket};
 use crate::stats::WorkerStats;
 use crate::tyrant;
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
+use crate::warmup::{self, WarmKey};
 use crate::worker::RouterSlot;
 use crate::write_queue::WriteQueue;
 
@@ -221,7 +222,7 @@ impl Client {
         if tyrant {
             if let Err(msg) = tyrant::admit(&req, preserve_flags) {
                 // Never forwarded: ttserver would drop the connection or misalign it.
-                stats.protocol_errors.inc();
+                self.stats.protocol_errors.inc();
                 if !req.noreply() {
                     self.queue.push_ready(Reply::Static(msg));
                 }
@@ -232,6 +233,17 @@ impl Client {
             true => ReplyKind::RetrievalFlagsInValue,
             false => ReplyKind::Retrieval,
         };
+        let mut invalidate = None;
+        if router.warming() && !tyrant {
+            if req.command.is_retrieval() {
+                if self.warm_retrieval(&router, &req).await {
+                    return;
+                }
+            } else if req.command.is_single_key() {
+                // A write during warm-up: the previous owner's copy must not come back.
+                invalidate = router.previous_owner(req.key());
+            }
+        }
         match router.route(&req) {
             Route::One(b) => {
                 let miss = req.command.is_retrieval()
@@ -251,9 +263,17 @@ impl Client {
                     _ => (ReplyKind::Line, req.upstream_bytes()),
                 };
                 self.send(b, bytes, kind, target, Some(&req)).await;
+                if let Some(prev) = invalidate {
+                    let mut delete = BytesMut::with_capacity(req.key().len() + 9);
+                    delete.extend_from_slice(b"delete ");
+                    delete.extend_from_slice(req.key());
+                    delete.extend_from_slice(b"\r\n");
+                    let (bytes, target) = ((delete.freeze(), None), ReplyTarget::Discard);
+                    self.send(prev, bytes, ReplyKind::Line, target, None).await;
+                }
             }
             Route::Split(fragments) => {
-                stats.split_retrievals.inc();
+                self.stats.split_retrievals.inc();
                 let keys: Vec<Bytes> = req.key_slices().collect();
                 let requests: Vec<(usize, Bytes)> = fragments
                     .iter()
@@ -285,6 +305,55 @@ impl Client {
             }
             Route::Local => self.answer_locally(&req),
         }
+    }
+
+    /// A retrieval during warm-up with keys that moved: asks the new owners now (in request
+    /// order) and leaves the retries on previous owners to a background task. Returns false
+    /// when no key moved (the ordinary path applies).
+    async fn warm_retrieval(&mut self, router: &Arc<Router>, req: &Request) -> bool {
+        let keys: Vec<WarmKey> = req
+            .key_slices()
+            .map(|key| WarmKey {
+                previous: router.previous_owner(&key),
+                key,
+            })
+            .collect();
+        if keys.iter().all(|k| k.previous.is_none()) {
+            return false;
+        }
+        let seq = self.queue.reserve();
+        let prefix = req.frame.slice(..req.keys_start as usize);
+        let mut groups: Vec<(usize, Vec<u16>)> = Vec::new();
+        for (pos, k) in keys.iter().enumerate() {
+            let b = router.owner(&k.key);
+            match groups.iter_mut().find(|(o, _)| *o == b) {
+                Some((_, v)) => v.push(pos as u16),
+                None => groups.push((b, vec![pos as u16])),
+            }
+        }
+        let mut sent = Vec::with_capacity(groups.len());
+        for (b, positions) in groups {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let bytes = warmup::fragment(&prefix, &keys, &positions);
+            let target = ReplyTarget::Oneshot(tx);
+            self.send(b, (bytes, None), ReplyKind::Retrieval, target, None)
+                .await;
+            sent.push(warmup::Sent {
+                positions,
+                backend: b,
+                answer: rx,
+            });
+        }
+        tokio::spawn(warmup::finish(warmup::Pending {
+            router: router.clone(),
+            prefix,
+            keys,
+            sent,
+            handles: self.handles.clone(),
+            queue: self.queue.clone(),
+            seq,
+        }));
+        true
     }
 
     fn answer_locally(&mut self, req: &Request) {

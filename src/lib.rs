@@ -16,6 +16,7 @@
 //! - [`client`]: one client connection's task.
 //! - [`server`]: listeners, shared state, reload; [`worker`]: one thread's runtime.
 //! - [`admin`]: the admin HTTP listener: Prometheus `/metrics`, `/health`, `/route`.
+//! - [`warmup`]: after a ring change, misses retried on the previous owner and copied over.
 //! - [`health`]: ejection of failing backends and their return.
 //! - [`config`]: TOML configuration, validated into typed settings.
 //! - [`embedded`]: the in-process cache backend (`memory:<size>` servers).
@@ -40,5 +41,6 @@ pub mod socket;
 pub mod stats;
 pub mod tyrant;
 pub mod upstream;
+pub mod warmup;
 pub mod worker;
 pub mod write_queue;

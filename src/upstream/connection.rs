@@ -33,6 +33,8 @@ pub enum ReplyTarget {
     Part(Arc<ReplyQueue>, u64, u16),
     /// Nobody (a `noreply` request); errors are only counted.
     Discard,
+    /// A task waiting for the answer (warm-up's follow-up requests).
+    Oneshot(tokio::sync::oneshot::Sender<Answer>),
 }
 
 impl ReplyTarget {
@@ -46,6 +48,9 @@ impl ReplyTarget {
                 q.complete(seq, answer.map_err(|e| instead.unwrap_or(e)))
             }
             ReplyTarget::Part(q, seq, part) => q.complete_part(seq, part as usize, answer),
+            ReplyTarget::Oneshot(tx) => {
+                let _ = tx.send(answer);
+            }
             ReplyTarget::Discard => {
                 if answer.as_deref().map_or(true, reply::is_error_line) {
                     backend.stats.noreply_errors.inc();
