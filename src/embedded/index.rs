@@ -98,7 +98,7 @@ impl Index {
         self.len -= 1;
     }
 
-    /// Bytes the table itself occupies.
+    /// Number of slots (twice the entries at most), for tests.
     #[cfg(test)]
     pub(super) fn capacity(&self) -> usize {
         self.slots.len()

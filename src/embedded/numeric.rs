@@ -12,6 +12,11 @@ fn is_c_space(b: u8) -> bool {
 /// anything after the digits is ignored if it starts with whitespace or NUL (`"5 abc"` is 5),
 /// `-0` is 0, a negative number is refused unless its wrapped value fits in 63 bits
 /// (`-18446744073709551615` reads as 1), and overflow beyond 64 bits is refused.
+///
+/// One memcached 1.6.18 quirk is deliberately not copied: for values of 2^63 and above it
+/// looks for a '-' with a scan that runs past the end of the item's data into leftover slab
+/// memory, so it sometimes calls such a counter non-numeric; here only the number's own text
+/// is checked.
 pub(super) fn parse_counter(data: &[u8]) -> Option<u64> {
     let mut i = 0;
     while i < data.len() && is_c_space(data[i]) {

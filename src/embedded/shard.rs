@@ -9,7 +9,7 @@ const NIL: u32 = u32::MAX;
 
 /// Bytes charged per item on top of its key and value.
 ///
-/// This is the real bookkeeping cost: the slab [`Entry`] (56 bytes on 64-bit targets), two
+/// This is the real bookkeeping cost: the slab entry (56 bytes on 64-bit targets), two
 /// `u32` index slots (the index is kept at most half full), and 16 bytes for the allocator's
 /// header and size-class rounding of the item's data allocation. memcached's own item header
 /// is 48–56 bytes plus slab-class rounding, so the two fill a memory limit at similar rates.

@@ -189,6 +189,7 @@ impl Connection {
         let timer = sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut timer_armed = false;
+        let mut rx_closed = false;
         loop {
             if !timer_armed {
                 if let Some(head) = self.in_flight.front() {
@@ -216,25 +217,26 @@ impl Connection {
                         return End::Failed(reply::BACKEND_CLOSED, e.to_string());
                     }
                 }
-                n = self.rx.recv_many(&mut batch, BATCH), if can_take => {
+                n = self.rx.recv_many(&mut batch, BATCH), if can_take && !rx_closed => {
                     if n == 0 {
                         if self.in_flight.is_empty() {
                             return End::Idle;
                         }
                         // Handles are gone; finish what is in flight.
+                        rx_closed = true;
                         continue;
                     }
                     for req in batch.drain(..) {
-                        self.wq.push(req.bytes.0);
-                        if let Some(rest) = req.bytes.1 {
-                            self.wq.push(rest);
+                        self.enqueue(req);
+                    }
+                    // Let the other tasks that are ready run first: what they send joins
+                    // this write, so one system call carries many clients' requests.
+                    tokio::task::yield_now().await;
+                    while self.in_flight.len() < self.max_in_flight {
+                        match self.rx.try_recv() {
+                            Ok(req) => self.enqueue(req),
+                            Err(_) => break,
                         }
-                        self.backend.stats.in_flight.inc();
-                        self.in_flight.push_back(InFlight {
-                            kind: req.kind,
-                            target: req.target,
-                            deadline: req.deadline,
-                        });
                     }
                     // Most writes complete at once; skip a wake-up for writability.
                     if let Err(e) = self.sock.try_write(&mut self.wq) {
@@ -252,6 +254,20 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Queues a request's bytes for writing and records it as in flight.
+    fn enqueue(&mut self, req: UpstreamRequest) {
+        self.wq.push(req.bytes.0);
+        if let Some(rest) = req.bytes.1 {
+            self.wq.push(rest);
+        }
+        self.backend.stats.in_flight.inc();
+        self.in_flight.push_back(InFlight {
+            kind: req.kind,
+            target: req.target,
+            deadline: req.deadline,
+        });
     }
 
     /// Delivers every complete reply in the read buffer.

@@ -512,3 +512,57 @@ pub fn wait_for_port_only(port: u16) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---- Helpers for operations tests: signals, exit status, captured logs (appended). ----
+
+impl Proxy {
+    /// Like [`Proxy::start_config`], with memroute's stderr (its log) written to `log`.
+    pub fn start_config_logged(
+        config: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Proxy {
+        let file = std::fs::File::create(log).expect("create log file");
+        let mut cmd = Command::new(Self::binary());
+        cmd.args(["--config", config.to_str().unwrap(), "--log-level", "warn"]);
+        cmd.args(extra);
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn memroute");
+        wait_for_port(port, &mut child, "memroute");
+        Proxy { child, port }
+    }
+
+    /// Sends signal `name` (e.g. "HUP", "TERM") to the process with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// Polls until the process exits, for at most `within`; None if it is still running.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts memroute from a prepared command whose pool listens on `port`.
+    pub fn spawn_command(cmd: Command, port: u16) -> Proxy {
+        Self::spawn(cmd, port)
+    }
+}

@@ -1,0 +1,74 @@
+//! The embedded cache as a backend: memory stays bounded when filled far past its limit, the
+//! least recently used items go first, and with no arguments memroute serves from it.
+
+mod common;
+
+use common::{free_port, Client, Proxy};
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
+    let port = free_port();
+    let mut cmd = std::process::Command::new(Proxy::binary());
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--embedded",
+        "--memory",
+        "8mb",
+    ])
+    .args(["--threads", "1", "--log-level", "warn"]);
+    let proxy = Proxy::spawn_command(cmd, port);
+    let mut c = Client::connect(port);
+    // A small set of keys read all the time stays; 80 MB of others flow through.
+    let value = vec![b'v'; 10_000];
+    for i in 0..20 {
+        c.set(&format!("hot:{i}"), &value);
+    }
+    let mut batch = Vec::new();
+    for i in 0..8000 {
+        batch.extend_from_slice(format!("set cold:{i} 0 0 {}\r\n", value.len()).as_bytes());
+        batch.extend_from_slice(&value);
+        batch.extend_from_slice(b"\r\n");
+        if i % 50 == 49 {
+            c.send(&batch);
+            batch.clear();
+            for _ in 0..50 {
+                assert_eq!(c.read_line(), b"STORED\r\n");
+            }
+            for h in 0..20 {
+                assert!(
+                    c.get(&format!("hot:{h}")).is_some(),
+                    "hot:{h} evicted at {i}"
+                );
+            }
+        }
+    }
+    // 80 MB written into an 8 MB cache: the process holds far less than what was written.
+    let rss = rss_kib(proxy.pid());
+    eprintln!("RSS after writing 80 MB into an 8 MB cache: {rss} KiB");
+    assert!(rss < 32 * 1024, "RSS {rss} KiB");
+    // The oldest cold keys are gone, the newest are there.
+    assert!(c.get("cold:0").is_none());
+    assert!(c.get("cold:7999").is_some());
+    c.send("stats\r\n");
+    let mut evictions = 0u64;
+    loop {
+        let line = String::from_utf8(c.read_line()).unwrap();
+        if let Some(v) = line.strip_prefix("STAT embedded_evictions ") {
+            evictions = v.trim().parse().unwrap();
+        }
+        if line == "END\r\n" {
+            break;
+        }
+    }
+    assert!(evictions > 6000, "evictions {evictions}");
+}
