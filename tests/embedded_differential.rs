@@ -3,14 +3,17 @@
 //! counter deltas.
 
 // Once the module moves into memroute, the first path becomes `memroute::embedded::…`.
+mod common;
+
+use common::Memcached;
 use memroute::embedded::{ManualClock, Store, StoreConfig, StoreStats};
 use memroute::protocol::{ClientCodec, CodecLimits, Decoded};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,62 +21,17 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-/// A memcached child process, killed when dropped.
-struct Memcached {
-    child: Child,
-    port: u16,
-}
-
-impl Memcached {
-    fn start() -> Memcached {
-        // Ask the OS for a free port, then hand it to memcached.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("memcached")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                "0",
-                "-l",
-                "127.0.0.1",
-                "-t",
-                "1",
-                "-u",
-                "root",
-            ])
-            // memcached's background LRU threads briefly hold references to items; an incr
-            // that meets such a reference copies the item instead of rewriting it in place,
-            // which changes the stored length ("7" instead of "7 ") and `total_items`, and
-            // the crawler may reclaim expired items before a lookup counts them. Both are
-            // races inside memcached; without the threads its answers are deterministic.
-            .args(["-o", "no_lru_maintainer,no_lru_crawler"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached must be installed (/usr/bin/memcached)");
-        let server = Memcached { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "memcached did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// memcached for the comparison. Its background LRU threads briefly hold references to
+/// items; an incr that meets such a reference copies the item instead of rewriting it in
+/// place, which changes the stored length ("7" instead of "7 ") and `total_items`, and the
+/// crawler may reclaim expired items before a lookup counts them. Both are races inside
+/// memcached; without the threads its answers are deterministic.
+fn start_memcached() -> Memcached {
+    Memcached::start_with(&["-o", "no_lru_maintainer,no_lru_crawler"])
 }
 
 /// A connection to memcached that can tell where a reply ends even when there is none
-/// (noreply): every request is followed by the meta no-op `mn`, answered by `MN\r\n`.
+/// (noreply): every request is followed by `version`, which both memcached and memroute answer.
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -525,38 +483,18 @@ fn replies_match_real_memcached() {
 /// The same sequences through a running memroute whose pool is its embedded cache.
 #[test]
 fn replies_through_memroute_match_real_memcached() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_memroute"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--embedded",
-            "--threads",
-            "1",
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn memroute");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "memroute did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let port = common::free_port();
+    let mut cmd = Command::new(common::Proxy::binary());
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--embedded"])
+        .args(["--threads", "1", "--log-level", "warn"]);
+    let _proxy = common::Proxy::spawn_command(cmd, port);
     let conn = RefCell::new(Conn::new(port));
     differential(Ours::Proxy(&conn), cases(1000));
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 fn differential(target: Ours<'_>, cases: u32) {
     let started = Instant::now();
-    let server = Memcached::start();
+    let server = start_memcached();
     let conn = RefCell::new(Conn::new(server.port));
     let sequence = RefCell::new(0u64);
     let mut runner = TestRunner::new(Config {

@@ -52,25 +52,31 @@ impl Memcached {
         Self::start_with(&[])
     }
 
+    /// The memcached command line for `port`: one thread, no UDP, loopback only.
+    fn command(port: u16, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(require("/usr/bin/memcached"));
+        cmd.args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-l",
+            "127.0.0.1",
+            "-t",
+            "1",
+        ])
+        .args(["-u", "root"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        cmd
+    }
+
     /// Starts memcached with extra arguments.
     pub fn start_with(extra: &[&str]) -> Memcached {
         let port = free_port();
-        let mut child = Command::new(require("/usr/bin/memcached"))
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                "0",
-                "-l",
-                "127.0.0.1",
-                "-t",
-                "1",
-                "-u",
-                "root",
-            ])
+        let mut child = Self::command(port, &[])
             .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn memcached");
         wait_for_port(port, &mut child, "memcached");
@@ -178,37 +184,7 @@ impl Nutcracker {
     /// Starts nutcracker with one pool: `hash`, `distribution`, and `servers` as YAML list
     /// entries (e.g. `127.0.0.1:11211:1 name`).
     pub fn start(hash: &str, distribution: &str, servers: &[String]) -> Nutcracker {
-        let port = free_port();
-        let stats_port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut yaml = format!(
-            "pool:\n  listen: 127.0.0.1:{port}\n  hash: {hash}\n  distribution: {distribution}\n  timeout: 2000\n  auto_eject_hosts: false\n  server_connections: 1\n  servers:\n"
-        );
-        for s in servers {
-            yaml.push_str(&format!("   - {s}\n"));
-        }
-        let conf = dir.path().join("nutcracker.yml");
-        std::fs::write(&conf, yaml).expect("write nutcracker config");
-        let mut child = Command::new(require("/usr/sbin/nutcracker"))
-            .args([
-                "-c",
-                conf.to_str().unwrap(),
-                "-s",
-                &stats_port.to_string(),
-                "-a",
-                "127.0.0.1",
-            ])
-            .args(["-o", dir.path().join("nutcracker.log").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nutcracker");
-        wait_for_port(port, &mut child, "nutcracker");
-        Nutcracker {
-            child,
-            port,
-            _dir: dir,
-        }
+        Self::start_with(hash, distribution, servers, &[])
     }
 
     /// A raw client.
@@ -361,23 +337,7 @@ impl Memcached {
     pub fn start_on(port: u16) -> Memcached {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = Command::new(require("/usr/bin/memcached"))
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "-U",
-                    "0",
-                    "-l",
-                    "127.0.0.1",
-                    "-t",
-                    "1",
-                    "-u",
-                    "root",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn memcached");
+            let mut child = Self::command(port, &[]).spawn().expect("spawn memcached");
             // Either it listens, or it exits (port busy): poll for both.
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -516,7 +476,8 @@ pub fn wait_for_port_only(port: u16) {
 // ---- Helpers for operations tests: signals, exit status, captured logs (appended). ----
 
 impl Proxy {
-    /// Like [`Proxy::start_config`], with memroute's stderr (its log) written to `log`.
+    /// Like [`Proxy::start_config`], with memroute's stdout and stderr (its log, wherever
+    /// the subscriber writes it) appended to `log`.
     pub fn start_config_logged(
         config: &std::path::Path,
         port: u16,
@@ -524,12 +485,13 @@ impl Proxy {
         log: &std::path::Path,
     ) -> Proxy {
         let file = std::fs::File::create(log).expect("create log file");
+        let file2 = file.try_clone().expect("clone log file");
         let mut cmd = Command::new(Self::binary());
         cmd.args(["--config", config.to_str().unwrap(), "--log-level", "warn"]);
         cmd.args(extra);
         let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(file2))
             .spawn()
             .expect("spawn memroute");
         wait_for_port(port, &mut child, "memroute");
