@@ -101,7 +101,7 @@ impl Client {
         let max_buffer = cfg.max_client_buffer;
         let mut rbuf = BytesMut::new();
         loop {
-            self.queue.take_ready(&mut self.wq);
+            let outstanding = self.queue.take_ready(&mut self.wq);
             if !self.wq.is_empty() {
                 let before = self.wq.len();
                 self.sock.try_write(&mut self.wq)?;
@@ -109,13 +109,13 @@ impl Client {
                     .bytes_written
                     .add((before - self.wq.len()) as u64);
             }
-            if self.closing && self.wq.is_empty() && self.queue.is_empty() {
+            if self.closing && self.wq.is_empty() && outstanding.requests == 0 {
                 return Ok(());
             }
             let can_read = !self.closing
-                && self.queue.len() < max_inflight
-                && self.wq.len() + self.queue.ready_bytes() < max_buffer;
-            if self.backlog && self.queue.len() < max_inflight {
+                && outstanding.requests < max_inflight
+                && self.wq.len() + outstanding.ready_bytes < max_buffer;
+            if self.backlog && outstanding.requests < max_inflight {
                 // Requests left buffered at the in-flight cap: decode them now that replies
                 // have drained, without waiting for the client to send more.
                 self.handle_input(&mut codec, &mut rbuf, max_inflight).await;

@@ -31,6 +31,15 @@ impl Reply {
     }
 }
 
+/// What is left in a queue after the ready head was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Requests whose replies have not been taken.
+    pub requests: usize,
+    /// Bytes of completed replies waiting behind an incomplete one.
+    pub ready_bytes: usize,
+}
+
 /// What an answer from a backend was: its bytes, or the error line to use instead.
 pub type Answer = Result<Bytes, &'static [u8]>;
 
@@ -281,10 +290,10 @@ impl ReplyQueue {
         }
     }
 
-    /// Moves every ready reply at the head into `out`, in order; returns how many.
-    pub fn take_ready(&self, out: &mut WriteQueue) -> usize {
+    /// Moves every ready reply at the head into `out`, in order; returns what is left
+    /// (one lock for what the client loop needs to know).
+    pub fn take_ready(&self, out: &mut WriteQueue) -> Outstanding {
         let mut inner = self.lock();
-        let mut n = 0;
         while let Some(Slot::Ready(_)) = inner.slots.front() {
             let Some(Slot::Ready(reply)) = inner.slots.pop_front() else {
                 unreachable!("checked above")
@@ -296,9 +305,11 @@ impl ReplyQueue {
                 Reply::Data(b) => out.push(b),
                 Reply::Parts(parts) => parts.into_iter().for_each(|p| out.push(p)),
             }
-            n += 1;
         }
-        n
+        Outstanding {
+            requests: inner.slots.len(),
+            ready_bytes: inner.ready_bytes,
+        }
     }
 
     /// Requests whose replies have not been taken yet.
