@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: memcached direct vs twemproxy vs memroute.
+# Side-by-side benchmark: memcached direct vs twemproxy vs memroute, and
+# memcached vs memroute's embedded cache.
 #
 # Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
-#                                              [--workloads a,b,c,d,e,f]
+#                                              [--workloads a,b,c,d,e,f,g,h,i]
 #   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
 #   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
 #   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
-# Server side (3 memcached backends + proxies) is pinned to CPU 0, the load
-# generator to CPU 1. Runs are interleaved (for rep: for target) so drift hits
-# every target alike. Results land in bench-results/<timestamp>/.
+#  g-i: memcached (direct, -t 1) vs memroute --embedded --threads 1, no proxying:
+#   g  get90, 50 conns, depth 1          i  set-heavy (10% gets), 50 conns, depth 1
+#   h  get90, 50 conns, depth 16
+# Server side (3 memcached backends + proxies + embedded memroute) is pinned to
+# CPU 0, the load generator to CPU 1. Runs are interleaved (for rep: for target)
+# so drift hits every target alike. Results land in bench-results/<timestamp>/.
 # Env: MEMROUTE_BIN, LOADGEN_BIN use prebuilt binaries instead of cargo.
 # Exits non-zero on any verification/connection error or crash, never on
 # performance numbers.
@@ -18,11 +22,11 @@ REPS=5
 DUR=10
 WARM=1
 IDLE=10000
-WORKLOADS=a,b,c,d,e,f
+WORKLOADS=a,b,c,d,e,f,g,h,i
 QUICK=0
 CMDLINE="$0 $*"
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
@@ -70,7 +74,7 @@ MEMROUTE=${MEMROUTE_BIN:-target/release/memroute}
 [ -x "$LOADGEN" ] || die "loadgen binary not found: $LOADGEN"
 TARGETS=(direct twemproxy memroute)
 if [ ! -x "$MEMROUTE" ]; then
-    log "NOTE: no memroute binary ($MEMROUTE): memroute rows skipped"
+    log "NOTE: no memroute binary ($MEMROUTE): memroute and embedded rows skipped"
     TARGETS=(direct twemproxy)
     MEMROUTE=""
 fi
@@ -130,7 +134,7 @@ wait_port() { # pid port
     die "nothing listening on port $2 after 10 s"
 }
 
-read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT <<<"$(free_ports 6)"
+read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT EM_PORT <<<"$(free_ports 7)"
 BACKENDS=("$B1" "$B2" "$B3")
 BPIDS=()
 mc_user=()
@@ -172,11 +176,23 @@ if [ -n "$MEMROUTE" ]; then
     wait_port "$MR_PID" "$MR_PORT"
 fi
 
+# memroute's embedded cache: a memcached replacement in its own right, compared
+# with one memcached -t 1 (the "direct" target) in workloads g-i.
+EM_PID=""
+if [ -n "$MEMROUTE" ]; then
+    taskset -c 0 "$MEMROUTE" --listen "127.0.0.1:$EM_PORT" --embedded --memory 256mb \
+        --threads 1 >"$OUT/logs/embedded.log" 2>&1 &
+    EM_PID=$!
+    PIDS+=($EM_PID)
+    wait_port "$EM_PID" "$EM_PORT"
+fi
+
 target_port() {
     case $1 in
     direct) echo "$B1" ;; # one backend: the no-proxy reference
     twemproxy) echo "$TW_PORT" ;;
     memroute) echo "$MR_PORT" ;;
+    embedded) echo "$EM_PORT" ;;
     esac
 }
 proxy_pid() {
@@ -184,6 +200,26 @@ proxy_pid() {
     twemproxy) echo "$TW_PID" ;;
     memroute) echo "$MR_PID" ;;
     *) echo "" ;;
+    esac
+}
+# Targets of a workload: g-i compare the cache servers themselves.
+workload_targets() {
+    case $1 in
+    g | h | i) echo direct ${EM_PID:+embedded} ;;
+    *) echo "${TARGETS[@]}" ;;
+    esac
+}
+# Processes whose CPU counts as server side. a-e: proxy + all backends;
+# g-i: the serving process alone (memcached B1 for direct, memroute for embedded).
+server_pids() { # workload target
+    case $1 in
+    g | h | i)
+        case $2 in
+        direct) echo "${BPIDS[0]}" ;;
+        embedded) echo "$EM_PID" ;;
+        esac
+        ;;
+    *) echo "$(proxy_pid "$2")" "${BPIDS[@]}" ;;
     esac
 }
 
@@ -209,6 +245,9 @@ workload_args() {
     c) echo "--connections 50 --depth 1 --get-ratio 1 --multiget 10" ;;
     d) echo "--connections 50 --depth 1 --get-ratio 0.1 --value-size 4096" ;;
     e) echo "--connections 1 --depth 1 --get-ratio 0.9" ;;
+    g) echo "--connections 50 --depth 1 --get-ratio 0.9" ;;
+    h) echo "--connections 50 --depth 16 --get-ratio 0.9" ;;
+    i) echo "--connections 50 --depth 1 --get-ratio 0.1" ;;
     esac
 }
 
@@ -221,17 +260,19 @@ for w in ${WORKLOADS//,/ }; do
     [ "$w" = f ] && continue
     args=$(workload_args "$w")
     [ -n "$args" ] || die "unknown workload $w"
+    read -r -a wtargets <<<"$(workload_targets "$w")"
     # Prefill once per target so every measured get should hit.
-    for t in "${TARGETS[@]}"; do
+    for t in "${wtargets[@]}"; do
         # shellcheck disable=SC2086
         taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
             --prefill --duration 0 --warmup 0 --quiet --json "$OUT/runs/prefill-$w-$t.json" ||
             { log "prefill $w/$t failed"; FAILED=1; }
     done
     for rep in $(seq 1 "$REPS"); do
-        for t in "${TARGETS[@]}"; do
+        for t in "${wtargets[@]}"; do
             json="$OUT/runs/$w-$t-$rep.json"
             pp=$(proxy_pid "$t")
+            read -r -a sp <<<"$(server_pids "$w" "$t")"
             # shellcheck disable=SC2086
             taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
                 --duration "$DUR" --warmup "$WARM" --expect-hits --quiet --json "$json" \
@@ -240,11 +281,11 @@ for w in ${WORKLOADS//,/ }; do
             # CPU is sampled over the measured window only (after warm-up).
             sleep "$WARM"
             p0=$(ticks "$pp")
-            s0=$(ticks "$pp" "${BPIDS[@]}")
+            s0=$(ticks "${sp[@]}")
             rc=0
             wait $lg || rc=$?
             p1=$(ticks "$pp")
-            s1=$(ticks "$pp" "${BPIDS[@]}")
+            s1=$(ticks "${sp[@]}")
             check_alive
             if [ $rc != 0 ]; then
                 FAILED=1
@@ -300,9 +341,18 @@ runs = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 idle = list(csv.DictReader(open(sys.argv[2]), delimiter="\t"))
 names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
          "c": "c) 10-key multiget, 50 conns", "d": "d) set-heavy (10% get), 4 KiB values",
-         "e": "e) 1 conn depth 1"}
-targets = [t for t in ("direct", "twemproxy", "memroute") if any(r["target"] == t for r in runs)] \
+         "e": "e) 1 conn depth 1",
+         "g": "g) embedded vs memcached: get90 depth 1, 50 conns",
+         "h": "h) embedded vs memcached: get90 depth 16, 50 conns",
+         "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns"}
+# g-i compare memroute's embedded cache with one memcached; a-e compare proxies.
+EMBEDDED_WL = {"g", "h", "i"}
+proxy_runs = [r for r in runs if r["workload"] not in EMBEDDED_WL]
+targets = [t for t in ("direct", "twemproxy", "memroute") if any(r["target"] == t for r in proxy_runs)] \
     or ["twemproxy", "memroute"]
+embedded_targets = [t for t in ("direct", "embedded")
+                    if any(r["target"] == t for r in runs if r["workload"] in EMBEDDED_WL)] \
+    or ["direct", "embedded"]
 
 def load(r):
     try:
@@ -331,12 +381,21 @@ def cell(vals):
 metrics = [("throughput ops/s", "ops_per_sec"), ("keys/s", "keys_per_sec"),
            ("p50 us", "p50_us"), ("p99 us", "p99_us"), ("p99.9 us", "p999_us"),
            ("proxy CPU-us/req", "proxy_cpu_us"), ("server-side CPU-us/req", "server_cpu_us")]
+# g-i: server CPU is the serving process alone (memcached, or memroute --embedded);
+# the ratio (embedded / memcached) is given for throughput and CPU only.
+embedded_metrics = [("throughput ops/s", "ops_per_sec", True), ("p50 us", "p50_us", False),
+                    ("p99 us", "p99_us", False), ("server CPU-us/req", "server_cpu_us", True)]
 bad = []
 medians = {}
-print("medians over reps, (min-max); ratio = memroute / twemproxy")
+if proxy_runs or not runs:
+    print("medians over reps, (min-max); ratio = memroute / twemproxy")
+else:
+    print("medians over reps, (min-max)")
 for w in sorted({r["workload"] for r in runs}):
     rows = [r for r in runs if r["workload"] == w]
-    data = {t: [] for t in targets}
+    emb = w in EMBEDDED_WL
+    wtargets = embedded_targets if emb else targets
+    data = {t: [] for t in wtargets}
     for r in rows:
         d = load(r)
         if d is None or r["rc"] != "0" or d["verification_errors"] or d["connection_errors"]:
@@ -346,9 +405,26 @@ for w in sorted({r["workload"] for r in runs}):
         if d is not None:
             data[r["target"]].append(d)
     print()
-    print(f"{names.get(w, w)}   [{len(rows) // len(targets)} reps]")
-    widths = [24] + [28] * len(targets) + [7]
-    head = ["metric"] + targets + ["ratio"]
+    print(f"{names.get(w, w)}   [{len(rows) // len(wtargets)} reps]")
+    widths = [24] + [28] * len(wtargets) + [7]
+    head = ["metric"] + wtargets + ["ratio"]
+    if emb:
+        print("direct = one memcached -t 1; embedded = memroute --embedded --threads 1; "
+              "ratio = embedded / memcached")
+        print("".join(h.ljust(x) for h, x in zip(head, widths)))
+        for label, key, with_ratio in embedded_metrics:
+            cells, med = [], {}
+            for t in wtargets:
+                c, m = cell([d[key] for d in data[t]])
+                cells.append(c)
+                med[t] = m
+            medians[(w, key)] = med
+            mc, em = med.get("direct"), med.get("embedded")
+            ratio = f"{em / mc:.2f}" if with_ratio and mc and em is not None else "-"
+            print("".join(c.ljust(x) for c, x in zip([label] + cells + [ratio], widths)))
+        errs = sum(d["verification_errors"] + d["connection_errors"] for t in wtargets for d in data[t])
+        print(f"errors (must be 0): {errs}")
+        continue
     print("".join(h.ljust(x) for h, x in zip(head, widths)))
     for label, key in metrics:
         if key == "keys_per_sec" and w != "c":

@@ -181,7 +181,7 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
     metrics::counter!("memroute_cmd_set_total").absolute(sum(&|w| w.cmd_set.get()));
     metrics::counter!("memroute_protocol_errors_total").absolute(sum(&|w| w.protocol_errors.get()));
     for pool in &generation.pools {
-        for b in &pool.backends {
+        for (b, _) in pool.all_backends() {
             let labels = [
                 ("pool", pool.config.name.clone()),
                 ("backend", b.name.clone()),

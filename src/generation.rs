@@ -28,6 +28,27 @@ pub struct PoolState {
     pub previous: Option<Previous>,
 }
 
+impl PoolState {
+    /// The pool's backends, then previous owners that are no longer in it but are kept for
+    /// warm-up (with whether each is retained that way).
+    pub fn all_backends(&self) -> impl Iterator<Item = (&Arc<BackendState>, bool)> {
+        let current = self.backends.iter().map(|b| (b, false));
+        let retained = self.previous.iter().flat_map(move |p| {
+            p.backends
+                .iter()
+                .filter(move |b| !self.backends.iter().any(|c| Arc::ptr_eq(c, b)))
+                .map(|b| (b, true))
+        });
+        let mut seen: Vec<*const BackendState> = Vec::new();
+        current.chain(retained).filter(move |(b, _)| {
+            let ptr = Arc::as_ptr(b);
+            let new = !seen.contains(&ptr);
+            seen.push(ptr);
+            new
+        })
+    }
+}
+
 /// Where keys lived before a ring change, kept for the warm-up period.
 #[derive(Debug, Clone)]
 pub struct Previous {

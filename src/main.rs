@@ -2,11 +2,9 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{mpsc, watch};
 
 use memroute::config::{Config, RawConfig, RawPool, RawSize};
@@ -108,15 +106,17 @@ enum Cmd {
 }
 
 impl Cli {
-    fn raw_config(&self) -> Result<RawConfig> {
-        let mut raw = match &self.config {
-            Some(path) => {
+    /// The raw configuration: the config file's `text` when a file is given, else the
+    /// flag-defined pool; flags that apply to both override the file.
+    fn raw_config(&self, text: Option<&str>) -> Result<RawConfig> {
+        let mut raw = match (&self.config, text) {
+            (Some(_), Some(text)) => {
                 if self.listen.is_some() || !self.servers.is_empty() || self.embedded {
                     bail!("--listen/--server describe a pool without a file; do not combine them with --config");
                 }
-                RawConfig::load(path)?
+                RawConfig::parse(text)?
             }
-            None => {
+            _ => {
                 let servers = if self.servers.is_empty() || self.embedded {
                     // Nothing to front: serve from the embedded cache, so memroute is a
                     // working memcached on a fresh machine.
@@ -252,12 +252,11 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::Recom
     Ok(watcher)
 }
 
-/// Runs until SIGTERM/SIGINT, reloading on SIGHUP and when the config file changes.
-async fn control(cli: &Cli, shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Result<()> {
+/// Starts the proxy and runs until SIGTERM/SIGINT, reloading on SIGHUP and when the config
+/// file changes. Signal handlers and the file watch are in place before the file is read,
+/// so neither a SIGHUP nor an edit during start-up is lost.
+async fn run(cli: &Cli) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    if let Some(addr) = shared.generation().config.admin {
-        tokio::spawn(memroute::admin::serve(addr, shared.clone(), metrics));
-    }
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let (tx, mut changes) = mpsc::channel(16);
@@ -271,15 +270,37 @@ async fn control(cli: &Cli, shared: Arc<Shared>, metrics: Option<PrometheusHandl
         },
         None => None,
     };
-    let mut last = cli
-        .config
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
+    let mut last = match &cli.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    let config = cli.raw_config(Some(&last))?.validate()?;
+    // Before the backends exist, so their latency histograms register with it.
+    let metrics = config
+        .admin
+        .and_then(|_| memroute::admin::install_metrics());
+    let server = Server::bind(config.clone())?;
+    for (pool, addr) in config.pools.iter().zip(server.local_addrs()) {
+        tracing::info!(
+            "pool {} listening on {addr}: {} servers, {} {}, {} worker threads",
+            pool.name,
+            pool.servers.len(),
+            pool.hash,
+            pool.distribution,
+            config.threads
+        );
+    }
+    let shared = server.shared();
+    if let Some(addr) = config.admin {
+        tokio::spawn(memroute::admin::serve(addr, shared.clone(), metrics));
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let running = std::thread::spawn(move || server.run(stop_rx));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = hup.recv() => reload(cli, &shared, "SIGHUP", &mut last),
             Some(()) = changes.recv() => {
                 // Editors write in several steps: let the burst settle, then read once.
@@ -289,6 +310,12 @@ async fn control(cli: &Cli, shared: Arc<Shared>, metrics: Option<PrometheusHandl
             }
         }
     }
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || running.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    Ok(())
 }
 
 /// `memroute route`: where keys go.
@@ -344,38 +371,22 @@ fn main() -> Result<()> {
     {
         return route(config.as_deref(), admin.as_deref(), keys);
     }
-    let config = cli.raw_config()?.validate()?;
     if cli.check {
+        let text = match &cli.config {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let config = cli.raw_config(text.as_deref())?.validate()?;
         print_rings(&config)?;
         println!("configuration ok");
         return Ok(());
     }
-    // Before the backends exist, so their latency histograms register with it.
-    let metrics = config
-        .admin
-        .and_then(|_| memroute::admin::install_metrics());
-    let server = Server::bind(config.clone())?;
-    for (pool, addr) in config.pools.iter().zip(server.local_addrs()) {
-        tracing::info!(
-            "pool {} listening on {addr}: {} servers, {} {}, {} worker threads",
-            pool.name,
-            pool.servers.len(),
-            pool.hash,
-            pool.distribution,
-            config.threads
-        );
-    }
-    let shared = server.shared();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let running = std::thread::spawn(move || server.run(stop_rx));
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(control(&cli, shared, metrics))?;
-    tracing::info!("shutting down: finishing requests in flight");
-    let _ = stop_tx.send(true);
-    running
-        .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+        .block_on(run(&cli))?;
     Ok(())
 }

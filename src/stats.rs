@@ -108,6 +108,8 @@ pub struct BackendStats {
     pub latency_us_total: Counter,
     /// Warm-up: misses on the new owner answered by the previous owner.
     pub warmup_hits: Counter,
+    /// `VALUE` items returned by retrievals.
+    pub get_hits: Counter,
 }
 
 /// The reply to `stats [args]`, in memcached's `STAT name value` format.
@@ -135,7 +137,21 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
                 "rejected_connections",
                 &sum(&|w| w.rejected_connections.get()),
             );
-            stat("cmd_get", &sum(&|w| w.cmd_get.get()));
+            let cmd_get = sum(&|w| w.cmd_get.get());
+            stat("cmd_get", &cmd_get);
+            // Hits as counted where replies arrive: remote backends' VALUE items, and the
+            // embedded stores' own hits (over every backend, retained ones included).
+            let hits: u64 = generation
+                .pools
+                .iter()
+                .flat_map(|p| p.all_backends())
+                .map(|(b, _)| match &b.kind {
+                    BackendKind::Remote(_) => b.stats.get_hits.get(),
+                    BackendKind::Embedded(store) => store.stats().get_hits,
+                })
+                .sum();
+            stat("get_hits", &hits);
+            stat("get_misses", &cmd_get.saturating_sub(hits));
             stat("cmd_set", &sum(&|w| w.cmd_set.get()));
             stat("cmd_flush", &sum(&|w| w.cmd_flush.get()));
             stat("cmd_other", &sum(&|w| w.cmd_other.get()));
@@ -179,16 +195,17 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
             }
         }
         b"backends" => {
-            for pool in &generation.pools {
-                let states = &pool.backends;
-                let pool = &pool.config;
-                for s in states {
+            for pool_state in &generation.pools {
+                let pool = &pool_state.config;
+                for (s, retained) in pool_state.all_backends() {
                     let p = format!("{}:{}", pool.name, s.name);
                     let st = &s.stats;
-                    let state = match (s.is_ejected(), s.is_up()) {
-                        (true, _) => "ejected",
-                        (false, true) => "up",
-                        (false, false) => "down",
+                    let state = match (retained, s.is_ejected(), s.is_up()) {
+                        // Removed from the pool, still read during warm-up.
+                        (true, _, _) => "retained",
+                        (false, true, _) => "ejected",
+                        (false, false, true) => "up",
+                        (false, false, false) => "down",
                     };
                     stat(&format!("{p}:state"), &state);
                     stat(&format!("{p}:requests"), &st.requests.get());

@@ -280,6 +280,10 @@ impl Connection {
                     if done.kind == ReplyKind::RetrievalFlagsInValue {
                         bytes = crate::tyrant::decode_flags(bytes);
                     }
+                    if done.kind != ReplyKind::Line {
+                        let hits = crate::protocol::reply::value_items(&bytes).count();
+                        self.backend.stats.get_hits.add(hits as u64);
+                    }
                     let stats = &self.backend.stats;
                     stats.replies.inc();
                     stats.in_flight.dec();

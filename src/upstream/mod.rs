@@ -138,6 +138,8 @@ impl BackendState {
         if was {
             self.failures.store(0, Ordering::Relaxed);
             tracing::info!(backend = %self.name, "backend back on the ring");
+            // Its probe just answered: it is reachable.
+            self.up.store(true, Ordering::Relaxed);
         }
         was
     }
