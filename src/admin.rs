@@ -204,6 +204,27 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
             });
         }
     }
+    for pool in &generation.pools {
+        for (b, _) in pool.all_backends() {
+            let crate::upstream::BackendKind::Embedded(store) = &b.kind else {
+                continue;
+            };
+            let st = store.stats();
+            let labels = [
+                ("pool", pool.config.name.clone()),
+                ("backend", b.name.clone()),
+            ];
+            metrics::gauge!("memroute_embedded_items", &labels).set(st.curr_items as f64);
+            metrics::gauge!("memroute_embedded_bytes", &labels).set(st.bytes as f64);
+            metrics::gauge!("memroute_embedded_limit_bytes", &labels).set(st.limit_maxbytes as f64);
+            metrics::counter!("memroute_embedded_evictions_total", &labels).absolute(st.evictions);
+            metrics::counter!("memroute_embedded_get_hits_total", &labels).absolute(st.get_hits);
+            metrics::counter!("memroute_embedded_get_misses_total", &labels)
+                .absolute(st.get_misses);
+            metrics::counter!("memroute_embedded_get_expired_total", &labels)
+                .absolute(st.get_expired);
+        }
+    }
     crate::stats::export_reload_metrics();
     handle.run_upkeep();
     handle.render()

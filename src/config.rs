@@ -107,6 +107,9 @@ pub struct RawPool {
     pub warmup: Option<String>,
     /// TTL (seconds) of values copied to their new owner during warm-up.
     pub warmup_ttl: Option<u32>,
+    /// Embedded caches of this pool when full: `evict` (LRU, default) or `refuse`
+    /// (`SERVER_ERROR out of memory storing object`, like memcached's `-M`).
+    pub memory_full: Option<String>,
     /// twemproxy's: take a failing backend off the ring.
     pub auto_eject_hosts: Option<bool>,
     /// twemproxy's: consecutive failures that eject a backend.
@@ -169,6 +172,8 @@ pub struct PoolConfig {
     pub warmup_ttl: u32,
     /// Ejection of failing backends.
     pub ejection: Option<Ejection>,
+    /// Embedded caches evict least-recently-used items when full (else they refuse).
+    pub memory_evict: bool,
 }
 
 /// twemproxy's ejection settings (`auto_eject_hosts = true`).
@@ -607,6 +612,16 @@ impl RawPool {
         if protocol == BackendProtocol::TokyoTyrant && !warmup.is_zero() && self.warmup.is_some() {
             return Err(invalid(f("warmup"), "not available for tokyotyrant pools"));
         }
+        let memory_evict = match self.memory_full.as_deref() {
+            None | Some("evict") => true,
+            Some("refuse") => false,
+            Some(other) => {
+                return Err(invalid(
+                    f("memory_full"),
+                    format!("'{other}' is not one of: evict, refuse"),
+                ))
+            }
+        };
         Ok(PoolConfig {
             name: name.to_owned(),
             listen,
@@ -626,6 +641,7 @@ impl RawPool {
             warmup,
             warmup_ttl,
             ejection,
+            memory_evict,
         })
     }
 }

@@ -98,7 +98,7 @@ fn new_backend(pool: &PoolConfig, server: &ServerConfig) -> Arc<BackendState> {
         Endpoint::Memory { limit, .. } => BackendKind::Embedded(Arc::new(Store::new(
             StoreConfig {
                 memory_limit: *limit,
-                evict: true,
+                evict: pool.memory_evict,
                 item_size_max: pool.item_size_max,
             },
             Arc::new(SystemClock),

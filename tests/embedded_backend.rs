@@ -72,3 +72,54 @@ fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
     }
     assert!(evictions > 6000, "evictions {evictions}");
 }
+
+#[test]
+fn a_full_cache_can_refuse_instead_of_evicting_and_reports_metrics() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("memroute.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "threads = 1\nadmin = \"127.0.0.1:{admin}\"\n[pools.near]\nlisten = \"127.0.0.1:{port}\"\n\
+             memory_full = \"refuse\"\nservers = [\"memory:1mb\"]\n"
+        ),
+    )
+    .unwrap();
+    let _proxy = Proxy::start_config(&config, port, &[]);
+    common::wait_for_port_only(admin);
+    let mut c = Client::connect(port);
+    let value = vec![b'x'; 20_000];
+    let mut refused_at = None;
+    for i in 0..200 {
+        let mut req = format!("set k{i} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(&value);
+        req.extend_from_slice(b"\r\n");
+        c.send(req);
+        let line = c.read_line();
+        if line == b"SERVER_ERROR out of memory storing object\r\n" {
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(line, b"STORED\r\n");
+    }
+    let refused_at = refused_at.expect("a 1 MB cache never refused 4 MB of values");
+    // Nothing was evicted to make room: the first value is still there.
+    assert_eq!(c.get("k0").as_deref(), Some(&value[..]));
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    use std::io::{Read, Write};
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).unwrap();
+    let items = body
+        .lines()
+        .find(|l| l.starts_with("memroute_embedded_items{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no memroute_embedded_items in:\n{body}"));
+    assert_eq!(items as usize, refused_at);
+    assert!(
+        body.contains("memroute_embedded_evictions_total{"),
+        "{body}"
+    );
+}
