@@ -209,3 +209,79 @@ fn moved(before: &PoolState, ring: &Ring, owners: &[Arc<BackendState>]) -> bool 
 
 /// How long to wait between checks that ejected backends may come back.
 pub const EJECTION_CHECK: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+    use crate::router::Router;
+
+    fn config(servers: usize, extra: &str) -> Config {
+        let list: Vec<String> = (0..servers)
+            .map(|i| format!("\"127.0.0.1:{}:1\"", 40000 + i))
+            .collect();
+        let text = format!(
+            "[pools.p]\nlisten = \"127.0.0.1:0\"\nhash = \"md5\"\n{extra}\nservers = [{}]\n",
+            list.join(", ")
+        );
+        RawConfig::parse(&text).unwrap().validate().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_lasts_exactly_its_period() {
+        let first = Generation::build(config(3, "warmup = \"30s\""), None).unwrap();
+        let second = Generation::build(config(4, "warmup = \"30s\""), Some(&first)).unwrap();
+        assert_eq!(second.id, 2);
+        // Backends present in both generations are the same objects.
+        assert!(Arc::ptr_eq(
+            &first.pools[0].backends[0],
+            &second.pools[0].backends[0]
+        ));
+        let router = Router::new(&second.pools[0], second.id, None);
+        let keys: Vec<String> = (0..400).map(|i| format!("key:{i}")).collect();
+        let moved: Vec<&String> = keys
+            .iter()
+            .filter(|k| router.previous_owner(k.as_bytes()).is_some())
+            .collect();
+        // About a quarter moved, all to the new backend.
+        assert!((60..140).contains(&moved.len()), "{}", moved.len());
+        assert!(moved.iter().all(|k| router.owner(k.as_bytes()) == 3));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(router.warming());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!router.warming());
+        assert!(keys
+            .iter()
+            .all(|k| router.previous_owner(k.as_bytes()).is_none()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_warm_up_when_nothing_moved_or_when_off() {
+        let first = Generation::build(config(3, ""), None).unwrap();
+        let same = Generation::build(config(3, ""), Some(&first)).unwrap();
+        assert!(same.pools[0].previous.is_none());
+        let off = Generation::build(config(4, "warmup = \"0s\""), Some(&first)).unwrap();
+        assert!(off.pools[0].previous.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_takes_a_backend_off_the_ring_for_the_retry_timeout() {
+        let text = "auto_eject_hosts = true\nserver_failure_limit = 2\nserver_retry_timeout = 500";
+        let generation = Generation::build(config(3, text), None).unwrap();
+        let backend = generation.pools[0].backends[1].clone();
+        assert!(!backend.record_failure());
+        assert!(backend.record_failure(), "the second failure ejects");
+        assert!(backend.is_ejected());
+        let rebuilt = generation.rebuild().unwrap();
+        assert_eq!(rebuilt.pools[0].ring_backends, vec![0, 2]);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(backend.ejected_until().unwrap() > Instant::now());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(backend.ejected_until().unwrap() <= Instant::now());
+        assert!(backend.readmit());
+        let back = rebuilt.rebuild().unwrap();
+        assert_eq!(back.pools[0].ring_backends, vec![0, 1, 2]);
+        // Coming back moved keys again: warm-up covers them.
+        assert!(back.pools[0].previous.is_some());
+    }
+}
