@@ -38,6 +38,8 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, metrics: Option<Promet
     tracing::info!("admin listening on {addr} (/metrics, /health, /route?key=)");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: pause rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let (shared, metrics) = (shared.clone(), metrics.clone());
