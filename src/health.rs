@@ -2,7 +2,8 @@
 //! `server_retry_timeout`). Failures are counted passively where they happen (upstream
 //! connections); this watcher keeps the rings in step with who is ejected and, once an
 //! ejected backend's retry timeout has passed, probes it with `version` and brings it back
-//! when it answers.
+//! when it answers. It also rebuilds the generation when a warm-up period ends, so the
+//! connections kept only for warm-up are closed.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -26,7 +27,14 @@ pub async fn watch(shared: Arc<Shared>, worker: usize, mut stop: watch::Receiver
             () = tokio::time::sleep(EJECTION_CHECK) => {}
         }
         let generation = shared.generation();
-        let mut changed = rings_out_of_date(&generation);
+        // A finished warm-up: a rebuild drops the previous ring, and workers close the
+        // connections kept only for it.
+        let warm_up_over = generation.pools.iter().any(|p| {
+            p.previous
+                .as_ref()
+                .is_some_and(|w| w.until <= Instant::now())
+        });
+        let mut changed = rings_out_of_date(&generation) || warm_up_over;
         for pool in &generation.pools {
             for backend in &pool.backends {
                 let due = backend.ejected_until().is_some_and(|t| t <= Instant::now());

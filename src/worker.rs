@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::generation::Generation;
 use crate::protocol::reply;
-use crate::router::Router;
+use crate::router::{Backend, Router};
 use crate::server::{bind_reuseport, Shared};
 use crate::stats::WorkerStats;
 
@@ -128,7 +128,19 @@ fn apply(
         let name = &pool.config.name;
         match pools.get_mut(name) {
             Some(entry) => {
-                let router = Router::new(pool, next.id, Some(&entry.slot.load()));
+                let old = entry.slot.load_full();
+                let router = Router::new(pool, next.id, Some(&old));
+                // Backends this worker no longer routes to (not even for warm-up): their
+                // connections finish what is in flight and close.
+                for b in old.backends() {
+                    let gone = !router
+                        .backends()
+                        .iter()
+                        .any(|n| Arc::ptr_eq(n.state(), b.state()));
+                    if let (true, Backend::Remote(p)) = (gone, b) {
+                        p.retire();
+                    }
+                }
                 entry.slot.store(Arc::new(router));
                 if entry.listen != pool.config.listen {
                     // Open the new listener before closing the old one.

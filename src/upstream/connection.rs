@@ -104,11 +104,33 @@ pub struct ConnSettings {
     pub timeout: Duration,
 }
 
+/// Tells a pool's connections that their backend left the configuration: take no more
+/// requests, finish those in flight, close.
+#[derive(Debug, Default)]
+pub struct Retire {
+    retired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Retire {
+    /// Retires every connection sharing this.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Opens a connection to `addr` and starts its task.
 pub async fn connect(
     addr: SocketAddr,
     settings: ConnSettings,
     backend: Arc<BackendState>,
+    retire: Arc<Retire>,
 ) -> io::Result<ConnHandle> {
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
@@ -125,6 +147,7 @@ pub async fn connect(
         backend,
         max_in_flight: settings.max_in_flight,
         timeout: settings.timeout,
+        retire,
     };
     tokio::spawn(conn.run());
     Ok(ConnHandle { tx })
@@ -151,6 +174,8 @@ struct Connection {
     max_in_flight: usize,
     /// The request timeout, to recover send times from deadlines.
     timeout: Duration,
+    /// Set when the backend leaves the configuration.
+    retire: Arc<Retire>,
 }
 
 /// Why a connection ended.
@@ -191,6 +216,13 @@ impl Connection {
         let mut timer_armed = false;
         let mut rx_closed = false;
         loop {
+            if self.retire.is_retired() {
+                // Queued requests are still taken; new ones are refused.
+                self.rx.close();
+            }
+            if rx_closed && self.in_flight.is_empty() {
+                return End::Idle;
+            }
             if !timer_armed {
                 if let Some(head) = self.in_flight.front() {
                     timer.as_mut().reset(head.deadline);
@@ -217,12 +249,10 @@ impl Connection {
                         return End::Failed(reply::BACKEND_CLOSED, e.to_string());
                     }
                 }
+                () = self.retire.notify.notified(), if !rx_closed => {}
                 n = self.rx.recv_many(&mut batch, BATCH), if can_take && !rx_closed => {
                     if n == 0 {
-                        if self.in_flight.is_empty() {
-                            return End::Idle;
-                        }
-                        // Handles are gone; finish what is in flight.
+                        // Handles are gone (or the backend retired): finish what is in flight.
                         rx_closed = true;
                         continue;
                     }

@@ -13,12 +13,13 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, Pool, PoolError, QueueMode, RecycleResult, Timeouts};
 use tokio::time::Instant;
 
-use super::connection::{connect, ConnHandle, ConnSettings};
+use super::connection::{connect, ConnHandle, ConnSettings, Retire};
 use super::BackendState;
 
 /// Creates and checks connection handles for deadpool.
 pub struct ConnManager {
     addr: SocketAddr,
+    retire: Arc<Retire>,
     backend: Arc<BackendState>,
     settings: ConnSettings,
 }
@@ -28,7 +29,13 @@ impl managed::Manager for ConnManager {
     type Error = std::io::Error;
 
     async fn create(&self) -> Result<ConnHandle, std::io::Error> {
-        connect(self.addr, self.settings, self.backend.clone()).await
+        connect(
+            self.addr,
+            self.settings,
+            self.backend.clone(),
+            self.retire.clone(),
+        )
+        .await
     }
 
     async fn recycle(&self, conn: &mut ConnHandle, _: &Metrics) -> RecycleResult<std::io::Error> {
@@ -51,6 +58,8 @@ pub struct BackendPool {
     connect_timeout: Duration,
     /// While set and in the future, requests fail at once instead of trying to connect.
     backoff: Mutex<Option<(Instant, Duration)>>,
+    /// Shared with this pool's connections.
+    retire: Arc<Retire>,
 }
 
 /// Why no handle could be had.
@@ -74,8 +83,10 @@ impl BackendPool {
         settings: ConnSettings,
         connections: usize,
     ) -> Self {
+        let retire = Arc::new(Retire::default());
         let pool = Pool::builder(ConnManager {
             addr,
+            retire: retire.clone(),
             backend: backend.clone(),
             settings,
         })
@@ -87,9 +98,17 @@ impl BackendPool {
         BackendPool {
             backend,
             pool,
+            retire,
             connect_timeout: settings.connect_timeout,
             backoff: Mutex::new(None),
         }
+    }
+
+    /// The backend left the configuration: no new connections; the open ones finish what
+    /// is in flight and close, even while clients still hold handles to them.
+    pub fn retire(&self) {
+        self.pool.close();
+        self.retire.retire();
     }
 
     /// The shared state of this pool's backend.
