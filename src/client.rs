@@ -444,13 +444,7 @@ impl Client {
         let mut out = std::mem::take(&mut self.embedded_out);
         match request {
             Some(req) => store.execute(req, &mut out),
-            None => {
-                let mut codec = ClientCodec::new(CodecLimits::default());
-                let mut buf = BytesMut::from(&bytes[..]);
-                if let Some(Decoded::Request(req)) = codec.decode_item(&mut buf) {
-                    store.execute(&req, &mut out);
-                }
-            }
+            None => store.execute_frame(&bytes, &mut out),
         }
         let answer = out.split().freeze();
         self.embedded_out = out;

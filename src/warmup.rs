@@ -174,13 +174,8 @@ async fn send(
     };
     match &router.backends()[b] {
         Backend::Embedded(state, store) => {
-            let mut codec =
-                crate::protocol::ClientCodec::new(crate::protocol::CodecLimits::default());
-            let mut buf = BytesMut::from(&bytes[..]);
             let mut out = BytesMut::new();
-            if let Some(crate::protocol::Decoded::Request(req)) = codec.decode_item(&mut buf) {
-                store.execute(&req, &mut out);
-            }
+            store.execute_frame(&bytes, &mut out);
             target.deliver(Ok(out.freeze()), state);
         }
         Backend::Remote(pool) => {

@@ -9,7 +9,7 @@
 // `crate::protocol::…`.
 use crate::protocol::reply::{END, ERROR, OK, TOO_LARGE};
 use crate::protocol::request::MAX_KEY_LEN;
-use crate::protocol::{Command, Request};
+use crate::protocol::{ClientCodec, CodecLimits, Command, Decoded, Request};
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -105,6 +105,16 @@ impl Store {
             cas: AtomicU64::new(0),
             oldest_live: AtomicU64::new(0),
             oldest_cas: AtomicU64::new(0),
+        }
+    }
+
+    /// Executes a request given as its wire bytes (a request memroute built itself, such as
+    /// one fragment of a split multi-get); bytes that are not one valid request do nothing.
+    pub fn execute_frame(&self, frame: &[u8], out: &mut BytesMut) {
+        let mut codec = ClientCodec::new(CodecLimits::default());
+        let mut buf = BytesMut::from(frame);
+        if let Some(Decoded::Request(req)) = codec.decode_item(&mut buf) {
+            self.execute(&req, out);
         }
     }
 
