@@ -1226,22 +1226,37 @@ fn own_keys_avoiding(path: &Path, tag: &str, victim: &str, threads: usize) -> Ve
         .collect()
 }
 
-#[test]
-fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_restart() {
-    let mut mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
+/// Three backends behind memroute (pool settings `extra`), 600 keys written, and checked
+/// load running on the keys of the two that will live; the third is the victim.
+struct Victim {
+    mcs: Vec<Memcached>,
+    _files: Files,
+    _proxy: Proxy,
+    port: u16,
+    admin: u16,
+    victim_port: u16,
+    victim: String,
+    on_victim: Pairs,
+    elsewhere: Arc<Pairs>,
+    sc: Client,
+    g0: u64,
+    load: Load,
+}
+
+fn victim_under_load(tag: &str, extra: &str) -> Victim {
+    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
     let files = Files::new();
     let port = free_port();
     let admin = free_port();
     let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
     let servers = named(&[&mcs[0], &mcs[1], &mcs[2]], &["a", "b", "c"]);
-    let cfg = config_toml(&top, &[pool_toml("main", port, &servers, "timeout = 1000")]);
+    let cfg = config_toml(&top, &[pool_toml("main", port, &servers, extra)]);
     let path = files.write("memroute.toml", &cfg);
-    let _proxy = Proxy::start_config(&path, port, &[]);
+    let proxy = Proxy::start_config(&path, port, &[]);
     wait_for_port_only(admin);
-
     let victim_port = mcs[2].port;
     let victim = addr(&mcs[2]);
-    let pre = key_values("noej", 600);
+    let pre = key_values(tag, 600);
     write_all(port, &pre);
     let (on_victim, elsewhere) = split_keys(&path, &pre, &victim);
     assert!(on_victim.len() > 50 && elsewhere.len() > 50);
@@ -1251,9 +1266,41 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     let load = Load::start(
         port,
         elsewhere.clone(),
-        own_keys_avoiding(&path, "noej-own", &victim, 2),
+        own_keys_avoiding(&path, &format!("{tag}-own"), &victim, 2),
     );
     load.wait_more(500);
+    Victim {
+        mcs,
+        _files: files,
+        _proxy: proxy,
+        port,
+        admin,
+        victim_port,
+        victim,
+        on_victim,
+        elsewhere,
+        sc,
+        g0,
+        load,
+    }
+}
+
+#[test]
+fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_restart() {
+    let Victim {
+        mut mcs,
+        _files,
+        _proxy,
+        port,
+        admin,
+        victim_port,
+        victim,
+        on_victim,
+        elsewhere,
+        mut sc,
+        g0,
+        load,
+    } = victim_under_load("noej", "timeout = 1000");
 
     mcs[2].kill();
     let mut c = Client::connect(port);
@@ -1326,33 +1373,20 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
 
 #[test]
 fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_returns() {
-    let mut mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = Files::new();
-    let port = free_port();
-    let admin = free_port();
-    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
-    let servers = named(&[&mcs[0], &mcs[1], &mcs[2]], &["a", "b", "c"]);
-    let extra = "timeout = 1000\nauto_eject_hosts = true\nserver_failure_limit = 1\nserver_retry_timeout = 500\nwarmup = \"30s\"";
-    let cfg = config_toml(&top, &[pool_toml("main", port, &servers, extra)]);
-    let path = files.write("memroute.toml", &cfg);
-    let _proxy = Proxy::start_config(&path, port, &[]);
-    wait_for_port_only(admin);
-
-    let victim_port = mcs[2].port;
-    let victim = addr(&mcs[2]);
-    let pre = key_values("ej", 600);
-    write_all(port, &pre);
-    let (on_victim, elsewhere) = split_keys(&path, &pre, &victim);
-    assert!(on_victim.len() > 50 && elsewhere.len() > 50);
-    let elsewhere = Arc::new(elsewhere);
-    let mut sc = Client::connect(port);
-    let g0 = generation(&mut sc);
-    let load = Load::start(
+    let Victim {
+        mut mcs,
+        _files,
+        _proxy,
         port,
-        elsewhere.clone(),
-        own_keys_avoiding(&path, "ej-own", &victim, 2),
-    );
-    load.wait_more(500);
+        admin,
+        victim_port,
+        victim,
+        on_victim,
+        elsewhere: _,
+        mut sc,
+        g0,
+        load,
+    } = victim_under_load("ej", "timeout = 1000\nauto_eject_hosts = true\nserver_failure_limit = 1\nserver_retry_timeout = 500\nwarmup = \"30s\"");
 
     mcs[2].kill();
     let mut c = Client::connect(port);
