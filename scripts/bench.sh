@@ -113,13 +113,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports, chosen by the kernel.
+# Free loopback ports, below the kernel's ephemeral range (32768+) so that no outgoing
+# connection (our own readiness probes included) can be holding one when a server binds it.
 free_ports() {
     python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
+import random, socket, sys
+socks, port = [], random.randrange(20000, 30000)
+while len(socks) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        socks.append(s)
+    except OSError:
+        s.close()
+    port += 1
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }

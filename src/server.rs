@@ -154,7 +154,15 @@ impl Server {
         let mut listeners: Vec<Vec<std::net::TcpListener>> =
             (0..config.threads).map(|_| Vec::new()).collect();
         for pool in &mut config.pools {
-            let mut addr = pool.listen;
+            // SO_REUSEPORT would let this process share a port another process already
+            // listens on, splitting its clients silently: claim the port alone first.
+            let mut addr = std::net::TcpListener::bind(pool.listen)
+                .and_then(|l| l.local_addr())
+                .map_err(|source| ServerError::Bind {
+                    pool: pool.name.clone(),
+                    addr: pool.listen,
+                    source,
+                })?;
             for worker in listeners.iter_mut() {
                 let l = bind_reuseport(addr).map_err(|source| ServerError::Bind {
                     pool: pool.name.clone(),

@@ -39,7 +39,17 @@ struct Conn {
 
 impl Conn {
     fn new(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("connect to {port}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot connect to 127.0.0.1:{port}: {e}"),
+            }
+        };
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -506,76 +516,39 @@ fn differential(target: Ours<'_>, cases: u32) {
     let strategy = proptest::collection::vec(op(), 1..=30);
     let result = runner.run(&strategy, |ops| {
         let mut conn = conn.borrow_mut();
-        let mut seq = sequence.borrow_mut();
-        *seq += 1;
-        // A fresh key space per sequence instead of a flush_all before it: items stored in
-        // the same second as a flush would otherwise interact with it on memcached.
-        // Fixed width, so that items of one slab class share a layout and leftover bytes after
-        // a value come from earlier values (never from '-'-bearing headers, see `value`).
-        let prefix = format!("s{:07}k", *seq);
-        let store = Store::new(
-            StoreConfig {
-                memory_limit: 64 << 20,
-                evict: true,
-                item_size_max: 1024 * 1024,
-            },
-            Arc::new(ManualClock::new(unix_now())),
-        );
-        let ours_call = |text: &str| match &target {
-            Ours::Store => execute(&store, text),
-            Ours::Proxy(proxy) => proxy.borrow_mut().call(text.as_bytes()),
-        };
-        let before = conn.stats();
-        let (mut theirs, mut ours) = (Uniques::default(), Uniques::default());
-        let mut transcript = String::new();
-        for op in &ops {
-            let (their_unique, our_unique) = match op {
-                Op::Cas { unique, .. } => (theirs.pick(unique), ours.pick(unique)),
-                _ => (0, 0),
-            };
-            let their_text = render(op, &prefix, their_unique);
-            let our_text = render(op, &prefix, our_unique);
-            let their_reply = theirs.normalise(&conn.call(their_text.as_bytes()));
-            let our_reply = ours.normalise(&ours_call(&our_text));
-            transcript.push_str(&format!(
-                "> {}< {}",
-                our_text,
-                String::from_utf8_lossy(&their_reply)
-            ));
-            // Debugging aid: DIFF_STATS_EACH=1 compares counters after every request, to
-            // find which one a counter mismatch comes from.
-            if std::env::var_os("DIFF_STATS_EACH").is_some() && matches!(target, Ours::Store) {
-                let now = conn.stats();
-                for (name, ours) in counters(&store.stats()) {
-                    let theirs = now[name] - before[name];
-                    if theirs != ours {
+        // memcached's clock ticks on its own timer, ours reads the system's: a sequence that
+        // straddles a second boundary under load can see time-dependent rules (flush_all's
+        // cut-off, expiry) a second apart. Such a mismatch does not repeat; a real one does.
+        // So a failing sequence is run once more on fresh keys, and only a second failure
+        // counts (the first is printed, so CI logs show it).
+        let mut first_failure = None;
+        for _attempt in 0..2 {
+            let mut seq = sequence.borrow_mut();
+            *seq += 1;
+            // A fresh key space per sequence instead of a flush_all before it: items stored
+            // in the same second as a flush would otherwise interact with it on memcached.
+            // Fixed width, so that items of one slab class share a layout and leftover bytes
+            // after a value come from earlier values (never from '-'-bearing headers).
+            let prefix = format!("s{:07}k", *seq);
+            drop(seq);
+            match run_sequence(&target, &mut conn, &ops, &prefix) {
+                Ok(()) => {
+                    if let Some(e) = &first_failure {
+                        eprintln!("a sequence failed once and then passed (timing?):\n{e}");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if let Some(first) = first_failure {
                         return Err(TestCaseError::fail(format!(
-                            "stat {name}: memcached {theirs}, ours {ours}\n{transcript}"
+                            "{first}\n--- and again ---\n{e}"
                         )));
                     }
+                    first_failure = Some(e);
                 }
             }
-            if their_reply != our_reply {
-                return Err(TestCaseError::fail(format!(
-                    "replies differ\n--- transcript (memcached's replies) ---\n{transcript}\
-                     --- ours for the last request ---\n{}",
-                    String::from_utf8_lossy(&our_reply)
-                )));
-            }
         }
-        let after = conn.stats();
-        if matches!(target, Ours::Proxy(_)) {
-            return Ok(());
-        }
-        for (name, ours) in counters(&store.stats()) {
-            let theirs = after[name] - before[name];
-            if theirs != ours {
-                return Err(TestCaseError::fail(format!(
-                    "stat {name}: memcached {theirs}, ours {ours}\n{transcript}"
-                )));
-            }
-        }
-        Ok(())
+        unreachable!("the second attempt returns")
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -585,4 +558,76 @@ fn differential(target: Ours<'_>, cases: u32) {
         sequence.borrow(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Runs `ops` on both sides under key `prefix`; the first difference, as a transcript.
+fn run_sequence(
+    target: &Ours<'_>,
+    conn: &mut Conn,
+    ops: &[Op],
+    prefix: &str,
+) -> Result<(), String> {
+    let store = Store::new(
+        StoreConfig {
+            memory_limit: 64 << 20,
+            evict: true,
+            item_size_max: 1024 * 1024,
+        },
+        Arc::new(ManualClock::new(unix_now())),
+    );
+    let ours_call = |text: &str| match target {
+        Ours::Store => execute(&store, text),
+        Ours::Proxy(proxy) => proxy.borrow_mut().call(text.as_bytes()),
+    };
+    let before = conn.stats();
+    let (mut theirs, mut ours) = (Uniques::default(), Uniques::default());
+    let mut transcript = String::new();
+    for op in ops {
+        let (their_unique, our_unique) = match op {
+            Op::Cas { unique, .. } => (theirs.pick(unique), ours.pick(unique)),
+            _ => (0, 0),
+        };
+        let their_text = render(op, prefix, their_unique);
+        let our_text = render(op, prefix, our_unique);
+        let their_reply = theirs.normalise(&conn.call(their_text.as_bytes()));
+        let our_reply = ours.normalise(&ours_call(&our_text));
+        transcript.push_str(&format!(
+            "> {}< {}",
+            our_text,
+            String::from_utf8_lossy(&their_reply)
+        ));
+        // Debugging aid: DIFF_STATS_EACH=1 compares counters after every request, to
+        // find which one a counter mismatch comes from.
+        if std::env::var_os("DIFF_STATS_EACH").is_some() && matches!(*target, Ours::Store) {
+            let now = conn.stats();
+            for (name, ours) in counters(&store.stats()) {
+                let theirs = now[name] - before[name];
+                if theirs != ours {
+                    return Err(format!(
+                        "stat {name}: memcached {theirs}, ours {ours}\n{transcript}"
+                    ));
+                }
+            }
+        }
+        if their_reply != our_reply {
+            return Err(format!(
+                "replies differ\n--- transcript (memcached's replies) ---\n{transcript}\
+                     --- ours for the last request ---\n{}",
+                String::from_utf8_lossy(&our_reply)
+            ));
+        }
+    }
+    let after = conn.stats();
+    if matches!(*target, Ours::Proxy(_)) {
+        return Ok(());
+    }
+    for (name, ours) in counters(&store.stats()) {
+        let theirs = after[name] - before[name];
+        if theirs != ours {
+            return Err(format!(
+                "stat {name}: memcached {theirs}, ours {ours}\n{transcript}"
+            ));
+        }
+    }
+    Ok(())
 }
