@@ -69,6 +69,8 @@ pub async fn serve(
         }
     };
     let handles = vec![None; router.backends().len()];
+    // A client accepted just as shutdown began is served as closing from the start.
+    let closing = *stop.borrow();
     let mut client = Client {
         sock,
         slot,
@@ -79,7 +81,7 @@ pub async fn serve(
         queue: Arc::new(ReplyQueue::new()),
         wq: WriteQueue::new(),
         handles,
-        closing: false,
+        closing,
         backlog: false,
         embedded_out: BytesMut::new(),
     };
@@ -123,15 +125,10 @@ impl Client {
                 continue;
             }
             let before = self.wq.len();
-            let stopping = !self.closing && *self.stop.borrow();
-            if stopping {
-                self.closing = true;
-                continue;
-            }
             tokio::select! {
                 biased;
                 r = self.stop.changed(), if !self.closing => {
-                    if r.is_err() {
+                    if r.is_err() || *self.stop.borrow() {
                         self.closing = true;
                     }
                 }
@@ -262,22 +259,24 @@ impl Client {
                     }
                     _ => (ReplyKind::Line, req.upstream_bytes()),
                 };
-                self.send(b, bytes, kind, target, Some(&req)).await;
+                self.send(&router, b, bytes, kind, target, Some(&req)).await;
                 if let Some(prev) = invalidate {
                     let mut delete = BytesMut::with_capacity(req.key().len() + 9);
                     delete.extend_from_slice(b"delete ");
                     delete.extend_from_slice(req.key());
                     delete.extend_from_slice(b"\r\n");
                     let (bytes, target) = ((delete.freeze(), None), ReplyTarget::Discard);
-                    self.send(prev, bytes, ReplyKind::Line, target, None).await;
+                    self.send(&router, prev, bytes, ReplyKind::Line, target, None)
+                        .await;
                 }
             }
             Route::Split(fragments) => {
                 self.stats.split_retrievals.inc();
                 let keys: Vec<Bytes> = req.key_slices().collect();
+                let prefix = &req.line()[..req.keys_start as usize];
                 let requests: Vec<(usize, Bytes)> = fragments
                     .iter()
-                    .map(|(b, positions)| (*b, fragment_request(&req, &keys, positions)))
+                    .map(|(b, positions)| (*b, fragment_request(prefix, positions, |p| &keys[p])))
                     .collect();
                 let positions = fragments.into_iter().map(|(_, p)| p).collect();
                 let policy = router.config.retrieval_failure;
@@ -286,7 +285,7 @@ impl Client {
                     .reserve_gather(Gather::multi_get(keys, positions, policy));
                 for (part, (b, bytes)) in requests.into_iter().enumerate() {
                     let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
-                    self.send(b, (bytes, None), retrieval_kind, target, None)
+                    self.send(&router, b, (bytes, None), retrieval_kind, target, None)
                         .await;
                 }
             }
@@ -299,8 +298,15 @@ impl Client {
                         Some(seq) => ReplyTarget::Part(self.queue.clone(), seq, b as u16),
                         None => ReplyTarget::Discard,
                     };
-                    self.send(b, req.upstream_bytes(), ReplyKind::Line, target, Some(&req))
-                        .await;
+                    self.send(
+                        &router,
+                        b,
+                        req.upstream_bytes(),
+                        ReplyKind::Line,
+                        target,
+                        Some(&req),
+                    )
+                    .await;
                 }
             }
             Route::Local => self.answer_locally(&req),
@@ -323,20 +329,13 @@ impl Client {
         }
         let seq = self.queue.reserve();
         let prefix = req.frame.slice(..req.keys_start as usize);
-        let mut groups: Vec<(usize, Vec<u16>)> = Vec::new();
-        for (pos, k) in keys.iter().enumerate() {
-            let b = router.owner(&k.key);
-            match groups.iter_mut().find(|(o, _)| *o == b) {
-                Some((_, v)) => v.push(pos as u16),
-                None => groups.push((b, vec![pos as u16])),
-            }
-        }
+        let groups = router.group_by_owner(keys.iter().map(|k| &k.key[..]));
         let mut sent = Vec::with_capacity(groups.len());
         for (b, positions) in groups {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let bytes = warmup::fragment(&prefix, &keys, &positions);
             let target = ReplyTarget::Oneshot(tx);
-            self.send(b, (bytes, None), ReplyKind::Retrieval, target, None)
+            self.send(router, b, (bytes, None), ReplyKind::Retrieval, target, None)
                 .await;
             sent.push(warmup::Sent {
                 positions,
@@ -378,13 +377,13 @@ impl Client {
     /// to the embedded cache. Failures are answered into `target`.
     async fn send(
         &mut self,
+        router: &Router,
         b: usize,
         bytes: (Bytes, Option<Bytes>),
         kind: ReplyKind,
         target: ReplyTarget,
         request: Option<&Request>,
     ) {
-        let router = self.router.clone();
         let backend = match &router.backends()[b] {
             Backend::Remote(pool) => pool,
             Backend::Embedded(state, store) => {
@@ -405,22 +404,19 @@ impl Client {
         // A request refused by an ended connection was never written: retrying it on a
         // fresh connection is safe. One retry, then it fails.
         for _ in 0..2 {
-            let handle = match &self.handles[b] {
-                Some(h) if !h.is_closed() => h.clone(),
+            if !matches!(&self.handles[b], Some(h) if !h.is_closed()) {
                 // Boxed: the pool checkout future is large and rarely needed; inline it would
                 // enlarge every idle connection's task.
-                _ => match Box::pin(backend.handle()).await {
-                    Ok(h) => {
-                        self.handles[b] = Some(h.clone());
-                        h
-                    }
+                match Box::pin(backend.handle()).await {
+                    Ok(h) => self.handles[b] = Some(h),
                     Err(_) => {
                         self.handles[b] = None;
                         req.target.deliver(Err(reply::BACKEND_UNAVAILABLE), state);
                         return;
                     }
-                },
-            };
+                }
+            }
+            let handle = self.handles[b].as_ref().expect("set just above");
             match handle.send(req).await {
                 Ok(()) => return,
                 Err(back) => {

@@ -114,21 +114,7 @@ impl Gather {
             } => {
                 match answer {
                     Ok(bytes) if !reply::is_error_line(&bytes) => {
-                        let positions = &fragments[part];
-                        let mut cursor = 0;
-                        for item in value_items(&bytes) {
-                            // Hits come back in request order, misses are skipped.
-                            while cursor < positions.len()
-                                && keys[positions[cursor] as usize] != item.key
-                            {
-                                cursor += 1;
-                            }
-                            if cursor == positions.len() {
-                                break;
-                            }
-                            items[positions[cursor] as usize] = Some(bytes.slice(item.range));
-                            cursor += 1;
-                        }
+                        place_values(&bytes, &fragments[part], |p| &keys[p], items);
                     }
                     Ok(_) | Err(_) => {
                         if *policy == RetrievalFailure::Error && error.is_none() {
@@ -167,6 +153,28 @@ impl Gather {
             Gather::MultiGet { error: Some(e), .. } => Reply::Static(e),
             Gather::Broadcast { error, .. } => error.unwrap_or(Reply::Static(reply::OK)),
         }
+    }
+}
+
+/// Puts each `VALUE` item of `reply` (an answer to a request for the keys at `positions`,
+/// in that order) into `items` at its key's position. Hits come back in request order and
+/// misses are skipped, so one pass over both matches them.
+pub fn place_values<'k>(
+    reply: &Bytes,
+    positions: &[u16],
+    key_at: impl Fn(usize) -> &'k [u8],
+    items: &mut [Option<Bytes>],
+) {
+    let mut cursor = 0;
+    for item in value_items(reply) {
+        while cursor < positions.len() && key_at(positions[cursor] as usize) != item.key {
+            cursor += 1;
+        }
+        if cursor == positions.len() {
+            break;
+        }
+        items[positions[cursor] as usize] = Some(reply.slice(item.range));
+        cursor += 1;
     }
 }
 

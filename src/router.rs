@@ -189,15 +189,23 @@ impl Router {
         if keys.all(|k| self.owner(k) == first) {
             return Route::One(first);
         }
-        let mut split: Vec<(usize, Vec<u16>)> = Vec::new();
-        for (pos, key) in req.keys().enumerate() {
+        Route::Split(self.group_by_owner(req.keys()))
+    }
+
+    /// The positions of `keys` grouped by the backend that owns them, in first-seen order.
+    pub fn group_by_owner<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Vec<(usize, Vec<u16>)> {
+        let mut groups: Vec<(usize, Vec<u16>)> = Vec::new();
+        for (pos, key) in keys.enumerate() {
             let b = self.owner(key);
-            match split.iter_mut().find(|(s, _)| *s == b) {
+            match groups.iter_mut().find(|(o, _)| *o == b) {
                 Some((_, positions)) => positions.push(pos as u16),
-                None => split.push((b, vec![pos as u16])),
+                None => groups.push((b, vec![pos as u16])),
             }
         }
-        Route::Split(split)
+        groups
     }
 }
 
@@ -211,23 +219,26 @@ pub fn build_ring(config: &PoolConfig) -> Result<Ring, crate::ring::RingError> {
     Ring::new(config.distribution, config.hash, config.hash_tag, &servers)
 }
 
-/// Builds the request for one fragment of a split retrieval: the original command (and
-/// exptime for gat/gats) followed by the fragment's keys.
-pub fn fragment_request(req: &Request, keys: &[Bytes], positions: &[u16]) -> Bytes {
-    let prefix = &req.line()[..req.keys_start as usize];
+/// Builds the request for one fragment of a split retrieval: the command text before the
+/// keys (`get `, `gat 100 `, …) followed by the keys at `positions`.
+pub fn fragment_request<'k>(
+    prefix: &[u8],
+    positions: &[u16],
+    key_at: impl Fn(usize) -> &'k [u8],
+) -> Bytes {
     let len = prefix.len()
         + positions
             .iter()
-            .map(|p| keys[*p as usize].len() + 1)
+            .map(|&p| key_at(p as usize).len() + 1)
             .sum::<usize>()
         + 2;
     let mut out = BytesMut::with_capacity(len);
     out.put_slice(prefix);
-    for (i, p) in positions.iter().enumerate() {
+    for (i, &p) in positions.iter().enumerate() {
         if i > 0 {
             out.put_u8(b' ');
         }
-        out.put_slice(&keys[*p as usize]);
+        out.put_slice(key_at(p as usize));
     }
     out.put_slice(b"\r\n");
     out.freeze()
@@ -251,9 +262,14 @@ mod tests {
     fn fragments_keep_the_command_and_exptime() {
         let req = request("gat 100 a bb c\r\n");
         let keys: Vec<Bytes> = req.key_slices().collect();
-        assert_eq!(fragment_request(&req, &keys, &[0, 2]), "gat 100 a c\r\n");
+        let prefix = &req.line()[..req.keys_start as usize];
+        assert_eq!(
+            fragment_request(prefix, &[0, 2], |p| &keys[p]),
+            "gat 100 a c\r\n"
+        );
         let req = request("gets   x y\r\n");
         let keys: Vec<Bytes> = req.key_slices().collect();
-        assert_eq!(fragment_request(&req, &keys, &[1]), "gets   y\r\n");
+        let prefix = &req.line()[..req.keys_start as usize];
+        assert_eq!(fragment_request(prefix, &[1], |p| &keys[p]), "gets   y\r\n");
     }
 }

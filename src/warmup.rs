@@ -13,9 +13,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::protocol::reply::{self, value_items, ReplyKind};
-use crate::reply_queue::{Answer, ReplyQueue};
-use crate::router::{Backend, Router};
+use crate::protocol::reply::{self, ReplyKind};
+use crate::reply_queue::{place_values, Answer, ReplyQueue};
+use crate::router::{fragment_request, Backend, Router};
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
 
 /// A key's place in a warm-up retrieval.
@@ -109,34 +109,14 @@ pub async fn finish(p: Pending) {
 
 /// Puts the `VALUE` items of `reply` into `items` at the positions asked for.
 fn fill(items: &mut [Option<Bytes>], keys: &[WarmKey], positions: &[u16], reply: &Bytes) {
-    if reply::is_error_line(reply) {
-        return;
-    }
-    let mut cursor = 0;
-    for item in value_items(reply) {
-        while cursor < positions.len() && keys[positions[cursor] as usize].key != item.key {
-            cursor += 1;
-        }
-        if cursor == positions.len() {
-            break;
-        }
-        items[positions[cursor] as usize] = Some(reply.slice(item.range));
-        cursor += 1;
+    if !reply::is_error_line(reply) {
+        place_values(reply, positions, |p| &keys[p].key, items);
     }
 }
 
-/// `<prefix><k1> <k2>…\r\n`.
+/// `<prefix><k1> <k2>…\r\n` for the keys at `positions`.
 pub fn fragment(prefix: &[u8], keys: &[WarmKey], positions: &[u16]) -> Bytes {
-    let mut out = BytesMut::with_capacity(prefix.len() + positions.len() * 16 + 2);
-    out.put_slice(prefix);
-    for (i, &p) in positions.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b' ');
-        }
-        out.put_slice(&keys[p as usize].key);
-    }
-    out.put_slice(b"\r\n");
-    out.freeze()
+    fragment_request(prefix, positions, |p| &keys[p].key)
 }
 
 /// `add <key> <flags> <ttl> <len>\r\n<data>\r\n` from a `VALUE` item.
