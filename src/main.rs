@@ -9,7 +9,6 @@ use tokio::sync::{mpsc, watch};
 
 use memroute::config::{Config, RawConfig, RawPool, RawSize};
 use memroute::generation::Generation;
-use memroute::router::build_ring;
 use memroute::server::{Server, Shared};
 
 /// A key-routing memcached proxy.
@@ -164,8 +163,10 @@ impl Cli {
 }
 
 fn print_rings(config: &Config) -> Result<()> {
-    for pool in &config.pools {
-        let ring = build_ring(pool).with_context(|| format!("pool {}", pool.name))?;
+    // The same rings the server would build (every backend live at start).
+    let generation = Generation::build(config.clone(), None)?;
+    for (pool, state) in config.pools.iter().zip(&generation.pools) {
+        let ring = &state.ring;
         println!(
             "pool {}: listen {}, hash {}, distribution {}, hash_tag {}, {} servers",
             pool.name,

@@ -14,7 +14,7 @@ use crate::config::PoolConfig;
 use crate::embedded::Store;
 use crate::generation::PoolState;
 use crate::protocol::request::{Command, Request};
-use crate::ring::{Ring, RingServer};
+use crate::ring::Ring;
 use crate::upstream::{BackendKind, BackendPool, BackendState, ConnSettings};
 
 /// Where a request goes.
@@ -135,11 +135,6 @@ impl Router {
         }
     }
 
-    /// The ring.
-    pub fn ring(&self) -> &Ring {
-        &self.ring
-    }
-
     /// The backends: the pool's in config order, then previous owners kept for warm-up.
     pub fn backends(&self) -> &[Backend] {
         &self.backends
@@ -207,16 +202,6 @@ impl Router {
         }
         groups
     }
-}
-
-/// The ring a pool's config describes.
-pub fn build_ring(config: &PoolConfig) -> Result<Ring, crate::ring::RingError> {
-    let servers: Vec<RingServer> = config
-        .servers
-        .iter()
-        .map(|s| RingServer::new(s.identity(), s.weight))
-        .collect();
-    Ring::new(config.distribution, config.hash, config.hash_tag, &servers)
 }
 
 /// Builds the request for one fragment of a split retrieval: the command text before the

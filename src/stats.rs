@@ -61,6 +61,8 @@ pub fn export_reload_metrics() {
 pub struct WorkerStats {
     /// Open client connections.
     pub curr_connections: Counter,
+    /// Signalled whenever a client connection ends (shutdown waits on it).
+    pub client_left: tokio::sync::Notify,
     /// Client connections accepted.
     pub total_connections: Counter,
     /// Connections refused because `max_clients` was reached.

@@ -111,8 +111,11 @@ async fn serve(
     ejection.abort();
     let grace = generation.config.shutdown_timeout;
     let deadline = tokio::time::Instant::now() + grace;
-    while stats.curr_connections.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while stats.curr_connections.get() > 0 {
+        let left = stats.client_left.notified();
+        if tokio::time::timeout_at(deadline, left).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -237,6 +240,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             crate::client::serve(stream, slot, shared.clone(), stats.clone(), stop).await;
             stats.curr_connections.dec();
+            stats.client_left.notify_one();
             shared.client_left();
         });
     }

@@ -3,8 +3,6 @@
 //! A text-protocol reply carries no request id, so the upstream side must know what shape of
 //! reply each request expects ([`ReplyKind`]) to find where one reply ends and the next begins.
 
-use super::request::Command;
-
 /// Unknown command or wrong number of tokens.
 pub const ERROR: &[u8] = b"ERROR\r\n";
 /// End of a retrieval.
@@ -47,17 +45,6 @@ pub enum ReplyKind {
     /// A retrieval whose values carry their flags in a prefix (Tokyo Tyrant pools with
     /// `preserve_flags`); framed like [`ReplyKind::Retrieval`], then rewritten.
     RetrievalFlagsInValue,
-}
-
-impl ReplyKind {
-    /// The reply shape a command gets from memcached.
-    pub fn of(command: Command) -> ReplyKind {
-        if command.is_retrieval() {
-            ReplyKind::Retrieval
-        } else {
-            ReplyKind::Line
-        }
-    }
 }
 
 /// The backend sent bytes that fit no reply: the connection can no longer be trusted.
