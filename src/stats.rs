@@ -1,7 +1,8 @@
 //! Counters: per-worker client statistics and per-backend statistics, summed on demand.
 //!
-//! Each worker thread owns its counters, so the hot path only touches its own cache lines.
-//! [`stats_reply`] renders them (and the backends') as memcached's `stats` reply.
+//! Client-side counters belong to one worker thread each. Backend counters are shared by the
+//! workers that use the backend (relaxed atomics; with several workers they share cache
+//! lines). [`stats_reply`] renders them as memcached's `stats` reply.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
