@@ -23,6 +23,9 @@ systemctl stop memcached nutcracker >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets "$@"
+# The fuzz targets must keep building (stable toolchain; running them is in fuzz/README.md).
+# Their crash inputs are replayed by `cargo test` above (fuzz_regressions_replay).
+cargo build --quiet --manifest-path fuzz/Cargo.toml --bins
 # The benchmark's quick pass: proves the bench script and load generator still work and that
 # every reply through memroute verifies; it never fails on performance numbers.
 bash scripts/bench.sh --quick

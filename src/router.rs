@@ -81,6 +81,9 @@ impl Router {
             queue_depth: 4096,
             max_in_flight: 8192,
             timeout: config.timeout,
+            // Values are stored through memroute up to `item_size_max`; Tokyo Tyrant pools
+            // with preserved flags add a 4-byte prefix.
+            max_value: config.item_size_max + 4,
         };
         let make = |s: &Arc<BackendState>| -> Backend {
             let reused = old.and_then(|o| {

@@ -374,6 +374,13 @@ fn cases() -> Vec<Case> {
         Valid,
         s("set k 0 0 1\r\na\r\ndelete k 0 noreply\r\nget k\r\n"),
     );
+    // memcached reads the key `noreply` as the flag as well: a silent delete. Forwarded
+    // unchanged, the backend would not answer and the shared connection would fall out of step.
+    add(
+        "delete_key_named_noreply",
+        Valid,
+        s("set noreply 0 0 1\r\na\r\ndelete noreply\r\nget noreply\r\nset noreply 0 0 1\r\nb\r\ndelete noreply noreply\r\nget noreply\r\n"),
+    );
     add(
         "incr_decr",
         Valid,

@@ -244,6 +244,7 @@ fn blank(command: Command) -> Request {
         keys_end: 0,
         line_end: 0,
         noreply_at: None,
+        zero_arg: false,
         flags: 0,
         exptime: 0,
         number: 0,
@@ -414,7 +415,16 @@ fn parse_fields(line: &[u8], limits: &CodecLimits) -> Line {
             if !set_key(&mut req, 1) {
                 return Line::Invalid(reply::BAD_FORMAT);
             }
-            set_noreply(&mut req);
+            // memcached looks for the flag only after the key: `delete noreply` deletes the
+            // key `noreply` and answers.
+            if n > 2 {
+                set_noreply(&mut req);
+            }
+            if n == 3 && last_is_noreply && tok(1) == b"noreply" {
+                // `delete noreply noreply` forwarded without its flag would still end in
+                // `noreply` and the backend would not answer; `delete noreply 0` is answered.
+                req.zero_arg = true;
+            }
             Line::Done(req)
         }
         Command::Incr | Command::Decr | Command::Touch => {

@@ -1,6 +1,7 @@
 //! The memcached text protocol: decoded requests, the client codec, and reply framing.
 
 pub mod codec;
+pub mod invariants;
 pub mod reply;
 pub mod request;
 

@@ -52,41 +52,76 @@ pub enum ReplyKind {
 #[error("malformed reply from backend")]
 pub struct MalformedReply;
 
-/// Finds the end of the first reply in `buf`. `resume` carries progress between calls so a
-/// large multi-value reply arriving in pieces is scanned once; reset it to 0 after a reply.
+/// Longest reply line accepted from a backend; a line still without its `\n` beyond this
+/// means the stream is not a memcached reply (and must not grow a buffer without bound).
+pub const MAX_REPLY_LINE: usize = 8192;
+
+/// Progress framing one reply, kept between calls so that a large multi-value reply arriving
+/// in pieces is scanned once, and the largest value a backend may announce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameState {
+    /// Where the next unscanned item of the head reply starts.
+    pos: usize,
+    /// Largest `VALUE` data block accepted; a larger one is a malformed reply.
+    max_value: usize,
+}
+
+impl FrameState {
+    /// Framing that accepts values of up to `max_value` bytes.
+    pub fn new(max_value: usize) -> Self {
+        FrameState { pos: 0, max_value }
+    }
+}
+
+impl Default for FrameState {
+    /// memcached's default item size limit, 1 MiB.
+    fn default() -> Self {
+        FrameState::new(1024 * 1024)
+    }
+}
+
+/// Finds the end of the first reply in `buf`. `state` carries progress between calls; it is
+/// reset after each complete reply, so one state serves a connection's stream of replies.
 pub fn frame_reply(
     buf: &[u8],
     kind: ReplyKind,
-    resume: &mut usize,
+    state: &mut FrameState,
 ) -> Result<Option<usize>, MalformedReply> {
     match kind {
         ReplyKind::Line => match memchr::memchr(b'\n', buf) {
+            None if buf.len() > MAX_REPLY_LINE => Err(MalformedReply),
             None => Ok(None),
             Some(i) if is_line_reply(&buf[..i]) => Ok(Some(i + 1)),
             Some(_) => Err(MalformedReply),
         },
         ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue => {
-            let mut pos = *resume;
+            let mut pos = state.pos;
             loop {
                 let rest = &buf[pos..];
                 let Some(nl) = memchr::memchr(b'\n', rest) else {
-                    *resume = pos;
+                    if rest.len() > MAX_REPLY_LINE {
+                        return Err(MalformedReply);
+                    }
+                    state.pos = pos;
                     return Ok(None);
                 };
                 let line = &rest[..nl];
                 if line.starts_with(b"VALUE ") {
-                    let len = value_len(line).ok_or(MalformedReply)?;
+                    let len = value_len(line)
+                        .filter(|len| *len <= state.max_value)
+                        .ok_or(MalformedReply)?;
+                    // Cannot overflow: both terms are bounded by the buffer and the limit.
                     let item_end = pos + nl + 1 + len + 2;
                     if buf.len() < item_end {
-                        *resume = pos;
+                        state.pos = pos;
                         return Ok(None);
                     }
                     if &buf[item_end - 2..item_end] != b"\r\n" {
                         return Err(MalformedReply);
                     }
                     pos = item_end;
-                } else if line.starts_with(b"END") || is_error_line(line) {
-                    *resume = 0;
+                } else if strip_cr(line) == b"END" || is_error_line(line) {
+                    state.pos = 0;
                     return Ok(Some(pos + nl + 1));
                 } else {
                     return Err(MalformedReply);
@@ -94,6 +129,10 @@ pub fn frame_reply(
             }
         }
     }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Whether `line` (without `\n`) is a reply memcached gives to a one-line command: a status
@@ -109,11 +148,13 @@ fn is_line_reply(line: &[u8]) -> bool {
         || is_error_line(line)
 }
 
-/// Whether a reply line is one of memcached's error lines.
+/// Whether a reply line (with or without its line ending) is one of memcached's error lines.
 pub fn is_error_line(line: &[u8]) -> bool {
-    line.starts_with(b"SERVER_ERROR")
-        || line.starts_with(b"CLIENT_ERROR")
-        || line.starts_with(b"ERROR")
+    let line = strip_cr(line.strip_suffix(b"\n").unwrap_or(line));
+    line.starts_with(b"SERVER_ERROR ")
+        || line.starts_with(b"CLIENT_ERROR ")
+        || line == b"ERROR"
+        || line.starts_with(b"ERROR ")
 }
 
 /// The `<bytes>` field of a `VALUE <key> <flags> <bytes> [<cas>]` line.
@@ -164,7 +205,7 @@ mod tests {
         let reply = b"VALUE a 0 3\r\nabc\r\nVALUE bb 5 2 77\r\nhi\r\nEND\r\nSTORED\r\n";
         let full = reply.len() - 8;
         for cut in 0..reply.len() {
-            let mut resume = 0;
+            let mut resume = FrameState::default();
             let first = frame_reply(&reply[..cut], ReplyKind::Retrieval, &mut resume).unwrap();
             if cut < full {
                 assert_eq!(first, None, "cut {cut}");
@@ -176,7 +217,7 @@ mod tests {
                 assert_eq!(first, Some(full));
             }
         }
-        let mut r = 0;
+        let mut r = FrameState::default();
         assert_eq!(
             frame_reply(b"STORED\r\n", ReplyKind::Line, &mut r),
             Ok(Some(8))
@@ -187,7 +228,7 @@ mod tests {
     #[test]
     fn value_containing_crlf_and_end_is_not_misframed() {
         let reply = b"VALUE a 0 7\r\nEND\r\n\r\n\r\nEND\r\n";
-        let mut r = 0;
+        let mut r = FrameState::default();
         assert_eq!(
             frame_reply(reply, ReplyKind::Retrieval, &mut r),
             Ok(Some(reply.len()))
@@ -196,7 +237,7 @@ mod tests {
 
     #[test]
     fn errors_end_a_retrieval_and_garbage_is_rejected() {
-        let mut r = 0;
+        let mut r = FrameState::default();
         assert_eq!(
             frame_reply(
                 b"SERVER_ERROR out of memory\r\n",
@@ -226,5 +267,70 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].key, b"a");
         assert_eq!(&reply[items[1].range.clone()], b"VALUE bb 5 2 77\r\nhi\r\n");
+    }
+
+    #[test]
+    fn oversized_values_and_endless_lines_are_malformed() {
+        let mut r = FrameState::new(10);
+        let ok = b"VALUE a 0 10\r\n0123456789\r\nEND\r\n";
+        assert_eq!(
+            frame_reply(ok, ReplyKind::Retrieval, &mut r),
+            Ok(Some(ok.len()))
+        );
+        let big = b"VALUE a 0 11\r\n";
+        assert_eq!(
+            frame_reply(big, ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+        let huge = b"VALUE a 0 18446744073709551615\r\n";
+        assert_eq!(
+            frame_reply(huge, ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+        let endless = vec![b'x'; MAX_REPLY_LINE + 1];
+        for kind in [ReplyKind::Line, ReplyKind::Retrieval] {
+            let mut r = FrameState::default();
+            assert_eq!(
+                frame_reply(&endless[..MAX_REPLY_LINE], kind, &mut r),
+                Ok(None)
+            );
+            assert_eq!(frame_reply(&endless, kind, &mut r), Err(MalformedReply));
+        }
+        let mut r = FrameState::default();
+        assert_eq!(
+            frame_reply(b"ENDING\r\n", ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"VALUE ",
+        b"k ",
+        b"0 ",
+        b"3",
+        b"1",
+        b" 77",
+        b"\r\n",
+        b"\n",
+        b"abc",
+        b"END",
+        b"\r",
+        b"STORED",
+        b"SERVER_ERROR x",
+        b"ERROR",
+        b"VERSION 1",
+        b"12",
+        b" ",
+        b"\x00",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn reply_like_bytes_keep_the_framing_invariants(
+            parts in proptest::collection::vec(proptest::sample::select(PIECES), 0..60),
+            step in 1usize..17,
+        ) {
+            crate::protocol::invariants::check_reply_input(&parts.concat(), step);
+        }
     }
 }

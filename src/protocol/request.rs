@@ -120,6 +120,9 @@ pub struct Request {
     pub(crate) line_end: u32,
     /// Offset of the space before a trailing `noreply`, when present.
     pub(crate) noreply_at: Option<u32>,
+    /// `delete noreply [noreply]`: the key is `noreply`, so the forwarded line gets the
+    /// optional `0` argument; otherwise the backend would read the key as the flag too.
+    pub(crate) zero_arg: bool,
     /// Storage: item flags. Client flags are 32 bits in memcached.
     pub flags: u32,
     /// Storage, touch, gat: expiration time as sent. flush_all: the delay.
@@ -171,6 +174,10 @@ impl Request {
     pub fn upstream_bytes(&self) -> (Bytes, Option<Bytes>) {
         match self.noreply_at {
             None => (self.frame.clone(), None),
+            Some(at) if self.zero_arg => (
+                self.frame.slice(..at as usize),
+                Some(Bytes::from_static(b" 0\r\n")),
+            ),
             Some(at) => (
                 self.frame.slice(..at as usize),
                 Some(self.frame.slice(self.line_end as usize..)),

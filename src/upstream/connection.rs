@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::protocol::reply::{self, frame_reply, ReplyKind};
+use crate::protocol::reply::{self, frame_reply, FrameState, ReplyKind};
 use crate::reply_queue::{Answer, ReplyQueue};
 use crate::socket::Socket;
 use crate::write_queue::WriteQueue;
@@ -102,6 +102,9 @@ pub struct ConnSettings {
     pub max_in_flight: usize,
     /// The request timeout.
     pub timeout: Duration,
+    /// Largest value accepted in a reply; a larger one fails the connection (so a broken
+    /// backend cannot make memroute buffer without bound).
+    pub max_value: usize,
 }
 
 /// Tells a pool's connections that their backend left the configuration: take no more
@@ -142,7 +145,7 @@ pub async fn connect(
         rx,
         in_flight: VecDeque::new(),
         rbuf: BytesMut::new(),
-        resume: 0,
+        frame: FrameState::new(settings.max_value),
         wq: WriteQueue::new(),
         backend,
         max_in_flight: settings.max_in_flight,
@@ -168,7 +171,7 @@ struct Connection {
     in_flight: VecDeque<InFlight>,
     rbuf: BytesMut,
     /// Framing progress inside the head reply.
-    resume: usize,
+    frame: FrameState,
     wq: WriteQueue,
     backend: Arc<BackendState>,
     max_in_flight: usize,
@@ -303,7 +306,7 @@ impl Connection {
     /// Delivers every complete reply in the read buffer.
     fn deliver_replies(&mut self) -> Result<(), End> {
         while let Some(head) = self.in_flight.front() {
-            match frame_reply(&self.rbuf, head.kind, &mut self.resume) {
+            match frame_reply(&self.rbuf, head.kind, &mut self.frame) {
                 Ok(Some(n)) => {
                     let mut bytes = self.rbuf.split_to(n).freeze();
                     let done = self.in_flight.pop_front().expect("head exists");

@@ -1,0 +1,323 @@
+//! Protocol invariants, asserted over arbitrary input by the fuzz targets (`fuzz/`) and by
+//! the replay of their saved crash inputs in `cargo test`. Every function panics on a
+//! violation; none is used on the serving path.
+
+use bytes::BytesMut;
+
+use super::codec::{ClientCodec, CodecLimits, Decoded};
+use super::reply::{self, frame_reply, FrameState, ReplyKind};
+use super::request::{Command, Request, MAX_KEY_LEN};
+
+/// An owned summary of one decoded item, to compare decodings of the same input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A request: the bytes that would be forwarded upstream, and its `noreply` flag.
+    Request(Vec<u8>, bool),
+    /// An error reply; the stream continues.
+    Invalid(&'static [u8]),
+    /// An error reply that closes the connection.
+    Fatal(&'static [u8]),
+}
+
+/// The `client_codec` fuzz target: the first byte picks the chunk size, the rest is the
+/// client's stream.
+pub fn fuzz_client_codec(data: &[u8]) {
+    if let Some((&first, input)) = data.split_first() {
+        check_client_input(input, usize::from(first) % 64 + 1, fuzz_limits());
+    }
+}
+
+/// The `reply_framing` fuzz target: the first byte picks the piece size, the whole input is
+/// the backend's stream.
+pub fn fuzz_reply_framing(data: &[u8]) {
+    let step = data.first().map_or(1, |b| usize::from(*b) % 16 + 1);
+    check_reply_input(data, step);
+}
+
+/// Small limits, so that the too-large and too-long paths are reachable by a fuzzer.
+pub fn fuzz_limits() -> CodecLimits {
+    CodecLimits {
+        item_size_max: 64,
+        max_retrieval_line: 512,
+    }
+}
+
+/// Decodes `input` fed in pieces of `chunk` bytes, checking every request and that no more
+/// bytes are consumed than were fed. Stops after a fatal item, as the connection would.
+pub fn decode_stream(input: &[u8], chunk: usize, limits: CodecLimits) -> Vec<Item> {
+    let mut codec = ClientCodec::new(limits);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let (mut fed, mut consumed) = (0, 0);
+    for piece in input.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        fed += piece.len();
+        loop {
+            let before = buf.len();
+            let item = codec.decode_item(&mut buf);
+            consumed += before - buf.len();
+            assert!(consumed <= fed, "consumed {consumed} of {fed} bytes");
+            let Some(item) = item else { break };
+            let item = match item {
+                Decoded::Request(r) => {
+                    check_request(&r, limits);
+                    let (a, b) = r.upstream_bytes();
+                    let mut up = a.to_vec();
+                    up.extend_from_slice(b.as_deref().unwrap_or_default());
+                    Item::Request(up, r.noreply())
+                }
+                Decoded::Invalid(m) => Item::Invalid(m),
+                Decoded::Fatal(m) => {
+                    out.push(Item::Fatal(m));
+                    return out;
+                }
+            };
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// The client-codec invariants for one input: each request is well formed (see
+/// [`check_request`]), and decoding in pieces of any size gives what decoding it whole does.
+pub fn check_client_input(input: &[u8], chunk: usize, limits: CodecLimits) {
+    let whole = decode_stream(input, input.len(), limits);
+    let pieces = decode_stream(input, chunk, limits);
+    assert_eq!(whole, pieces, "decoding in pieces of {chunk} differs");
+}
+
+/// One decoded request: keys of 1..=250 bytes with no space or control byte, a data block of
+/// exactly its declared length within the limit, and forwarded bytes that are themselves one
+/// valid request with the same fields (without `noreply`), as is a canonical re-encoding.
+pub fn check_request(r: &Request, limits: CodecLimits) {
+    assert!(r.frame.ends_with(b"\n"), "frame ends with a newline");
+    if r.command.is_retrieval() || r.command.is_single_key() {
+        assert!(r.keys().next().is_some(), "a keyed command has a key");
+        for k in r.keys() {
+            assert!(
+                (1..=MAX_KEY_LEN).contains(&k.len()),
+                "key length {}",
+                k.len()
+            );
+            assert!(k.iter().all(|b| *b > b' ' && *b != 0x7f), "key byte");
+        }
+    }
+    if r.command.is_single_key() {
+        assert!(!r.key().contains(&b' '), "one key");
+    }
+    if r.command.is_storage() {
+        let declared: usize = tokens(r.line())
+            .nth(4)
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+            .expect("a storage line declares a length");
+        assert_eq!(
+            r.data().len(),
+            declared,
+            "data block of the declared length"
+        );
+        assert!(declared <= limits.item_size_max);
+        assert!(r.frame.ends_with(b"\r\n"), "data block ends with \\r\\n");
+    }
+    let (a, b) = r.upstream_bytes();
+    assert_eq!(r.noreply(), b.is_some());
+    let mut forwarded = a.to_vec();
+    forwarded.extend_from_slice(b.as_deref().unwrap_or_default());
+    // At most ` 0` is added (`delete noreply`), and a `\n` may become `\r\n`.
+    assert!(forwarded.len() <= r.frame.len() + 3);
+    // Retrievals have no noreply; version, stats and quit are answered by memroute.
+    // memcached reads `delete <key>`'s key as the key even when it is `noreply`.
+    let answered_by_memroute =
+        matches!(r.command, Command::Version | Command::Stats | Command::Quit);
+    let key_only_delete =
+        r.command == Command::Delete && tokens(first_line(&forwarded)).count() == 2;
+    let forwarded_with_flag =
+        !(r.command.is_retrieval() || answered_by_memroute || key_only_delete);
+    if forwarded_with_flag {
+        assert_ne!(
+            tokens(first_line(&forwarded)).last(),
+            Some(&b"noreply"[..]),
+            "a backend never sees a noreply flag: {:?}",
+            String::from_utf8_lossy(&forwarded)
+        );
+    }
+
+    // What goes upstream decodes to the same request, and forwarding it again is a fixpoint.
+    let again = decode_one(&forwarded, limits);
+    assert_same(r, &again);
+    assert!(!again.noreply(), "noreply is never forwarded");
+    let (a2, b2) = again.upstream_bytes();
+    assert!(b2.is_none());
+    assert_eq!(&a2[..], &forwarded[..], "forwarding is a fixpoint");
+
+    // A canonical re-encoding from the decoded fields means the same request.
+    let canonical = encode(r);
+    assert_same(r, &decode_one(&canonical, limits));
+}
+
+/// Decodes `bytes` as exactly one request, consuming all of them.
+fn decode_one(bytes: &[u8], limits: CodecLimits) -> Request {
+    let mut codec = ClientCodec::new(limits);
+    let mut buf = BytesMut::from(bytes);
+    match codec.decode_item(&mut buf) {
+        Some(Decoded::Request(r)) => {
+            assert!(buf.is_empty(), "one request uses all of {bytes:?}");
+            r
+        }
+        other => panic!("{bytes:?} decodes to {other:?}"),
+    }
+}
+
+fn assert_same(a: &Request, b: &Request) {
+    assert_eq!(a.command, b.command);
+    assert!(a.keys().eq(b.keys()), "same keys");
+    if a.command.is_storage() {
+        assert_eq!(a.data(), b.data());
+        assert_eq!(
+            (a.flags, a.exptime, a.number),
+            (b.flags, b.exptime, b.number)
+        );
+    }
+    if matches!(a.command, Command::Incr | Command::Decr | Command::Cas) {
+        assert_eq!(a.number, b.number);
+    }
+    if matches!(
+        a.command,
+        Command::Touch | Command::Gat | Command::Gats | Command::FlushAll
+    ) {
+        assert_eq!(a.exptime, b.exptime);
+    }
+    if matches!(a.command, Command::Stats | Command::Verbosity) {
+        assert!(args(a).eq(args(b)), "same arguments");
+    }
+}
+
+/// The request written from its decoded fields, single-spaced, without `noreply`.
+fn encode(r: &Request) -> Vec<u8> {
+    let mut out = r.command.name().as_bytes().to_vec();
+    let field = |out: &mut Vec<u8>, f: &[u8]| {
+        out.push(b' ');
+        out.extend_from_slice(f);
+    };
+    if matches!(r.command, Command::Gat | Command::Gats) {
+        field(&mut out, r.exptime.to_string().as_bytes());
+    }
+    if r.command.is_retrieval() || r.command.is_single_key() {
+        for k in r.keys() {
+            field(&mut out, k);
+        }
+    }
+    match r.command {
+        c if c.is_storage() => {
+            field(&mut out, r.flags.to_string().as_bytes());
+            field(&mut out, r.exptime.to_string().as_bytes());
+            field(&mut out, r.data().len().to_string().as_bytes());
+            if c == Command::Cas {
+                field(&mut out, r.number.to_string().as_bytes());
+            }
+        }
+        Command::Incr | Command::Decr => field(&mut out, r.number.to_string().as_bytes()),
+        Command::Touch => field(&mut out, r.exptime.to_string().as_bytes()),
+        Command::FlushAll if r.exptime != 0 => field(&mut out, r.exptime.to_string().as_bytes()),
+        Command::Stats | Command::Verbosity => {
+            for a in args(r) {
+                field(&mut out, a);
+            }
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if r.command.is_storage() {
+        out.extend_from_slice(r.data());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The arguments after the command word, without a trailing `noreply`.
+fn args(r: &Request) -> impl Iterator<Item = &[u8]> {
+    let n = tokens(r.line()).count() - usize::from(r.noreply());
+    tokens(r.line()).take(n).skip(1)
+}
+
+fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| *b == b' ').filter(|t| !t.is_empty())
+}
+
+fn first_line(bytes: &[u8]) -> &[u8] {
+    let end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len());
+    bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end])
+}
+
+/// The reply-framing invariants for one input and every [`ReplyKind`]: framing never claims
+/// more than the input; a framed reply is exactly what its kind allows (one reply line, or
+/// `VALUE` items whose data blocks have exactly their declared length, then `END` or an
+/// error line); and framing it as it arrives in pieces of `step` bytes finds the same reply.
+pub fn check_reply_input(data: &[u8], step: usize) {
+    for kind in [
+        ReplyKind::Line,
+        ReplyKind::Retrieval,
+        ReplyKind::RetrievalFlagsInValue,
+    ] {
+        let whole = frame_reply(data, kind, &mut FrameState::default());
+        if let Ok(Some(n)) = whole {
+            assert!(n > 0 && n <= data.len());
+            check_framed(&data[..n], kind);
+        }
+        let mut state = FrameState::default();
+        let mut end = 0;
+        let pieces = loop {
+            if end == data.len() {
+                break frame_reply(data, kind, &mut state);
+            }
+            end = (end + step.max(1)).min(data.len());
+            match frame_reply(&data[..end], kind, &mut state) {
+                Ok(None) => {}
+                other => break other,
+            }
+        };
+        match (whole, pieces) {
+            // A prefix may be rejected early (an over-long line) before the whole is seen.
+            (Err(_), _) | (_, Err(_)) => {}
+            (w, p) => assert_eq!(w, p, "{kind:?} in pieces of {step}"),
+        }
+    }
+}
+
+/// A framed reply is exactly one well-formed reply of its kind.
+fn check_framed(reply: &[u8], kind: ReplyKind) {
+    assert!(reply.ends_with(b"\n"));
+    if kind == ReplyKind::Line {
+        assert_eq!(
+            memchr::memchr(b'\n', reply),
+            Some(reply.len() - 1),
+            "one line"
+        );
+        return;
+    }
+    let mut pos = 0;
+    for item in reply::value_items(reply) {
+        assert_eq!(item.range.start, pos, "items are contiguous");
+        let header = first_line(&reply[pos..]);
+        let declared: usize = tokens(header)
+            .nth(3)
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+            .expect("a VALUE line declares a length");
+        let data_start = pos + memchr::memchr(b'\n', &reply[pos..]).expect("header line") + 1;
+        assert_eq!(
+            item.range.end - data_start,
+            declared + 2,
+            "data of the declared length"
+        );
+        assert_eq!(&reply[item.range.end - 2..item.range.end], b"\r\n");
+        pos = item.range.end;
+    }
+    let last = first_line(&reply[pos..]);
+    assert_eq!(
+        pos + memchr::memchr(b'\n', &reply[pos..]).unwrap() + 1,
+        reply.len()
+    );
+    assert!(
+        last == b"END" || reply::is_error_line(last),
+        "ends with END or an error"
+    );
+}
