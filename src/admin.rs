@@ -186,6 +186,11 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
     metrics::gauge!("memroute_client_connections").set(shared.clients() as f64);
     metrics::counter!("memroute_client_connections_total")
         .absolute(sum(&|w| w.total_connections.get()));
+    metrics::counter!("memroute_client_refused_total", "reason" => "limit")
+        .absolute(sum(&|w| w.rejected_connections.get()));
+    metrics::counter!("memroute_client_refused_total", "reason" => "denied")
+        .absolute(sum(&|w| w.denied_connections.get()));
+    metrics::counter!("memroute_client_idle_kicks_total").absolute(sum(&|w| w.idle_kicks.get()));
     metrics::counter!("memroute_cmd_get_total").absolute(sum(&|w| w.cmd_get.get()));
     metrics::counter!("memroute_cmd_set_total").absolute(sum(&|w| w.cmd_set.get()));
     metrics::counter!("memroute_protocol_errors_total").absolute(sum(&|w| w.protocol_errors.get()));

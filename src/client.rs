@@ -91,6 +91,14 @@ pub async fn serve(
     client.queue.close();
 }
 
+/// Completes when the idle timer fires; never without one.
+async fn idle_expired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Client {
     async fn run(&mut self) -> io::Result<()> {
         let router = self.router.clone();
@@ -102,6 +110,11 @@ impl Client {
         let max_inflight = cfg.max_client_inflight;
         let max_buffer = cfg.max_client_buffer;
         let mut rbuf = BytesMut::new();
+        // `client_timeout`: like memcached's idle_timeout, only a complete request counts as
+        // activity, so a client trickling bytes of a line it never ends is still idle.
+        let idle_after = cfg.client_timeout;
+        let mut idle_timer = idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
+        let mut last_request = Instant::now();
         loop {
             let outstanding = self.queue.take_ready(&mut self.wq);
             if !self.wq.is_empty() {
@@ -120,7 +133,11 @@ impl Client {
             if self.backlog && outstanding.requests < max_inflight {
                 // Requests left buffered at the in-flight cap: decode them now that replies
                 // have drained, without waiting for the client to send more.
-                self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                if self.handle_input(&mut codec, &mut rbuf, max_inflight).await
+                    && idle_after.is_some()
+                {
+                    last_request = Instant::now();
+                }
                 spare::give_back(&mut rbuf);
                 continue;
             }
@@ -142,9 +159,25 @@ impl Client {
                         0 => self.closing = true,
                         n => {
                             self.stats.bytes_read.add(n as u64);
-                            self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                            let decoded = self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                            if decoded && idle_after.is_some() {
+                                last_request = Instant::now();
+                            }
                             spare::give_back(&mut rbuf);
                         }
+                    }
+                }
+                () = idle_expired(&mut idle_timer), if !self.closing => {
+                    let idle = idle_after.expect("timer only with a timeout");
+                    let busy = outstanding.requests > 0 || !self.wq.is_empty();
+                    if !busy && last_request.elapsed() >= idle {
+                        self.stats.idle_kicks.inc();
+                        return Ok(());
+                    }
+                    // Waiting on a backend is not idleness (it has its own timeout).
+                    let from = if busy { Instant::now() } else { last_request };
+                    if let Some(t) = idle_timer.as_mut() {
+                        t.as_mut().reset(from + idle);
                     }
                 }
             }
@@ -152,17 +185,19 @@ impl Client {
     }
 
     /// Decodes and dispatches every complete request in `rbuf` (up to the in-flight cap; the
-    /// rest stays buffered until replies drain).
+    /// rest stays buffered until replies drain). Tells whether anything was decoded.
     async fn handle_input(
         &mut self,
         codec: &mut ClientCodec,
         rbuf: &mut BytesMut,
         max_inflight: usize,
-    ) {
+    ) -> bool {
+        let mut decoded = false;
         while !self.closing && self.queue.len() < max_inflight {
             let Some(item) = codec.decode_item(rbuf) else {
                 break;
             };
+            decoded = true;
             match item {
                 Decoded::Request(req) => self.dispatch(req).await,
                 Decoded::Invalid(msg) => {
@@ -177,6 +212,7 @@ impl Client {
             }
         }
         self.backlog = !self.closing && !rbuf.is_empty() && self.queue.len() >= max_inflight;
+        decoded
     }
 
     /// Moves to the pool's current router if a reload replaced it, carrying over the

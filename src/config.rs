@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admission::AccessList;
 use crate::reply_queue::RetrievalFailure;
 use crate::ring::{server_identity, Distribution, HashFunction, HashTag};
 
@@ -96,6 +97,17 @@ pub struct RawPool {
     pub max_client_inflight: Option<usize>,
     /// Reply bytes buffered for one client at most before memroute stops reading from it.
     pub max_client_buffer: Option<RawSize>,
+    /// Client connections this listener accepts at most (besides the process's `max_clients`).
+    pub max_client_connections: Option<usize>,
+    /// Close a client connection idle (no request, nothing in flight) this long, e.g.
+    /// `"300s"`; absent or `"0s"`: never, as memcached.
+    pub client_timeout: Option<String>,
+    /// Client networks allowed on this listener (CIDR or address); empty: all.
+    #[serde(default)]
+    pub client_allow: Vec<String>,
+    /// Client networks refused on this listener; checked before `client_allow`.
+    #[serde(default)]
+    pub client_deny: Vec<String>,
     /// `miss` or `error`: how a failed backend's part of a retrieval is answered.
     pub retrieval_failure: Option<String>,
     /// `memcached` (default) or `tokyotyrant`: what the pool's servers speak.
@@ -160,6 +172,12 @@ pub struct PoolConfig {
     pub max_client_inflight: usize,
     /// Per-client cap on buffered reply bytes.
     pub max_client_buffer: usize,
+    /// Cap on this listener's client connections.
+    pub max_client_connections: Option<usize>,
+    /// Idle client connections are closed after this long.
+    pub client_timeout: Option<Duration>,
+    /// Which client networks may connect.
+    pub access: AccessList,
     /// How a failed retrieval fragment is answered.
     pub retrieval_failure: RetrievalFailure,
     /// What the servers speak.
@@ -557,6 +575,21 @@ impl RawPool {
         if max_client_buffer < 4096 {
             return Err(invalid(f("max_client_buffer"), "must be at least 4k"));
         }
+        if self.max_client_connections == Some(0) {
+            return Err(invalid(f("max_client_connections"), "must be at least 1"));
+        }
+        let client_timeout = match &self.client_timeout {
+            None => None,
+            Some(t) => Some(parse_duration(&f("client_timeout"), t)?).filter(|d| !d.is_zero()),
+        };
+        let access = AccessList::parse(&self.client_allow, &self.client_deny).map_err(|e| {
+            let key = if AccessList::parse(&self.client_allow, &[]).is_err() {
+                "client_allow"
+            } else {
+                "client_deny"
+            };
+            invalid(f(key), e)
+        })?;
         let retrieval_failure = match self.retrieval_failure.as_deref() {
             None | Some("miss") => RetrievalFailure::Miss,
             Some("error") => RetrievalFailure::Error,
@@ -635,6 +668,9 @@ impl RawPool {
             item_size_max: item_size_max as usize,
             max_client_inflight,
             max_client_buffer: max_client_buffer as usize,
+            max_client_connections: self.max_client_connections,
+            client_timeout,
+            access,
             retrieval_failure,
             protocol,
             preserve_flags,
@@ -687,6 +723,17 @@ mod tests {
     }
 
     #[test]
+    fn client_keys_default_to_open_and_unlimited() {
+        let c = RawConfig::parse(OK).unwrap().validate().unwrap();
+        let p = &c.pools[0];
+        assert_eq!((p.max_client_connections, p.client_timeout), (None, None));
+        assert!(p.access.is_open());
+        let off = OK.replace("timeout = 400", "timeout = 400\nclient_timeout = \"0s\"");
+        let c = RawConfig::parse(&off).unwrap().validate().unwrap();
+        assert_eq!(c.pools[0].client_timeout, None);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         assert!(err(&OK.replace("hash = \"md5\"", "hash = \"sha1\"")).contains("pools.main.hash"));
         assert!(err(&OK.replace("timeout = 400", "timeout = 0")).contains("pools.main.timeout"));
@@ -700,6 +747,12 @@ mod tests {
         );
         assert!(err(&OK.replace("\"2m\"", "\"lots\"")).contains("pools.main.item_size_max"));
         assert!(err("threads = 1").contains("pools"));
+        let client = |keys: &str| OK.replace("timeout = 400", &format!("timeout = 400\n{keys}"));
+        assert!(err(&client("max_client_connections = 0"))
+            .contains("pools.main.max_client_connections"));
+        assert!(err(&client("client_timeout = \"soon\"")).contains("pools.main.client_timeout"));
+        assert!(err(&client("client_allow = [\"10.0.0.0/8\", \"nope\"]"))
+            .contains("pools.main.client_allow"));
         assert!(err(&OK.replace("timeout = 400", "protocol = \"redis\""))
             .contains("pools.main.protocol"));
         assert!(err(&OK.replace("timeout = 400", "preserve_flags = true"))

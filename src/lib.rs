@@ -15,6 +15,7 @@
 //! - [`reply_queue`]: the per-client queue that puts replies back in request order.
 //! - [`client`]: one client connection's task.
 //! - [`server`]: listeners, shared state, reload; [`worker`]: one thread's runtime.
+//! - [`admission`]: who may connect: per-listener access lists and connection caps.
 //! - [`admin`]: the admin HTTP listener: Prometheus `/metrics`, `/health`, `/route`.
 //! - [`warmup`]: after a ring change, misses retried on the previous owner and copied over.
 //! - [`health`]: ejection of failing backends and their return.
@@ -27,6 +28,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod admin;
+pub mod admission;
 pub mod client;
 pub mod config;
 pub mod embedded;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::admission::ListenerClients;
 use crate::config::Config;
 use crate::generation::{Generation, GenerationError};
 use crate::stats::WorkerStats;
@@ -41,6 +42,8 @@ pub struct Shared {
     started: std::time::Instant,
     workers: Vec<Arc<WorkerStats>>,
     clients: AtomicUsize,
+    /// Clients per pool (listener), by pool name; kept across reloads.
+    listener_clients: Mutex<std::collections::HashMap<String, Arc<ListenerClients>>>,
     generation: ArcSwap<Generation>,
     /// Tells workers a new generation is in place (its id).
     changes: watch::Sender<u64>,
@@ -77,6 +80,15 @@ impl Shared {
             return false;
         }
         true
+    }
+
+    /// The client count of a pool's listener (one per pool name, shared by every worker).
+    pub(crate) fn listener_clients(&self, pool: &str) -> Arc<ListenerClients> {
+        let mut map = self
+            .listener_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(pool.to_owned()).or_default().clone()
     }
 
     /// Counts a client gone.
@@ -186,6 +198,7 @@ impl Server {
                 started: std::time::Instant::now(),
                 workers,
                 clients: AtomicUsize::new(0),
+                listener_clients: Mutex::default(),
                 generation: ArcSwap::from_pointee(generation),
                 changes,
                 reloading: Mutex::new(()),

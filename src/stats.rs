@@ -66,8 +66,13 @@ pub struct WorkerStats {
     pub client_left: tokio::sync::Notify,
     /// Client connections accepted.
     pub total_connections: Counter,
-    /// Connections refused because `max_clients` was reached.
+    /// Connections refused because `max_clients` or a listener's `max_client_connections`
+    /// was reached.
     pub rejected_connections: Counter,
+    /// Connections refused by a listener's `client_allow` / `client_deny`.
+    pub denied_connections: Counter,
+    /// Idle connections closed by `client_timeout` (memcached's name).
+    pub idle_kicks: Counter,
     /// Keys requested by retrieval commands.
     pub cmd_get: Counter,
     /// Storage commands.
@@ -140,6 +145,8 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
                 "rejected_connections",
                 &sum(&|w| w.rejected_connections.get()),
             );
+            stat("denied_connections", &sum(&|w| w.denied_connections.get()));
+            stat("idle_kicks", &sum(&|w| w.idle_kicks.get()));
             let cmd_get = sum(&|w| w.cmd_get.get());
             stat("cmd_get", &cmd_get);
             // Hits as counted where replies arrive: remote backends' VALUE items, and the

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admission::{ListenerClients, ListenerSeat, Refusal, DENIED_LOG, FULL_LOG};
+use crate::config::PoolConfig;
 use crate::generation::Generation;
 use crate::protocol::reply;
 use crate::router::{Backend, Router};
@@ -214,13 +216,15 @@ async fn accept_loop(
     stats: Arc<WorkerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Looked up at the first client: the pool's name comes from the router.
+    let mut clients: Option<Arc<ListenerClients>> = None;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: pause rather than spin.
                 tracing::warn!("accept failed: {e}");
@@ -228,20 +232,82 @@ async fn accept_loop(
                 continue;
             }
         };
-        if !shared.admit_client() {
-            stats.rejected_connections.inc();
-            let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
-            continue;
-        }
+        let seat = {
+            let router = slot.load();
+            let pool = &router.config;
+            if clients.is_none() {
+                clients = Some(shared.listener_clients(&pool.name));
+            }
+            let clients = clients.as_ref().expect("set above");
+            match admit(peer.ip(), pool, clients, &shared) {
+                Ok(seat) => seat,
+                Err(refusal) => {
+                    refuse(refusal, &stream, peer, &pool.name, &stats);
+                    continue;
+                }
+            }
+        };
         stats.curr_connections.inc();
         stats.total_connections.inc();
         let (slot, shared, stats, stop) =
             (slot.clone(), shared.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
             crate::client::serve(stream, slot, shared.clone(), stats.clone(), stop).await;
+            drop(seat);
             stats.curr_connections.dec();
             stats.client_left.notify_one();
             shared.client_left();
         });
+    }
+}
+
+/// Decides whether a client from `ip` may connect to `pool`'s listener: its access list, its
+/// `max_client_connections`, then the process-wide `max_clients`.
+fn admit(
+    ip: std::net::IpAddr,
+    pool: &PoolConfig,
+    clients: &Arc<ListenerClients>,
+    shared: &Shared,
+) -> Result<ListenerSeat, Refusal> {
+    if !pool.access.permits(ip) {
+        return Err(Refusal::Denied);
+    }
+    if !clients.try_add(pool.max_client_connections) {
+        return Err(Refusal::ListenerFull);
+    }
+    let seat = ListenerSeat(clients.clone());
+    if !shared.admit_client() {
+        return Err(Refusal::ProcessFull);
+    }
+    Ok(seat)
+}
+
+/// Counts and logs (at a bounded rate) a refused connection, and tells the client why when
+/// it was a limit. A client refused by the access list is closed without a word.
+fn refuse(
+    refusal: Refusal,
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    pool: &str,
+    stats: &WorkerStats,
+) {
+    match refusal {
+        Refusal::Denied => {
+            stats.denied_connections.inc();
+            DENIED_LOG.warn(format_args!(
+                "pool {pool}: refused client {peer}: not permitted by client_allow/client_deny"
+            ));
+        }
+        Refusal::ListenerFull | Refusal::ProcessFull => {
+            stats.rejected_connections.inc();
+            let limit = match refusal {
+                Refusal::ListenerFull => "max_client_connections",
+                _ => "max_clients",
+            };
+            FULL_LOG.warn(format_args!(
+                "pool {pool}: refused client {peer}: {limit} reached"
+            ));
+            let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
+        }
     }
 }
