@@ -40,6 +40,10 @@ impl Socket {
     /// Waits until the socket is readable, then reads once into `buf`'s tail.
     /// Returns the bytes read; 0 means the peer closed its side.
     pub async fn read(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        // `AsyncFd` readiness takes no cooperative budget: a peer that keeps the socket full
+        // would otherwise keep this task running and starve the worker's other tasks. Taken
+        // before any byte is read, so a caller's `select!` dropping this future loses nothing.
+        tokio::task::coop::consume_budget().await;
         loop {
             let mut guard = self.fd.readable().await?;
             if buf.capacity() == 0 {

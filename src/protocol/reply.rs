@@ -62,14 +62,29 @@ pub const MAX_REPLY_LINE: usize = 8192;
 pub struct FrameState {
     /// Where the next unscanned item of the head reply starts.
     pos: usize,
+    /// `VALUE` items of the head reply scanned so far.
+    items: usize,
+    /// Most `VALUE` items the head reply may hold.
+    max_items: usize,
     /// Largest `VALUE` data block accepted; a larger one is a malformed reply.
     max_value: usize,
 }
 
 impl FrameState {
-    /// Framing that accepts values of up to `max_value` bytes.
+    /// Framing that accepts values of up to `max_value` bytes, any number of them.
     pub fn new(max_value: usize) -> Self {
-        FrameState { pos: 0, max_value }
+        FrameState {
+            pos: 0,
+            items: 0,
+            max_items: usize::MAX,
+            max_value,
+        }
+    }
+
+    /// Caps the `VALUE` items of the reply being framed (a retrieval of `n` keys has at most
+    /// `n`); more means the backend is not answering this request.
+    pub fn limit_items(&mut self, n: usize) {
+        self.max_items = n;
     }
 }
 
@@ -116,12 +131,14 @@ pub fn frame_reply(
                         state.pos = pos;
                         return Ok(None);
                     }
-                    if &buf[item_end - 2..item_end] != b"\r\n" {
+                    if &buf[item_end - 2..item_end] != b"\r\n" || state.items >= state.max_items {
                         return Err(MalformedReply);
                     }
+                    state.items += 1;
                     pos = item_end;
                 } else if strip_cr(line) == b"END" || is_error_line(line) {
                     state.pos = 0;
+                    state.items = 0;
                     return Ok(Some(pos + nl + 1));
                 } else {
                     return Err(MalformedReply);
@@ -299,6 +316,29 @@ mod tests {
         let mut r = FrameState::default();
         assert_eq!(
             frame_reply(b"ENDING\r\n", ReplyKind::Retrieval, &mut r),
+            Err(MalformedReply)
+        );
+    }
+
+    #[test]
+    fn a_retrieval_holds_no_more_items_than_keys() {
+        let two = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
+        let mut r = FrameState::default();
+        r.limit_items(2);
+        assert_eq!(
+            frame_reply(two, ReplyKind::Retrieval, &mut r),
+            Ok(Some(two.len()))
+        );
+        // The count starts over with the next reply; a third item is one too many.
+        let three = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nVALUE c 0 1\r\nz\r\n";
+        for cut in [14, 30, 40] {
+            assert_eq!(
+                frame_reply(&three[..cut], ReplyKind::Retrieval, &mut r),
+                Ok(None)
+            );
+        }
+        assert_eq!(
+            frame_reply(three, ReplyKind::Retrieval, &mut r),
             Err(MalformedReply)
         );
     }

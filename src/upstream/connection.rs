@@ -161,6 +161,8 @@ const BATCH: usize = 256;
 
 struct InFlight {
     kind: ReplyKind,
+    /// Retrievals: `VALUE` items the reply may hold at most (one per key requested).
+    max_items: usize,
     target: ReplyTarget,
     deadline: Instant,
 }
@@ -243,6 +245,12 @@ impl Connection {
                             if let Err(end) = self.deliver_replies() {
                                 return end;
                             }
+                            // A backend that keeps sending without finishing the head reply
+                            // keeps this arm winning; the deadline must hold all the same.
+                            if self.in_flight.front().is_some_and(|h| h.deadline <= Instant::now()) {
+                                self.backend.stats.timeouts.inc();
+                                return End::Failed(reply::BACKEND_TIMEOUT, "request timed out".into());
+                            }
                         }
                         Err(e) => return End::Failed(reply::BACKEND_CLOSED, e.to_string()),
                     }
@@ -291,6 +299,14 @@ impl Connection {
 
     /// Queues a request's bytes for writing and records it as in flight.
     fn enqueue(&mut self, req: UpstreamRequest) {
+        let max_items = match req.kind {
+            ReplyKind::Line => 0,
+            // Each key follows a space, so a line has no more keys than spaces.
+            _ => {
+                let line_end = memchr::memchr(b'\n', &req.bytes.0).unwrap_or(req.bytes.0.len());
+                memchr::memchr_iter(b' ', &req.bytes.0[..line_end]).count()
+            }
+        };
         self.wq.push(req.bytes.0);
         if let Some(rest) = req.bytes.1 {
             self.wq.push(rest);
@@ -298,6 +314,7 @@ impl Connection {
         self.backend.stats.in_flight.inc();
         self.in_flight.push_back(InFlight {
             kind: req.kind,
+            max_items,
             target: req.target,
             deadline: req.deadline,
         });
@@ -306,6 +323,7 @@ impl Connection {
     /// Delivers every complete reply in the read buffer.
     fn deliver_replies(&mut self) -> Result<(), End> {
         while let Some(head) = self.in_flight.front() {
+            self.frame.limit_items(head.max_items);
             match frame_reply(&self.rbuf, head.kind, &mut self.frame) {
                 Ok(Some(n)) => {
                     let mut bytes = self.rbuf.split_to(n).freeze();

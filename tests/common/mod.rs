@@ -477,6 +477,7 @@ impl Client {
     }
 }
 
+pub mod bad_backend;
 pub mod tyrant;
 
 /// Waits until something accepts connections on `port` (a listener of a process already
