@@ -27,11 +27,15 @@ pub fn fuzz_client_codec(data: &[u8]) {
     }
 }
 
-/// The `reply_framing` fuzz target: the first byte picks the piece size, the whole input is
-/// the backend's stream.
+/// The `reply_framing` fuzz target: the first byte picks the piece size, the second the
+/// number of keys requested (so the `VALUE` item limit), the whole input is the stream.
 pub fn fuzz_reply_framing(data: &[u8]) {
     let step = data.first().map_or(1, |b| usize::from(*b) % 16 + 1);
-    check_reply_input(data, step);
+    let keys = match data.get(1) {
+        Some(b) if *b < 0xf0 => usize::from(*b) % 8,
+        _ => usize::MAX,
+    };
+    check_reply_input(data, step, keys);
 }
 
 /// Small limits, so that the too-large and too-long paths are reachable by a fuzzer.
@@ -106,10 +110,12 @@ pub fn check_request(r: &Request, limits: CodecLimits) {
         assert!(!r.key().contains(&b' '), "one key");
     }
     if r.command.is_storage() {
-        let declared: usize = tokens(r.line())
+        // As memcached reads it: a signed number, so `-0` is a length of 0.
+        let declared: i64 = tokens(r.line())
             .nth(4)
             .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
             .expect("a storage line declares a length");
+        let declared = usize::try_from(declared).expect("a length of at least 0");
         assert_eq!(
             r.data().len(),
             declared,
@@ -251,19 +257,22 @@ fn first_line(bytes: &[u8]) -> &[u8] {
 /// The reply-framing invariants for one input and every [`ReplyKind`]: framing never claims
 /// more than the input; a framed reply is exactly what its kind allows (one reply line, or
 /// `VALUE` items whose data blocks have exactly their declared length, then `END` or an
-/// error line); and framing it as it arrives in pieces of `step` bytes finds the same reply.
-pub fn check_reply_input(data: &[u8], step: usize) {
+/// error line, and no more items than `keys`); and framing it as it arrives in pieces of
+/// `step` bytes finds the same reply.
+pub fn check_reply_input(data: &[u8], step: usize, keys: usize) {
     for kind in [
         ReplyKind::Line,
         ReplyKind::Retrieval,
         ReplyKind::RetrievalFlagsInValue,
     ] {
-        let whole = frame_reply(data, kind, &mut FrameState::default());
+        let mut state = FrameState::default();
+        state.limit_items(keys);
+        let whole = frame_reply(data, kind, &mut state.clone());
         if let Ok(Some(n)) = whole {
             assert!(n > 0 && n <= data.len());
-            check_framed(&data[..n], kind);
+            let items = check_framed(&data[..n], kind);
+            assert!(items <= keys, "{items} items for {keys} keys");
         }
-        let mut state = FrameState::default();
         let mut end = 0;
         let pieces = loop {
             if end == data.len() {
@@ -283,8 +292,8 @@ pub fn check_reply_input(data: &[u8], step: usize) {
     }
 }
 
-/// A framed reply is exactly one well-formed reply of its kind.
-fn check_framed(reply: &[u8], kind: ReplyKind) {
+/// A framed reply is exactly one well-formed reply of its kind; returns its `VALUE` items.
+fn check_framed(reply: &[u8], kind: ReplyKind) -> usize {
     assert!(reply.ends_with(b"\n"));
     if kind == ReplyKind::Line {
         assert_eq!(
@@ -292,10 +301,12 @@ fn check_framed(reply: &[u8], kind: ReplyKind) {
             Some(reply.len() - 1),
             "one line"
         );
-        return;
+        return 0;
     }
     let mut pos = 0;
+    let mut items = 0;
     for item in reply::value_items(reply) {
+        items += 1;
         assert_eq!(item.range.start, pos, "items are contiguous");
         let header = first_line(&reply[pos..]);
         let declared: usize = tokens(header)
@@ -320,4 +331,5 @@ fn check_framed(reply: &[u8], kind: ReplyKind) {
         last == b"END" || reply::is_error_line(last),
         "ends with END or an error"
     );
+    items
 }

@@ -369,8 +369,9 @@ mod tests {
         fn reply_like_bytes_keep_the_framing_invariants(
             parts in proptest::collection::vec(proptest::sample::select(PIECES), 0..60),
             step in 1usize..17,
+            keys in proptest::sample::select(vec![0usize, 1, 2, 3, usize::MAX]),
         ) {
-            crate::protocol::invariants::check_reply_input(&parts.concat(), step);
+            crate::protocol::invariants::check_reply_input(&parts.concat(), step, keys);
         }
     }
 }
