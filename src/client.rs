@@ -127,10 +127,9 @@ impl Client {
             if self.closing && self.wq.is_empty() && outstanding.requests == 0 {
                 return Ok(());
             }
-            let can_read = !self.closing
-                && outstanding.requests < max_inflight
-                && self.wq.len() + outstanding.ready_bytes < max_buffer;
-            if self.backlog && outstanding.requests < max_inflight {
+            let below_buffer_cap = self.wq.len() + outstanding.ready_bytes < max_buffer;
+            let can_read = !self.closing && outstanding.requests < max_inflight && below_buffer_cap;
+            if self.backlog && outstanding.requests < max_inflight && below_buffer_cap {
                 // Requests left buffered at the in-flight cap: decode them now that replies
                 // have drained, without waiting for the client to send more.
                 if self.handle_input(&mut codec, &mut rbuf, max_inflight).await
