@@ -10,6 +10,12 @@
 //! Run it with `cargo run --release --example loadgen -- --help`, e.g.
 //! `cargo run --release --example loadgen -- --target 127.0.0.1:22122 --prefill --depth 16`.
 //! `scripts/bench.sh` uses it to compare memcached, twemproxy and memroute.
+//!
+//! Soak mode (`--soak-config FILE [--volatile SERVER]`) checks memroute under backend
+//! faults instead: every key's owner is computed from memroute's config with memroute's
+//! own ring, each connection owns its keys, and every reply is checked against their exact
+//! history (no wrong values, no lost acknowledged writes on backends that stay up, no key
+//! on a backend that does not own it). `scripts/soak.sh` runs it while killing a backend.
 
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
@@ -100,6 +106,25 @@ struct Args {
     /// Special mode: hold N idle (verified) connections for --duration, then exit.
     #[arg(long, default_value_t = 0)]
     idle_connections: usize,
+    /// Soak mode: the memroute config the target runs with; key owners are computed from
+    /// it with memroute's own ring. Each connection reads and writes only its own keys and
+    /// checks every reply against their exact history; at the end every backend is read
+    /// directly to check placement. Uses --connections, --depth, --duration, --get-ratio,
+    /// --keys, --key-size, --value-size, --rate (paces batches of --depth; 0: as fast as
+    /// replies come); --multiget is the largest key count of a get (each asks 1..=N keys).
+    #[arg(long, value_name = "FILE")]
+    soak_config: Option<PathBuf>,
+    /// Soak mode: the backend being killed and restarted (its address host:port or its
+    /// name in the config). Its keys may miss or get SERVER_ERROR; all others may not.
+    #[arg(long, value_name = "SERVER")]
+    volatile: Option<String>,
+    /// Soak mode: seconds a pipelined batch may wait for its replies before the
+    /// connection counts as hung (a connection error).
+    #[arg(long, default_value_t = 10.0)]
+    batch_timeout: f64,
+    /// Soak mode: print a progress line every this many seconds (0: never).
+    #[arg(long, default_value_t = 10.0)]
+    progress: f64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
@@ -268,15 +293,7 @@ impl Shared {
             let now = self.tick();
             self.state(k).begin_set(now)
         };
-        w.extend_from_slice(b"set ");
-        w.extend_from_slice(self.key(k));
-        w.push(b' ');
-        push_num(w, (k & 0xffff) as u64);
-        w.extend_from_slice(b" 0 ");
-        push_num(w, self.args.value_size as u64);
-        w.extend_from_slice(b"\r\n");
-        self.push_value(w, k, ver);
-        w.extend_from_slice(b"\r\n");
+        self.push_set_command(w, k, ver);
         b.ops.push(Op {
             get: false,
             first: b.keys.len(),
@@ -295,6 +312,19 @@ impl Shared {
             let k = self.pick(rng);
             self.push_set(k, b, w, t0);
         }
+    }
+
+    /// `set <key> <flags = key idx & 0xffff> 0 <bytes>` and the value of version `ver`.
+    fn push_set_command(&self, w: &mut Vec<u8>, k: u32, ver: u32) {
+        w.extend_from_slice(b"set ");
+        w.extend_from_slice(self.key(k));
+        w.push(b' ');
+        push_num(w, (k & 0xffff) as u64);
+        w.extend_from_slice(b" 0 ");
+        push_num(w, self.args.value_size as u64);
+        w.extend_from_slice(b"\r\n");
+        self.push_value(w, k, ver);
+        w.extend_from_slice(b"\r\n");
     }
 
     /// Value layout: `<key idx>:<run id, 8 hex>:<version>:` + filler.
@@ -985,6 +1015,1106 @@ async fn idle_mode(args: &Args) -> i32 {
 }
 
 // ---------------------------------------------------------------------------
+// Soak mode: verification under backend faults (`--soak-config`).
+//
+// Key k belongs to connection k % connections, which alone reads and writes it, so the
+// exact history of every key is known to one task: the versions it sent, the last one
+// acknowledged (STORED) and the newest one a get returned. Replies are checked in
+// pipeline order, so when a get's reply is checked, every set sent before it on that
+// connection has been answered. The owner of each key comes from the memroute config,
+// through memroute's own ring.
+//
+// Failures (exit 1): wrong values (a value of another key, bad flags, corrupted filler,
+// a version never written or not yet sent, a malformed or misordered reply); lost writes
+// on stable keys (a miss, or a version older than one acknowledged or already seen);
+// any error reply for a stable key; keys found on a backend that does not own them, or
+// acknowledged versions missing from their owner when it is read directly at the end.
+// Connection errors (the client connection broke or hung) exit 3.
+// Volatile keys (owned by --volatile) may miss and may get SERVER_ERROR; a value returned
+// for one must still be of the right key and a version that was sent before the get.
+// An older version than one acknowledged is counted (`volatile_stale`), not failed: a
+// write that timed out may still land late.
+
+/// What one connection knows of one of its keys.
+#[derive(Clone, Copy, Default)]
+struct Track {
+    /// Highest version sent (versions run 1, 2, ... per key).
+    sent: u32,
+    /// Last version answered STORED (0: none).
+    acked: u32,
+    /// Newest version a get returned (0: none).
+    seen: u32,
+}
+
+impl Track {
+    /// The oldest version a get may return now.
+    fn floor(&self) -> u32 {
+        self.acked.max(self.seen)
+    }
+}
+
+macro_rules! soak_counters {
+    ($($name:ident),* $(,)?) => {
+        /// Soak counters, shared by all connections.
+        #[derive(Default)]
+        struct SoakCounters {
+            $($name: AtomicU64,)*
+        }
+
+        impl SoakCounters {
+            fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+                let mut m = serde_json::Map::new();
+                $(m.insert(stringify!($name).into(), self.$name.load(Ordering::Relaxed).into());)*
+                m
+            }
+        }
+    };
+}
+
+soak_counters!(
+    ops,
+    gets,
+    sets,
+    get_keys,
+    stable_get_keys,
+    stable_hits,
+    stable_initial_misses,
+    stable_sets_stored,
+    volatile_get_keys,
+    volatile_hits,
+    volatile_misses,
+    volatile_get_errors,
+    volatile_sets_stored,
+    volatile_set_errors,
+    volatile_stale,
+    volatile_timeouts,
+    foreign_values,
+    reconnects,
+    // Failures.
+    wrong_values,
+    lost_writes,
+    stable_errors,
+    misplaced,
+    // Parts of the failures above: lost writes that were misses and stale reads,
+    // stable errors that were `SERVER_ERROR backend timeout`.
+    stable_misses_after_write,
+    stable_stale_reads,
+    stable_timeouts,
+    final_lost,
+    connection_errors,
+    // The final direct read of every backend.
+    final_keys_checked,
+    final_volatile_present,
+    final_volatile_missing,
+    final_volatile_stale,
+    final_volatile_unreachable,
+);
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+struct SoakServer {
+    /// `host:port` or `memory:<size>`.
+    address: String,
+    /// Its ring name if it has one.
+    name: Option<String>,
+    /// Where to read it directly at the end (none for embedded caches).
+    addr: Option<std::net::SocketAddr>,
+}
+
+struct Soak {
+    sh: Shared,
+    servers: Vec<SoakServer>,
+    /// Owner of each key (index into `servers`).
+    owners: Vec<u16>,
+    volatile: Option<usize>,
+    c: SoakCounters,
+    samples: Mutex<Vec<String>>,
+    /// Failures per second of the run, to line them up with the faults.
+    failure_seconds: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Host stalls: (second of the run, ms) when a plain thread's 10 ms sleep came back
+    /// more than `STALL_MS` late. A stall of the whole host, not of memroute alone, explains
+    /// timeouts on healthy backends.
+    stalls: Mutex<Vec<(f64, u64)>>,
+    start: Instant,
+    end: Instant,
+    batch_timeout: Duration,
+    /// Milliseconds after `start` of the last error reply for a volatile key other than a
+    /// timeout (0: none): when memroute last found the backend down.
+    volatile_error_last_ms: AtomicU64,
+}
+
+/// A host stall worth recording, ms (see `Soak::stalls`).
+const STALL_MS: u64 = 100;
+
+/// Records host stalls until the run ends: a thread outside the runtime sleeps 10 ms at a
+/// time and notes how late it wakes.
+fn stall_watch(sk: Arc<Soak>) {
+    let start = sk.start.into_std();
+    let end = sk.end.into_std();
+    let tick = Duration::from_millis(10);
+    loop {
+        let before = std::time::Instant::now();
+        if before >= end {
+            break;
+        }
+        std::thread::sleep(tick);
+        let late = before.elapsed().saturating_sub(tick).as_millis() as u64;
+        if late > STALL_MS {
+            let at = before.duration_since(start).as_secs_f64();
+            sk.stalls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((at, late));
+        }
+    }
+}
+
+/// memroute's reply when a backend missed the request deadline.
+const BACKEND_TIMEOUT: &[u8] = b"SERVER_ERROR backend timeout";
+
+/// Error samples kept in soak mode (the counters stay exact).
+const SOAK_SAMPLES: usize = 30;
+
+impl Soak {
+    fn is_volatile(&self, k: u32) -> bool {
+        self.volatile == Some(self.owners[k as usize] as usize)
+    }
+
+    fn owner_name(&self, k: u32) -> &str {
+        &self.servers[self.owners[k as usize] as usize].address
+    }
+
+    /// Counts a failure (or connection error) and keeps a sample of it.
+    fn note(&self, c: &AtomicU64, what: &str, msg: String) {
+        bump(c);
+        let t = self.start.elapsed().as_secs_f64();
+        *self
+            .failure_seconds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(t as u64)
+            .or_default() += 1;
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < SOAK_SAMPLES {
+            s.push(format!("{what} at {t:.1}s: {msg}"));
+        }
+    }
+
+    /// An error line for a volatile key. Timeouts are counted apart: they are not the
+    /// backend being down, and they can hit any backend of a loaded host.
+    fn volatile_error(&self, line: &[u8]) {
+        if line == BACKEND_TIMEOUT {
+            bump(&self.c.volatile_timeouts);
+        } else {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.volatile_error_last_ms
+                .fetch_max(ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// An error line for stable keys: always a failure.
+    fn stable_error(&self, line: &[u8], msg: String) {
+        if line == BACKEND_TIMEOUT {
+            bump(&self.c.stable_timeouts);
+        }
+        self.note(&self.c.stable_errors, "stable error", msg);
+    }
+
+    fn failures(&self) -> u64 {
+        let c = &self.c;
+        load(&c.wrong_values)
+            + load(&c.lost_writes)
+            + load(&c.stable_errors)
+            + load(&c.misplaced)
+            + load(&c.final_lost)
+    }
+
+    /// Decodes a value returned for key `k`: `Ok(Some(version))` for this run's values,
+    /// `Ok(None)` for a value of this key written by another run.
+    fn decode(&self, k: u32, flags: u64, data: &[u8]) -> Result<Option<u32>, String> {
+        if flags != (k & 0xffff) as u64 {
+            return Err(format!("flags {flags}, expected {}", k & 0xffff));
+        }
+        let mut parts = data.splitn(4, |&c| c == b':');
+        let (Some(idx), Some(run), Some(ver), Some(fill)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("value does not decode: {}", lossy(data)));
+        };
+        if parse_num(idx) != Some(k as u64) {
+            return Err(format!("value belongs to key {}", lossy(idx)));
+        }
+        let pattern = &self.sh.pattern;
+        let off = (k % 26) as usize;
+        if fill.len() > pattern.len() - off || fill != &pattern[off..off + fill.len()] {
+            return Err("corrupted value filler".into());
+        }
+        if run != format_hex8(self.sh.run_id).as_slice() {
+            return Ok(None);
+        }
+        if data.len() != self.sh.args.value_size {
+            return Err(format!("value length {}", data.len()));
+        }
+        match parse_num(ver) {
+            Some(v) if v >= 1 && v <= u32::MAX as u64 => Ok(Some(v as u32)),
+            _ => Err(format!("bad version {}", lossy(ver))),
+        }
+    }
+
+    /// A get returned a value for `k`; `sent` is the highest version sent before the get.
+    fn hit(&self, k: u32, sent: u32, t: &mut Track, flags: u64, data: &[u8]) {
+        let vol = self.is_volatile(k);
+        let c = &self.c;
+        let ver = match self.decode(k, flags, data) {
+            Err(e) => {
+                let msg = format!("key {k} (on {}): {e}", self.owner_name(k));
+                return self.note(&c.wrong_values, "wrong value", msg);
+            }
+            Ok(None) if t.floor() == 0 => {
+                bump(&c.foreign_values);
+                bump(if vol {
+                    &c.volatile_hits
+                } else {
+                    &c.stable_hits
+                });
+                return;
+            }
+            Ok(None) => 0,
+            Ok(Some(v)) => v,
+        };
+        if ver > sent {
+            let msg = format!(
+                "key {k} (on {}): version {ver} returned, but only {sent} sent before the get",
+                self.owner_name(k)
+            );
+            return self.note(&c.wrong_values, "wrong value", msg);
+        }
+        if ver < t.floor() {
+            if vol {
+                bump(&c.volatile_stale);
+            } else {
+                let what = match ver {
+                    0 => "a value of another run".to_string(),
+                    v => format!("version {v}"),
+                };
+                let msg = format!(
+                    "key {k} (on {}): {what} returned after version {} acknowledged and {} seen",
+                    self.owner_name(k),
+                    t.acked,
+                    t.seen
+                );
+                bump(&c.stable_stale_reads);
+                self.note(&c.lost_writes, "lost write", msg);
+            }
+        } else {
+            t.seen = ver;
+        }
+        bump(if vol {
+            &c.volatile_hits
+        } else {
+            &c.stable_hits
+        });
+    }
+
+    fn miss(&self, k: u32, t: &Track) {
+        let c = &self.c;
+        if self.is_volatile(k) {
+            bump(&c.volatile_misses);
+        } else if t.floor() > 0 {
+            let msg = format!(
+                "key {k} (on {}): miss after version {} acknowledged and {} seen",
+                self.owner_name(k),
+                t.acked,
+                t.seen
+            );
+            bump(&c.stable_misses_after_write);
+            self.note(&c.lost_writes, "lost write", msg);
+        } else {
+            bump(&c.stable_initial_misses);
+        }
+    }
+}
+
+/// The backends and who owns which key.
+struct SoakPlan {
+    servers: Vec<SoakServer>,
+    owners: Vec<u16>,
+    volatile: Option<usize>,
+}
+
+/// One connection's keys (k = id + i * conns) and their histories.
+struct OwnKeys {
+    id: usize,
+    conns: usize,
+    tracks: Vec<Track>,
+}
+
+impl OwnKeys {
+    fn track(&mut self, k: u32) -> &mut Track {
+        &mut self.tracks[(k as usize - self.id) / self.conns]
+    }
+}
+
+/// Loads the config, picks the pool, computes every key's owner with memroute's ring.
+fn soak_plan(args: &Args, path: &std::path::Path) -> Result<SoakPlan, String> {
+    use memroute::config::{Endpoint, RawConfig};
+    use memroute::generation::Generation;
+    use memroute::ring::Distribution;
+
+    let config = RawConfig::load(path)
+        .and_then(|raw| raw.validate())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let target: Option<std::net::SocketAddr> = args.target.parse().ok();
+    let generation = Generation::build(config, None).map_err(|e| e.to_string())?;
+    let pool = match generation.pools.as_slice() {
+        [one] => one,
+        pools => pools
+            .iter()
+            .find(|p| Some(p.config.listen) == target)
+            .ok_or_else(|| format!("no pool of {} listens on {}", path.display(), args.target))?,
+    };
+    if pool.config.distribution == Distribution::Random {
+        return Err("soak mode needs a deterministic distribution (ketama or modula)".into());
+    }
+    if pool.config.servers.len() > u16::MAX as usize {
+        return Err("too many servers".into());
+    }
+    let servers: Vec<SoakServer> = pool
+        .config
+        .servers
+        .iter()
+        .map(|s| SoakServer {
+            address: s.address(),
+            name: s.name.clone(),
+            addr: match &s.endpoint {
+                Endpoint::Tcp { addr, .. } => Some(*addr),
+                Endpoint::Memory { .. } => None,
+            },
+        })
+        .collect();
+    let volatile = match &args.volatile {
+        None => None,
+        Some(v) => Some(
+            servers
+                .iter()
+                .position(|s| &s.address == v || s.name.as_ref() == Some(v))
+                .ok_or_else(|| {
+                    let all: Vec<&str> = servers.iter().map(|s| s.address.as_str()).collect();
+                    format!(
+                        "--volatile {v}: not a server of the pool ({})",
+                        all.join(", ")
+                    )
+                })?,
+        ),
+    };
+    // Keys are built exactly as build_shared builds them.
+    let sh = build_shared(args, Instant::now(), Instant::now());
+    let owners = (0..args.keys)
+        .map(|k| pool.ring_backends[pool.ring.server_for(sh.key(k))] as u16)
+        .collect();
+    Ok(SoakPlan {
+        servers,
+        owners,
+        volatile,
+    })
+}
+
+/// Reads one batch's replies in order and checks them against the connection's history.
+async fn soak_read<R: AsyncRead + Unpin>(
+    sk: &Soak,
+    r: &mut R,
+    rb: &mut RBuf,
+    b: &Batch,
+    own: &mut OwnKeys,
+    deadline: &mut Pin<Box<Sleep>>,
+    hist: &mut Histogram<u64>,
+) -> Result<(), ()> {
+    let c = &sk.c;
+    for op in &b.ops {
+        let frame = loop {
+            let data = rb.data();
+            let f = match line(data) {
+                None => Frame::Incomplete,
+                // One line answers a set, and a get that failed as a whole.
+                Some((l, n)) if !op.get || !(l == b"END" || l.starts_with(b"VALUE ")) => {
+                    Frame::Complete(n)
+                }
+                Some(_) => frame_get(data),
+            };
+            match f {
+                Frame::Incomplete => {
+                    if let Err(e) = rb.fill(r, deadline).await {
+                        let msg = format!("{}: {e}", sk.sh.target);
+                        sk.note(&c.connection_errors, "connection error", msg);
+                        return Err(());
+                    }
+                }
+                f => break f,
+            }
+        };
+        let len = match frame {
+            Frame::Complete(n) => n,
+            Frame::Desync(msg) => {
+                sk.note(&c.wrong_values, "malformed reply", msg);
+                return Err(());
+            }
+            Frame::Incomplete => unreachable!(),
+        };
+        let reply = &rb.data()[..len];
+        let keys = &b.keys[op.first..op.first + op.n];
+        let first = line(reply).map(|x| x.0).unwrap_or_default();
+        if op.get {
+            bump(&c.gets);
+            c.get_keys.fetch_add(op.n as u64, Ordering::Relaxed);
+            for &k in keys {
+                bump(if sk.is_volatile(k) {
+                    &c.volatile_get_keys
+                } else {
+                    &c.stable_get_keys
+                });
+            }
+            if first == b"END" || first.starts_with(b"VALUE ") {
+                soak_check_get(sk, reply, keys, &b.floors[op.first..op.first + op.n], own);
+            } else if first.starts_with(b"SERVER_ERROR ") && keys.iter().any(|&k| sk.is_volatile(k))
+            {
+                bump(&c.volatile_get_errors);
+                sk.volatile_error(first);
+            } else if first.starts_with(b"SERVER_ERROR ") {
+                let msg = format!("get {keys:?} (stable keys): {}", lossy(first));
+                sk.stable_error(first, msg);
+            } else {
+                let msg = format!("get {keys:?}: reply {}", lossy(first));
+                sk.note(&c.wrong_values, "malformed reply", msg);
+                return Err(());
+            }
+        } else {
+            bump(&c.sets);
+            let k = keys[0];
+            let vol = sk.is_volatile(k);
+            if first == b"STORED" {
+                own.track(k).acked = op.ver;
+                bump(if vol {
+                    &c.volatile_sets_stored
+                } else {
+                    &c.stable_sets_stored
+                });
+            } else if first.starts_with(b"SERVER_ERROR ") && vol {
+                bump(&c.volatile_set_errors);
+                sk.volatile_error(first);
+            } else if first.starts_with(b"SERVER_ERROR ") {
+                let msg = format!("set {k} (on {}): {}", sk.owner_name(k), lossy(first));
+                sk.stable_error(first, msg);
+            } else {
+                let msg = format!("set {k}: reply {}", lossy(first));
+                sk.note(&c.wrong_values, "malformed reply", msg);
+                // Anything but an error line means the replies are off by one or more.
+                if !first.ends_with(b"ERROR") && !first.starts_with(b"CLIENT_ERROR ") {
+                    return Err(());
+                }
+            }
+        }
+        rb.consume(len);
+        bump(&c.ops);
+        let us = op.t0.elapsed().as_micros() as u64;
+        hist.saturating_record(us.clamp(1, 60_000_000));
+    }
+    Ok(())
+}
+
+/// Checks a `VALUE ... END` reply: hits in request order, misses left out.
+fn soak_check_get(sk: &Soak, reply: &[u8], keys: &[u32], sents: &[u32], own: &mut OwnKeys) {
+    let mut j = 0;
+    let mut p = 0;
+    loop {
+        let (l, n) = line(&reply[p..]).expect("framed");
+        if l == b"END" {
+            break;
+        }
+        let (key, flags, bytes) = value_header(l).expect("framed");
+        let data = &reply[p + n..p + n + bytes];
+        p += n + bytes + 2;
+        let Some(off) = keys[j..].iter().position(|&k| sk.sh.key(k) == key) else {
+            let msg = format!(
+                "get {keys:?}: unexpected or out-of-order key {} in reply",
+                lossy(key)
+            );
+            return sk.note(&sk.c.wrong_values, "misordered reply", msg);
+        };
+        for &k in &keys[j..j + off] {
+            sk.miss(k, own.track(k));
+        }
+        let k = keys[j + off];
+        sk.hit(k, sents[j + off], own.track(k), flags, data);
+        j += off + 1;
+    }
+    for &k in &keys[j..] {
+        sk.miss(k, own.track(k));
+    }
+}
+
+/// One soak connection: its own keys only, pipelined batches of `depth`, reconnecting
+/// (counted as a connection error) if the connection breaks. Returns each key's history.
+async fn soak_conn(sk: Arc<Soak>, id: usize) -> (Vec<(u32, Track)>, Histogram<u64>) {
+    let sh = &sk.sh;
+    let args = &sh.args;
+    let conns = args.connections;
+    let mine: Vec<u32> = (id as u32..args.keys).step_by(conns).collect();
+    let mut own = OwnKeys {
+        id,
+        conns,
+        tracks: vec![Track::default(); mine.len()],
+    };
+    let mut hist = new_hist();
+    let mut rng = StdRng::seed_from_u64(sh.run_id as u64 ^ (id as u64).wrapping_mul(0x9e37_79b9));
+    // Recently written keys: a share of gets reads them back soon after the write.
+    let mut recent: VecDeque<usize> = VecDeque::with_capacity(64);
+    let mut b = Batch::default();
+    let mut w = Vec::with_capacity(args.depth * (args.value_size + 64));
+    let mut rb = RBuf::new();
+    let mut deadline = Box::pin(sleep(sk.batch_timeout));
+    let mut first_connect = true;
+    // With --rate, batches leave at a fixed pace (spread over the connections), so the
+    // host keeps CPU to spare and latency reflects memroute, not a saturated machine.
+    let pace = (args.rate > 0.0)
+        .then(|| Duration::from_secs_f64(args.depth as f64 * conns as f64 / args.rate));
+    let mut next_batch =
+        sk.start + pace.map_or(Duration::ZERO, |p| p.mul_f64(id as f64 / conns as f64));
+    'conn: while Instant::now() < sk.end {
+        if !first_connect {
+            bump(&sk.c.reconnects);
+            sleep(Duration::from_millis(100)).await;
+        }
+        first_connect = false;
+        let mut s = match connect(&sh.target).await {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("connect {}: {e}", sh.target);
+                sk.note(&sk.c.connection_errors, "connection error", msg);
+                continue;
+            }
+        };
+        rb.clear();
+        loop {
+            if let Some(p) = pace {
+                sleep_until(next_batch).await;
+                // Behind schedule: go on from now rather than bursting to catch up.
+                next_batch = (next_batch + p).max(Instant::now());
+            }
+            let now = Instant::now();
+            if now >= sk.end {
+                break 'conn;
+            }
+            b.clear();
+            w.clear();
+            for _ in 0..args.depth {
+                if rng.gen::<f64>() < args.get_ratio {
+                    let n = rng.gen_range(1..=args.multiget.min(mine.len()));
+                    let first = b.keys.len();
+                    w.extend_from_slice(b"get");
+                    for _ in 0..n {
+                        let j = loop {
+                            let j = if !recent.is_empty() && rng.gen_bool(0.3) {
+                                recent[rng.gen_range(0..recent.len())]
+                            } else {
+                                rng.gen_range(0..mine.len())
+                            };
+                            if !b.keys[first..].contains(&mine[j]) {
+                                break j;
+                            }
+                        };
+                        b.keys.push(mine[j]);
+                        b.floors.push(own.tracks[j].sent);
+                        w.push(b' ');
+                        w.extend_from_slice(sh.key(mine[j]));
+                    }
+                    w.extend_from_slice(b"\r\n");
+                    b.ops.push(Op {
+                        get: true,
+                        first,
+                        n,
+                        ver: 0,
+                        t0: now,
+                    });
+                } else {
+                    let j = rng.gen_range(0..mine.len());
+                    own.tracks[j].sent += 1;
+                    let ver = own.tracks[j].sent;
+                    sh.push_set_command(&mut w, mine[j], ver);
+                    b.ops.push(Op {
+                        get: false,
+                        first: b.keys.len(),
+                        n: 1,
+                        ver,
+                        t0: now,
+                    });
+                    b.keys.push(mine[j]);
+                    b.floors.push(0);
+                    if recent.len() == recent.capacity() {
+                        recent.pop_front();
+                    }
+                    recent.push_back(j);
+                }
+            }
+            deadline.as_mut().reset(now + sk.batch_timeout);
+            if let Err(e) = s.write_all(&w).await {
+                let msg = format!("write {}: {e}", sh.target);
+                sk.note(&sk.c.connection_errors, "connection error", msg);
+                break;
+            }
+            let res = soak_read(&sk, &mut s, &mut rb, &b, &mut own, &mut deadline, &mut hist).await;
+            if res.is_err() {
+                break;
+            }
+        }
+    }
+    (mine.into_iter().zip(own.tracks).collect(), hist)
+}
+
+/// After the run: reads every key from every backend directly. A key of this run found
+/// on a backend that does not own it is misplaced; a stable key must hold, on its owner,
+/// a version no older than the last one acknowledged (and not newer than the last sent).
+async fn soak_final_check(sk: &Soak, tracks: &[Track]) {
+    let c = &sk.c;
+    let nkeys = sk.sh.args.keys;
+    // Per key: the version of this run found on its owner, and whether the owner was read.
+    let mut found: Vec<Option<u32>> = vec![None; nkeys as usize];
+    let mut read_ok = vec![false; sk.servers.len()];
+    let prefix = b"k:";
+    for (bi, srv) in sk.servers.iter().enumerate() {
+        let Some(addr) = srv.addr else { continue };
+        let vol = sk.volatile == Some(bi);
+        let res: Result<(), String> = async {
+            let mut s = connect(&addr.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut rb = RBuf::new();
+            let mut deadline = Box::pin(sleep(Duration::from_secs(30)));
+            let mut w = Vec::new();
+            for chunk in (0..nkeys).collect::<Vec<_>>().chunks(50) {
+                w.clear();
+                w.extend_from_slice(b"get");
+                for &k in chunk {
+                    w.push(b' ');
+                    w.extend_from_slice(sk.sh.key(k));
+                }
+                w.extend_from_slice(b"\r\n");
+                s.write_all(&w).await.map_err(|e| e.to_string())?;
+                let len = loop {
+                    match frame_get(rb.data()) {
+                        Frame::Complete(n) => break n,
+                        Frame::Desync(m) => return Err(m),
+                        Frame::Incomplete => rb
+                            .fill(&mut s, &mut deadline)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    }
+                };
+                let reply = &rb.data()[..len];
+                let mut p = 0;
+                while let Some((l, n)) = line(&reply[p..]) {
+                    if l == b"END" {
+                        break;
+                    }
+                    let (key, flags, bytes) = value_header(l).ok_or("bad VALUE line")?;
+                    let data = &reply[p + n..p + n + bytes];
+                    p += n + bytes + 2;
+                    let k = key
+                        .strip_prefix(prefix)
+                        .map(|d| {
+                            // Zero-padded: keep at most 19 digits for parse_num.
+                            let z = d.iter().take_while(|&&c| c == b'0').count();
+                            &d[z.min(d.len().saturating_sub(1))..]
+                        })
+                        .and_then(parse_num)
+                        .filter(|&k| k < nkeys as u64 && sk.sh.key(k as u32) == key)
+                        .ok_or_else(|| format!("unrequested key {}", lossy(key)))?
+                        as u32;
+                    let owner = sk.owners[k as usize] as usize;
+                    match sk.decode(k, flags, data) {
+                        Err(e) => {
+                            let msg = format!("key {k} on {} (read directly): {e}", srv.address);
+                            sk.note(&c.wrong_values, "wrong value", msg);
+                        }
+                        Ok(Some(v)) if owner != bi => {
+                            let msg = format!(
+                                "key {k} (version {v}) found on {}, but its owner is {}",
+                                srv.address,
+                                sk.owner_name(k)
+                            );
+                            sk.note(&c.misplaced, "misplaced key", msg);
+                        }
+                        Ok(Some(v)) => found[k as usize] = Some(v),
+                        Ok(None) => {}
+                    }
+                }
+                rb.consume(len);
+            }
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => read_ok[bi] = true,
+            Err(e) if vol => {
+                bump(&c.final_volatile_unreachable);
+                eprintln!(
+                    "soak: final check: volatile backend {} not readable: {e}",
+                    srv.address
+                );
+            }
+            Err(e) => {
+                let msg = format!("final check: reading {} directly: {e}", srv.address);
+                sk.stable_error(b"", msg);
+            }
+        }
+    }
+    for k in 0..nkeys {
+        let owner = sk.owners[k as usize] as usize;
+        if !read_ok[owner] {
+            continue;
+        }
+        bump(&c.final_keys_checked);
+        let t = tracks[k as usize];
+        let f = found[k as usize];
+        if let Some(v) = f.filter(|&v| v > t.sent) {
+            let msg = format!(
+                "key {k} on {}: version {v} but only {} sent",
+                sk.owner_name(k),
+                t.sent
+            );
+            sk.note(&c.wrong_values, "wrong value", msg);
+        } else if sk.volatile == Some(owner) {
+            match f {
+                Some(v) if v < t.floor() => bump(&c.final_volatile_stale),
+                Some(_) => bump(&c.final_volatile_present),
+                None => bump(&c.final_volatile_missing),
+            }
+        } else if t.floor() > 0 && f.is_none_or(|v| v < t.floor()) {
+            let msg = format!(
+                "key {k} on {}: holds {} after version {} acknowledged and {} seen",
+                sk.owner_name(k),
+                f.map_or("nothing".to_string(), |v| format!("version {v}")),
+                t.acked,
+                t.seen
+            );
+            sk.note(&c.final_lost, "lost write (final)", msg);
+        }
+    }
+}
+
+async fn soak_mode(args: Args, path: PathBuf) -> i32 {
+    let SoakPlan {
+        servers,
+        owners,
+        volatile,
+    } = match soak_plan(&args, &path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("loadgen: soak: {e}");
+            return 2;
+        }
+    };
+    let mut per_server = vec![0u64; servers.len()];
+    for &o in &owners {
+        per_server[o as usize] += 1;
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.duration);
+    let sk = Arc::new(Soak {
+        sh: build_shared(&args, start, end),
+        servers,
+        owners,
+        volatile,
+        c: SoakCounters::default(),
+        samples: Mutex::new(Vec::new()),
+        failure_seconds: Mutex::new(Default::default()),
+        stalls: Mutex::new(Vec::new()),
+        start,
+        end,
+        batch_timeout: Duration::from_secs_f64(args.batch_timeout),
+        volatile_error_last_ms: AtomicU64::new(0),
+    });
+    if !args.quiet {
+        println!(
+            "soak: target {}  {} conns  depth {}  rate {}  get-ratio {}  multiget 1..={}  {} keys  {:.0} s  run id {}",
+            args.target,
+            args.connections,
+            args.depth,
+            if args.rate > 0.0 { format!("{} ops/s", args.rate) } else { "unpaced".into() },
+            args.get_ratio,
+            args.multiget,
+            args.keys,
+            args.duration,
+            String::from_utf8_lossy(&format_hex8(sk.sh.run_id))
+        );
+        for (i, s) in sk.servers.iter().enumerate() {
+            println!(
+                "soak: backend {} {}{}: {} keys",
+                i + 1,
+                s.address,
+                if sk.volatile == Some(i) {
+                    " (volatile)"
+                } else {
+                    ""
+                },
+                per_server[i]
+            );
+        }
+        let _ = io::stdout().flush();
+    }
+    let progress = (args.progress > 0.0 && !args.quiet).then(|| {
+        let sk = sk.clone();
+        let every = Duration::from_secs_f64(args.progress);
+        tokio::spawn(async move {
+            let c = &sk.c;
+            let (mut ops0, mut vm0, mut ve0) = (0, 0, 0);
+            let mut at = sk.start + every;
+            while at < sk.end {
+                sleep_until(at).await;
+                let (ops, vm) = (load(&c.ops), load(&c.volatile_misses));
+                let ve = load(&c.volatile_get_errors) + load(&c.volatile_set_errors);
+                println!(
+                    "soak: {:>5.0}s  {:>8.0} ops/s  volatile misses +{}  errors +{}  failures {}  connection errors {}",
+                    sk.start.elapsed().as_secs_f64(),
+                    (ops - ops0) as f64 / every.as_secs_f64(),
+                    vm - vm0,
+                    ve - ve0,
+                    sk.failures(),
+                    load(&c.connection_errors)
+                );
+                let _ = io::stdout().flush();
+                (ops0, vm0, ve0) = (ops, vm, ve);
+                at += every;
+            }
+        })
+    });
+    let watch = {
+        let sk = sk.clone();
+        std::thread::spawn(move || stall_watch(sk))
+    };
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|i| tokio::spawn(soak_conn(sk.clone(), i)))
+        .collect();
+    let mut tracks = vec![Track::default(); args.keys as usize];
+    let mut hist = new_hist();
+    for t in tasks {
+        match t.await {
+            Ok((mine, h)) => {
+                for (k, t) in mine {
+                    tracks[k as usize] = t;
+                }
+                let _ = hist.add(&h);
+            }
+            Err(e) => sk.note(&sk.c.connection_errors, "connection task", e.to_string()),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let _ = watch.join();
+    soak_final_check(&sk, &tracks).await;
+    soak_report(&args, &sk, &per_server, &hist, elapsed)
+}
+
+fn soak_report(
+    args: &Args,
+    sk: &Soak,
+    per_server: &[u64],
+    h: &Histogram<u64>,
+    elapsed: f64,
+) -> i32 {
+    let c = &sk.c;
+    let failures = sk.failures();
+    let conn_errors = load(&c.connection_errors);
+    let samples = sk.samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let result = if failures > 0 {
+        "fail"
+    } else if conn_errors > 0 {
+        "fail (connection errors)"
+    } else {
+        "pass"
+    };
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("mode".into(), "soak".into());
+    m.insert("result".into(), result.into());
+    m.insert("target".into(), args.target.clone().into());
+    m.insert(
+        "config".into(),
+        args.soak_config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .into(),
+    );
+    m.insert(
+        "volatile".into(),
+        sk.volatile.map(|i| sk.servers[i].address.clone()).into(),
+    );
+    m.insert(
+        "keys_per_backend".into(),
+        sk.servers
+            .iter()
+            .zip(per_server)
+            .map(|(s, &n)| (s.address.clone(), n.into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    m.insert("connections".into(), args.connections.into());
+    m.insert("depth".into(), args.depth.into());
+    m.insert("rate".into(), args.rate.into());
+    m.insert("get_ratio".into(), args.get_ratio.into());
+    m.insert("multiget_max".into(), args.multiget.into());
+    m.insert("keys".into(), args.keys.into());
+    m.insert("value_size".into(), args.value_size.into());
+    m.insert("duration_s".into(), elapsed.into());
+    m.insert("failures".into(), failures.into());
+    m.extend(c.to_json());
+    m.insert(
+        "ops_per_sec".into(),
+        (load(&c.ops) as f64 / elapsed.max(1e-9)).into(),
+    );
+    m.insert("p50_us".into(), q(0.5).into());
+    m.insert("p99_us".into(), q(0.99).into());
+    m.insert("p999_us".into(), q(0.999).into());
+    m.insert("max_us".into(), h.max().into());
+    let last = load(&sk.volatile_error_last_ms);
+    m.insert(
+        "volatile_unavailable_last_s".into(),
+        (last > 0).then(|| last as f64 / 1000.0).into(),
+    );
+    let failure_seconds = sk
+        .failure_seconds
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let stalls = sk.stalls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    m.insert(
+        "failure_seconds".into(),
+        failure_seconds
+            .iter()
+            .map(|(s, n)| (s.to_string(), (*n).into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    m.insert(
+        "host_stalls".into(),
+        stalls
+            .iter()
+            .map(|&(at, ms)| serde_json::json!({"at_s": (at * 10.0).round() / 10.0, "ms": ms}))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    m.insert("error_samples".into(), samples.clone().into());
+    if !args.quiet {
+        let g = |x: &AtomicU64| load(x);
+        println!(
+            "soak: {:.1} s, {} ops ({:.0} ops/s; p50 {} us, p99 {} us, max {} us), {} gets ({} keys), {} sets",
+            elapsed,
+            g(&c.ops),
+            g(&c.ops) as f64 / elapsed.max(1e-9),
+            q(0.5),
+            q(0.99),
+            h.max(),
+            g(&c.gets),
+            g(&c.get_keys),
+            g(&c.sets)
+        );
+        println!(
+            "  stable keys:   {} get keys, {} hits, {} misses before any write; {} sets stored",
+            g(&c.stable_get_keys),
+            g(&c.stable_hits),
+            g(&c.stable_initial_misses),
+            g(&c.stable_sets_stored)
+        );
+        println!(
+            "  volatile keys: {} get keys, {} hits, {} misses, {} get errors; {} sets stored, {} set errors; {} timeouts among the errors; {} stale (older than acknowledged)",
+            g(&c.volatile_get_keys),
+            g(&c.volatile_hits),
+            g(&c.volatile_misses),
+            g(&c.volatile_get_errors),
+            g(&c.volatile_sets_stored),
+            g(&c.volatile_set_errors),
+            g(&c.volatile_timeouts),
+            g(&c.volatile_stale)
+        );
+        println!(
+            "  final direct read: {} keys checked; volatile: {} present, {} missing, {} stale, unreachable {}",
+            g(&c.final_keys_checked),
+            g(&c.final_volatile_present),
+            g(&c.final_volatile_missing),
+            g(&c.final_volatile_stale),
+            g(&c.final_volatile_unreachable)
+        );
+        println!(
+            "  FAILURES (must be 0): wrong values {}  lost writes {} (misses {}, stale {})  stable-key errors {} (timeouts {})  misplaced keys {}  lost in final read {}  connection errors {} (reconnects {})",
+            g(&c.wrong_values),
+            g(&c.lost_writes),
+            g(&c.stable_misses_after_write),
+            g(&c.stable_stale_reads),
+            g(&c.stable_errors),
+            g(&c.stable_timeouts),
+            g(&c.misplaced),
+            g(&c.final_lost),
+            conn_errors,
+            g(&c.reconnects)
+        );
+        let worst = stalls.iter().max_by_key(|s| s.1);
+        println!(
+            "  host stalls (a 10 ms sleep over {STALL_MS} ms late): {}{}",
+            stalls.len(),
+            worst.map_or(String::new(), |&(at, ms)| format!(
+                ", worst {ms} ms at {at:.1}s; over 400 ms at: {}",
+                stalls
+                    .iter()
+                    .filter(|s| s.1 > 400)
+                    .map(|&(at, ms)| format!("{at:.1}s ({ms} ms)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        );
+        if !failure_seconds.is_empty() {
+            let list: Vec<String> = failure_seconds
+                .iter()
+                .map(|(s, n)| format!("{s}s: {n}"))
+                .collect();
+            println!("  failures by second of the run: {}", list.join(", "));
+        }
+        println!("soak result: {result}");
+    }
+    for s in &samples {
+        eprintln!("  {s}");
+    }
+    if let Some(p) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
+        if let Err(e) = std::fs::write(p, text + "\n") {
+            eprintln!("cannot write {}: {e}", p.display());
+            return 2;
+        }
+    }
+    if failures > 0 {
+        eprintln!("FAIL: {failures} soak failures");
+        1
+    } else if conn_errors > 0 {
+        eprintln!("FAIL: {conn_errors} connection errors");
+        3
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Reporting.
 
 #[derive(Serialize)]
@@ -1051,6 +2181,22 @@ fn validate(a: &Args) -> Result<(), String> {
     if a.rate < 0.0 || a.duration < 0.0 || a.warmup < 0.0 {
         return Err("--rate, --duration and --warmup must be >= 0".into());
     }
+    if a.soak_config.is_some() {
+        if a.prefill || a.expect_hits || a.idle_connections > 0 {
+            return Err(
+                "--soak-config does not combine with --prefill, --expect-hits or --idle-connections"
+                    .into(),
+            );
+        }
+        if a.keys as usize / a.connections < a.multiget.max(1) {
+            return Err("soak mode needs at least --multiget keys per connection".into());
+        }
+        if a.batch_timeout.is_nan() || a.batch_timeout <= 0.0 || a.progress < 0.0 {
+            return Err("--batch-timeout must be > 0 and --progress >= 0".into());
+        }
+    } else if a.volatile.is_some() {
+        return Err("--volatile needs --soak-config".into());
+    }
     Ok(())
 }
 
@@ -1101,6 +2247,9 @@ fn build_shared(args: &Args, measure_start: Instant, end: Instant) -> Shared {
 async fn run(args: Args) -> i32 {
     if args.idle_connections > 0 {
         return idle_mode(&args).await;
+    }
+    if let Some(path) = args.soak_config.clone() {
+        return soak_mode(args, path).await;
     }
     // Placeholder window; the real one is set once prefill is done.
     let now = Instant::now();
