@@ -6,23 +6,18 @@ mod common;
 
 use std::process::Command;
 
+use common::config::TempFiles;
 use common::tyrant::FakeTyrant;
 use common::{free_port, Client, Memcached, Proxy};
-
-fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
-    let path = dir.path().join("memroute.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn several_pools_on_several_listeners_in_one_process() {
     let mc = Memcached::start();
     let tt = FakeTyrant::start();
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
+    let files = TempFiles::new();
+    let config = files.write(
+        "memroute.toml",
         &format!(
             r#"
             threads = 2
@@ -70,9 +65,9 @@ fn several_pools_on_several_listeners_in_one_process() {
 
 #[test]
 fn check_prints_each_pools_ring() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
+    let files = TempFiles::new();
+    let config = files.write(
+        "memroute.toml",
         r#"
         [pools.main]
         listen = "127.0.0.1:0"
@@ -101,7 +96,7 @@ fn check_prints_each_pools_ring() {
 
 #[test]
 fn bad_configs_are_rejected_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let files = TempFiles::new();
     for (text, key) in [
         (
             "[pools.a]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:1:1\"]\nhash = \"sha1\"\n",
@@ -124,7 +119,7 @@ fn bad_configs_are_rejected_naming_the_key() {
             "pools.a.listen",
         ),
     ] {
-        let config = write_config(&dir, text);
+        let config = files.write("memroute.toml", text);
         let out = Command::new(Proxy::binary())
             .args(["--config", config.to_str().unwrap(), "--check"])
             .output()

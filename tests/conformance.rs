@@ -14,7 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Memcached, Proxy};
+use common::{first_difference, Memcached, Proxy};
 
 /// How a case ends the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1054,11 +1054,7 @@ fn pipelined_valid_cases_answer_like_memcached() {
         show(&memcached)
     );
     if memcached != memroute {
-        let at = memcached
-            .iter()
-            .zip(&memroute)
-            .position(|(a, b)| a != b)
-            .unwrap_or(memcached.len().min(memroute.len()));
+        let at = first_difference(&memcached, &memroute);
         let from = at.saturating_sub(200);
         panic!(
             "replies differ at byte {at} (memcached {} bytes, memroute {} bytes):\n  memcached: {:?}\n  memroute:  {:?}",

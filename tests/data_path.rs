@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Memcached, Proxy};
+use common::{value_item, Memcached, Proxy};
 
 #[test]
 fn multi_get_over_three_backends_is_merged_in_key_order() {
@@ -27,7 +27,7 @@ fn multi_get_over_three_backends_is_merged_in_key_order() {
     let mut expected = String::new();
     for (i, k) in keys.iter().enumerate() {
         if i % 2 == 0 {
-            expected.push_str(&format!("VALUE {k} 0 {}\r\n{k}\r\n", k.len()));
+            expected.push_str(&value_item(k, k));
         }
     }
     expected.push_str("END\r\n");

@@ -3,16 +3,8 @@
 
 mod common;
 
-use common::{free_port, Client, Proxy};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+use common::config::{config_toml, pool_toml, TempFiles};
+use common::{free_port, set_request_bytes, Client, Proxy};
 
 #[test]
 fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
@@ -35,9 +27,7 @@ fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
     }
     let mut batch = Vec::new();
     for i in 0..8000 {
-        batch.extend_from_slice(format!("set cold:{i} 0 0 {}\r\n", value.len()).as_bytes());
-        batch.extend_from_slice(&value);
-        batch.extend_from_slice(b"\r\n");
+        batch.extend(set_request_bytes(&format!("cold:{i}"), 0, &value));
         if i % 50 == 49 {
             c.send(&batch);
             batch.clear();
@@ -53,49 +43,35 @@ fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
         }
     }
     // 80 MB written into an 8 MB cache: the process holds far less than what was written.
-    let rss = rss_kib(proxy.pid());
+    let rss = proxy.rss_kib();
     eprintln!("RSS after writing 80 MB into an 8 MB cache: {rss} KiB");
     assert!(rss < 32 * 1024, "RSS {rss} KiB");
     // The oldest cold keys are gone, the newest are there.
     assert!(c.get("cold:0").is_none());
     assert!(c.get("cold:7999").is_some());
-    c.send("stats\r\n");
-    let mut evictions = 0u64;
-    loop {
-        let line = String::from_utf8(c.read_line()).unwrap();
-        if let Some(v) = line.strip_prefix("STAT embedded_evictions ") {
-            evictions = v.trim().parse().unwrap();
-        }
-        if line == "END\r\n" {
-            break;
-        }
-    }
+    let evictions = c.stat_num("embedded_evictions");
     assert!(evictions > 6000, "evictions {evictions}");
 }
 
 #[test]
 fn a_full_cache_can_refuse_instead_of_evicting_and_reports_metrics() {
     let (port, admin) = (free_port(), free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memroute.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "threads = 1\nadmin = \"127.0.0.1:{admin}\"\n[pools.near]\nlisten = \"127.0.0.1:{port}\"\n\
-             memory_full = \"refuse\"\nservers = [\"memory:1mb\"]\n"
-        ),
-    )
-    .unwrap();
+    let files = TempFiles::new();
+    let top = format!("threads = 1\nadmin = \"127.0.0.1:{admin}\"");
+    let near = pool_toml(
+        "near",
+        port,
+        &["memory:1mb".to_string()],
+        "memory_full = \"refuse\"",
+    );
+    let config = files.write("memroute.toml", &config_toml(&top, &[near]));
     let _proxy = Proxy::start_config(&config, port, &[]);
     common::wait_for_port_only(admin);
     let mut c = Client::connect(port);
     let value = vec![b'x'; 20_000];
     let mut refused_at = None;
     for i in 0..200 {
-        let mut req = format!("set k{i} 0 0 {}\r\n", value.len()).into_bytes();
-        req.extend_from_slice(&value);
-        req.extend_from_slice(b"\r\n");
-        c.send(req);
+        c.send(set_request_bytes(&format!("k{i}"), 0, &value));
         let line = c.read_line();
         if line == b"SERVER_ERROR out of memory storing object\r\n" {
             refused_at = Some(i);

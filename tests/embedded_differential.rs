@@ -5,7 +5,7 @@
 // Once the module moves into memroute, the first path becomes `memroute::embedded::…`.
 mod common;
 
-use common::Memcached;
+use common::{value_len, Memcached};
 use memroute::embedded::{ManualClock, Store, StoreConfig, StoreStats};
 use memroute::protocol::{ClientCodec, CodecLimits, Decoded};
 
@@ -76,13 +76,7 @@ impl Conn {
             reply.extend_from_slice(&line);
             // A VALUE header: read the data block by its length, it may hold anything.
             if line.starts_with(b"VALUE ") {
-                let len: usize = std::str::from_utf8(&line)
-                    .unwrap()
-                    .split_whitespace()
-                    .nth(3)
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let len = value_len(&line).expect("data length in a VALUE line");
                 let mut data = vec![0; len + 2];
                 self.reader.read_exact(&mut data).unwrap();
                 reply.extend_from_slice(&data);

@@ -11,49 +11,20 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Client, Memcached, Proxy};
+use common::config::proxy_with_pool;
+use common::{
+    free_port, mix, poll_until_every, set_request, text, value_item, value_reply, Memcached, Proxy,
+};
 
 const UNAVAILABLE: &str = "SERVER_ERROR backend unavailable\r\n";
 const TIMEOUT: &str = "SERVER_ERROR backend timeout\r\n";
 const CLOSED: &str = "SERVER_ERROR backend connection closed\r\n";
 const PROTOCOL: &str = "SERVER_ERROR backend protocol error\r\n";
 
-/// splitmix64, for deterministic, well-spread keys.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n as u64)
         .map(|i| format!("{prefix}:{:x}:{i}", mix(i) & 0xffff_ffff))
         .collect()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn set_req(key: &str, value: &str) -> String {
-    format!("set {key} 0 0 {}\r\n{value}\r\n", value.len())
-}
-
-fn value_reply(key: &str, value: &str) -> String {
-    format!("VALUE {key} 0 {}\r\n{value}\r\nEND\r\n", value.len())
-}
-
-/// Sends one request and reads its whole reply (a retrieval through `END` or an error line,
-/// anything else one line), so a wrong reply fails at once instead of stalling a read.
-fn reply_to(c: &mut Client, request: impl AsRef<[u8]>) -> String {
-    let request = request.as_ref();
-    c.send(request);
-    if request.starts_with(b"get") {
-        text(&c.read_retrieval())
-    } else {
-        text(&c.read_line())
-    }
 }
 
 /// Which backend (index) holds each key, learned by asking every memcached directly.
@@ -116,15 +87,6 @@ fn half_value(mut s: TcpStream) {
     // Dropping the stream closes it.
 }
 
-/// Polls `check` every 20 ms until it returns true or `limit` passes.
-fn poll_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn backend_killed_in_the_middle_of_a_pipelined_stream() {
     let mut backends: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
@@ -159,7 +121,7 @@ fn backend_killed_in_the_middle_of_a_pipelined_stream() {
         .map(|b| {
             let mut batch = String::new();
             for i in b * PAIRS..(b + 1) * PAIRS {
-                batch.push_str(&set_req(pair_key(i), &pair_value(i)));
+                batch.push_str(&set_request(pair_key(i), &pair_value(i)));
                 batch.push_str(&format!("get {}\r\n", pair_key(i)));
             }
             batch
@@ -222,7 +184,7 @@ fn backend_killed_in_the_middle_of_a_pipelined_stream() {
     let mut fresh = proxy.client();
     for client in [&mut c, &mut fresh] {
         let t = Instant::now();
-        client.expect(set_req(dead_keys[0], "after"), UNAVAILABLE);
+        client.expect(set_request(dead_keys[0], "after"), UNAVAILABLE);
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "{:?}",
@@ -235,15 +197,20 @@ fn backend_killed_in_the_middle_of_a_pipelined_stream() {
     // Bring it back on the same port: memroute reconnects and serves it again.
     let port = backends[dead].port;
     backends[dead] = Memcached::start_on(port);
-    poll_until(Duration::from_secs(10), "memroute to reconnect", || {
-        c.send(set_req(dead_keys[0], "back"));
-        let line = text(&c.read_line());
-        assert!(
-            line == "STORED\r\n" || line.starts_with("SERVER_ERROR backend"),
-            "{line:?}"
-        );
-        line == "STORED\r\n"
-    });
+    poll_until_every(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "memroute to reconnect",
+        || {
+            c.send(set_request(dead_keys[0], "back"));
+            let line = text(&c.read_line());
+            assert!(
+                line == "STORED\r\n" || line.starts_with("SERVER_ERROR backend"),
+                "{line:?}"
+            );
+            line == "STORED\r\n"
+        },
+    );
     assert_eq!(c.get(dead_keys[0]).as_deref(), Some(&b"back"[..]));
     assert_eq!(
         backends[dead].client().get(dead_keys[0]).as_deref(),
@@ -264,7 +231,7 @@ fn split_keys_up_down(up: &Memcached, proxy: &Proxy) -> (Vec<String>, Vec<String
     let mut down = Vec::new();
     let mut upk = Vec::new();
     for k in &keys {
-        c.send(set_req(k, k));
+        c.send(set_request(k, k));
         let line = text(&c.read_line());
         if line == "STORED\r\n" {
             upk.push(k.clone());
@@ -304,19 +271,19 @@ fn backend_down_from_the_start_misses_by_default() {
     let mut c = proxy.client();
     for k in &down[..3] {
         let t = Instant::now();
-        assert_eq!(reply_to(&mut c, set_req(k, "x")), UNAVAILABLE);
-        assert_eq!(reply_to(&mut c, format!("delete {k}\r\n")), UNAVAILABLE);
-        assert_eq!(reply_to(&mut c, format!("incr {k} 1\r\n")), UNAVAILABLE);
+        assert_eq!(c.call(set_request(k, "x")), UNAVAILABLE);
+        assert_eq!(c.call(format!("delete {k}\r\n")), UNAVAILABLE);
+        assert_eq!(c.call(format!("incr {k} 1\r\n")), UNAVAILABLE);
         // A retrieval from a failed backend is a miss under the default policy.
-        assert_eq!(reply_to(&mut c, format!("get {k}\r\n")), "END\r\n");
-        assert_eq!(reply_to(&mut c, format!("gets {k}\r\n")), "END\r\n");
+        assert_eq!(c.call(format!("get {k}\r\n")), "END\r\n");
+        assert_eq!(c.call(format!("gets {k}\r\n")), "END\r\n");
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
     // A multi-get over both: the up backend's hits, in the client's key order, one END.
     let mixed = [&upk[0], &down[0], &upk[1], &down[1], &down[2], &upk[2]];
     let mut expected = String::new();
     for k in [&upk[0], &upk[1], &upk[2]] {
-        expected.push_str(&format!("VALUE {k} 0 {}\r\n{k}\r\n", k.len()));
+        expected.push_str(&value_item(k, k));
     }
     expected.push_str("END\r\n");
     let line = mixed
@@ -324,7 +291,7 @@ fn backend_down_from_the_start_misses_by_default() {
         .map(|k| k.as_str())
         .collect::<Vec<_>>()
         .join(" ");
-    assert_eq!(reply_to(&mut c, format!("get {line}\r\n")), expected);
+    assert_eq!(c.call(format!("get {line}\r\n")), expected);
     // And the connection is still in sync.
     c.expect("version\r\n", "VERSION ");
     c.read_line();
@@ -348,28 +315,23 @@ fn backend_down_from_the_start_errors_with_retrieval_failure_error() {
     );
     let (upk, down) = split_keys_up_down(&up, &proxy);
     let mut c = proxy.client();
-    assert_eq!(reply_to(&mut c, set_req(&down[0], "x")), UNAVAILABLE);
+    assert_eq!(c.call(set_request(&down[0], "x")), UNAVAILABLE);
+    assert_eq!(c.call(format!("get {}\r\n", down[0])), UNAVAILABLE);
     assert_eq!(
-        reply_to(&mut c, format!("get {}\r\n", down[0])),
+        c.call(format!("get {} {}\r\n", upk[0], down[0])),
         UNAVAILABLE
     );
     assert_eq!(
-        reply_to(&mut c, format!("get {} {}\r\n", upk[0], down[0])),
-        UNAVAILABLE
-    );
-    assert_eq!(
-        reply_to(&mut c, format!("get {} {}\r\n", down[1], upk[1])),
+        c.call(format!("get {} {}\r\n", down[1], upk[1])),
         UNAVAILABLE
     );
     // Keys only on the up backend are still served.
     c.expect(
         format!("get {} {}\r\n", upk[0], upk[1]),
         format!(
-            "VALUE {a} 0 {}\r\n{a}\r\nVALUE {b} 0 {}\r\n{b}\r\nEND\r\n",
-            upk[0].len(),
-            upk[1].len(),
-            a = upk[0],
-            b = upk[1]
+            "{}{}END\r\n",
+            value_item(&upk[0], &upk[0]),
+            value_item(&upk[1], &upk[1])
         ),
     );
 }
@@ -395,7 +357,7 @@ fn stalled_backend_times_out_without_blocking_later_replies() {
     // Classify keys in one pipelined batch (all stalled ones time out together).
     let keys = keys("stall", 20);
     let mut c = proxy.client();
-    let batch: String = keys.iter().map(|k| set_req(k, "v")).collect();
+    let batch: String = keys.iter().map(|k| set_request(k, "v")).collect();
     let t = Instant::now();
     c.send(batch);
     let mut on_stalled = Vec::new();
@@ -413,12 +375,12 @@ fn stalled_backend_times_out_without_blocking_later_replies() {
 
     // A get and a set to the stalled backend, with healthy requests pipelined behind each.
     let (s, h) = (&on_stalled[0], &on_healthy[0]);
-    for first in [format!("get {s}\r\n"), set_req(s, "zzz")] {
+    for first in [format!("get {s}\r\n"), set_request(s, "zzz")] {
         let mut c = proxy.client();
         let t = Instant::now();
         c.send(format!(
             "{first}{}get {h}\r\nversion\r\n",
-            set_req(h, "fresh")
+            set_request(h, "fresh")
         ));
         assert_eq!(text(&c.read_line()), TIMEOUT);
         let elapsed = t.elapsed();
@@ -460,7 +422,7 @@ fn garbage_from_a_backend_is_a_protocol_error() {
     // Which keys live on the healthy backend: those it holds after a set through memroute.
     let mut c = proxy.client();
     for k in &keys {
-        c.send(set_req(k, "v"));
+        c.send(set_request(k, "v"));
         let _ = c.read_line();
     }
     let mut direct = healthy.client();
@@ -470,11 +432,11 @@ fn garbage_from_a_backend_is_a_protocol_error() {
 
     for k in &on_bad[..3] {
         let mut c = proxy.client();
-        assert_eq!(reply_to(&mut c, format!("get {k}\r\n")), PROTOCOL);
-        assert_eq!(reply_to(&mut c, set_req(k, "v")), PROTOCOL);
-        assert_eq!(reply_to(&mut c, format!("delete {k}\r\n")), PROTOCOL);
-        assert_eq!(reply_to(&mut c, format!("incr {k} 1\r\n")), PROTOCOL);
-        assert_eq!(reply_to(&mut c, format!("touch {k} 10\r\n")), PROTOCOL);
+        assert_eq!(c.call(format!("get {k}\r\n")), PROTOCOL);
+        assert_eq!(c.call(set_request(k, "v")), PROTOCOL);
+        assert_eq!(c.call(format!("delete {k}\r\n")), PROTOCOL);
+        assert_eq!(c.call(format!("incr {k} 1\r\n")), PROTOCOL);
+        assert_eq!(c.call(format!("touch {k} 10\r\n")), PROTOCOL);
         // The healthy backend is unaffected, on the same connection.
         c.set(on_healthy[0], b"fine");
         assert_eq!(c.get(on_healthy[0]).as_deref(), Some(&b"fine"[..]));
@@ -538,7 +500,7 @@ fn oversized_value_is_refused_and_the_stream_stays_in_sync() {
     // Exactly the limit is accepted.
     let value = "y".repeat(2048);
     c.expect(
-        format!("{}get big\r\n", set_req("big", &value)),
+        format!("{}get big\r\n", set_request("big", &value)),
         format!("STORED\r\n{}", value_reply("big", &value)),
     );
     assert_eq!(
@@ -593,13 +555,7 @@ fn clients_vanishing_mid_request_do_not_hurt_others() {
     let mut observer = proxy.client();
     let big = "b".repeat(100_000);
     observer.set("big", big.as_bytes());
-    let connections = |o: &mut Client| -> u64 {
-        o.stat("curr_connections")
-            .expect("curr_connections")
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(connections(&mut observer), 1);
+    assert_eq!(observer.stat_num("curr_connections"), 1);
 
     for round in 0..5 {
         // Half a data block, then gone.
@@ -624,9 +580,12 @@ fn clients_vanishing_mid_request_do_not_hurt_others() {
     for round in 0..5 {
         assert_eq!(observer.get(&format!("half{round}")), None);
     }
-    poll_until(Duration::from_secs(10), "connections to close", || {
-        connections(&mut observer) == 1
-    });
+    poll_until_every(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        "connections to close",
+        || observer.stat_num("curr_connections") == 1,
+    );
     assert!(proxy.is_running());
     observer.set("after", b"ok");
     assert_eq!(observer.get("after").as_deref(), Some(&b"ok"[..]));
@@ -636,7 +595,7 @@ fn clients_vanishing_mid_request_do_not_hurt_others() {
         "big value intact"
     );
     let mut fresh = proxy.client();
-    assert_eq!(connections(&mut fresh), 2);
+    assert_eq!(fresh.stat_num("curr_connections"), 2);
 }
 
 /// Pipelines `count` gets of a ~100 KB value from a writer thread while the reader waits;
@@ -667,9 +626,8 @@ fn stalled_reader_stays_bounded(proxy: &Proxy, count: usize, bound_mib: u64) {
     // Wait until memroute stops taking requests from this client (its cmd_get counter stops
     // moving: backpressure) while sampling its memory; it must stay bounded throughout.
     let mut stats = proxy.client();
-    let gets_read = |s: &mut Client| -> u64 { s.stat("cmd_get").unwrap().parse().unwrap() };
     let mut peak = 0;
-    let mut last = gets_read(&mut stats);
+    let mut last = stats.stat_num("cmd_get");
     let mut unchanged = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while unchanged < 10 {
@@ -679,7 +637,7 @@ fn stalled_reader_stays_bounded(proxy: &Proxy, count: usize, bound_mib: u64) {
         );
         thread::sleep(Duration::from_millis(20));
         peak = peak.max(proxy.rss_kib());
-        let now = gets_read(&mut stats);
+        let now = stats.stat_num("cmd_get");
         unchanged = if now == last { unchanged + 1 } else { 0 };
         last = now;
     }
@@ -721,27 +679,11 @@ fn a_client_that_does_not_read_is_bounded_with_default_limits() {
     stalled_reader_stays_bounded(&proxy, 3000, 200);
 }
 
-/// memroute from a config file: one pool over `servers` with extra pool keys.
-fn proxy_with_pool_keys(servers: &[String], pool_keys: &str) -> (Proxy, tempfile::TempDir) {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memroute.toml");
-    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "threads = 1\n[pools.main]\nlisten = \"127.0.0.1:{port}\"\nservers = [{}]\n{pool_keys}\n",
-            servers.join(", ")
-        ),
-    )
-    .unwrap();
-    (Proxy::start_config(&config, port, &[]), dir)
-}
-
 #[test]
 fn a_client_that_does_not_read_is_bounded_with_configured_limits() {
     let m = Memcached::start_with(&["-m", "64"]);
-    let (proxy, _dir) = proxy_with_pool_keys(
+    let (proxy, _dir) = proxy_with_pool(
+        "threads = 1",
         &[m.server(1)],
         "max_client_inflight = 32\nmax_client_buffer = \"1m\"",
     );
@@ -754,7 +696,7 @@ fn requests_held_back_by_the_inflight_cap_are_answered_later() {
     // 8 replies: the ones left in memroute's read buffer are decoded once replies drain,
     // without waiting for more bytes from the client.
     let m = Memcached::start();
-    let (proxy, _dir) = proxy_with_pool_keys(&[m.server(1)], "max_client_inflight = 2");
+    let (proxy, _dir) = proxy_with_pool("threads = 1", &[m.server(1)], "max_client_inflight = 2");
     let mut c = proxy.client();
     // A missing reply fails in 3 s rather than the fixture's 10.
     c.stream

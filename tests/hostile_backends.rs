@@ -14,14 +14,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::bad_backend::{BadBackend, Behaviour, Garbage};
-use common::{free_port, Client, Memcached, Proxy};
+use common::config::{config_toml, pool_toml, route_owners, TempFiles};
+use common::{
+    free_port, num_stat, set_request, text, value_item, value_reply, Client, Memcached, Proxy,
+    RssPeak, VERSION_REPLY,
+};
 
 const TIMEOUT: &str = "SERVER_ERROR backend timeout\r\n";
 const CLOSED: &str = "SERVER_ERROR backend connection closed\r\n";
@@ -31,26 +34,6 @@ const MISS: &str = "END\r\n";
 const SLACK: Duration = Duration::from_millis(1500);
 /// RSS growth allowed over the measured rounds.
 const RSS_BOUND_KIB: u64 = 8 * 1024;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn set_req(key: &str, value: &str) -> String {
-    format!("set {key} 0 0 {}\r\n{value}\r\n", value.len())
-}
-
-fn value_item(key: &str, value: &str) -> String {
-    format!("VALUE {key} 0 {}\r\n{value}\r\n", value.len())
-}
-
-fn value_reply(key: &str, value: &str) -> String {
-    format!("{}END\r\n", value_item(key, value))
-}
-
-fn version_reply() -> String {
-    format!("VERSION {}\r\n", env!("CARGO_PKG_VERSION"))
-}
 
 /// One pipelined request and the replies it may get (exactly one of them, byte for byte).
 struct Step {
@@ -73,11 +56,7 @@ fn pipeline(c: &mut Client, steps: &[Step]) -> (Vec<String>, Duration) {
     c.send(all);
     let mut replies = Vec::with_capacity(steps.len());
     for (i, s) in steps.iter().enumerate() {
-        let reply = if s.request.starts_with("get") {
-            text(&c.read_retrieval())
-        } else {
-            text(&c.read_line())
-        };
+        let reply = c.read_reply_to(&s.request);
         assert!(
             s.allowed.contains(&reply),
             "step {i} {:?}: got {reply:?}, want one of {:?} (after {:?})",
@@ -97,7 +76,7 @@ struct Rig {
     proxy: Proxy,
     bad: BadBackend,
     _healthy: Vec<Memcached>,
-    _dir: tempfile::TempDir,
+    _dir: TempFiles,
     timeout: Duration,
     /// Keys the bad backend owns.
     bad_keys: Vec<String>,
@@ -108,27 +87,26 @@ struct Rig {
 fn rig(bad: BadBackend, prefix: &str, timeout_ms: u64, policy: &str) -> Rig {
     let healthy = vec![Memcached::start(), Memcached::start()];
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memroute.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "threads = 1\n\
-             [pools.main]\n\
-             listen = \"127.0.0.1:{port}\"\n\
-             hash = \"md5\"\n\
-             distribution = \"ketama\"\n\
-             timeout = {timeout_ms}\n\
-             retrieval_failure = \"{policy}\"\n\
-             servers = [\"{}\", \"{} h1\", \"{} h2\"]\n",
-            bad.server("bad"),
-            healthy[0].server(1),
-            healthy[1].server(1),
+    let dir = TempFiles::new();
+    let servers = [
+        bad.server("bad"),
+        format!("{} h1", healthy[0].server(1)),
+        format!("{} h2", healthy[1].server(1)),
+    ];
+    let pool_keys = format!(
+        "hash = \"md5\"\ndistribution = \"ketama\"\ntimeout = {timeout_ms}\n\
+         retrieval_failure = \"{policy}\""
+    );
+    let config = dir.write(
+        "memroute.toml",
+        &config_toml(
+            "threads = 1",
+            &[pool_toml("main", port, &servers, &pool_keys)],
         ),
-    )
-    .unwrap();
+    );
     let keys: Vec<String> = (0..300).map(|i| format!("{prefix}:{i}")).collect();
-    let owner = owners(&config, &keys);
+    let owner = route_owners(&config, &keys);
+    assert_eq!(owner.len(), keys.len());
     let (bad_keys, good_keys): (Vec<String>, Vec<String>) =
         keys.into_iter().partition(|k| owner[k] == bad.address());
     assert!(
@@ -149,43 +127,9 @@ fn rig(bad: BadBackend, prefix: &str, timeout_ms: u64, policy: &str) -> Rig {
     }
 }
 
-/// The owner (`host:port`) of each key under the config file, by `memroute route`.
-fn owners(config: &Path, keys: &[String]) -> HashMap<String, String> {
-    let out = std::process::Command::new(Proxy::binary())
-        .arg("route")
-        .arg("--config")
-        .arg(config)
-        .args(keys)
-        .output()
-        .expect("run memroute route");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let owner: HashMap<String, String> = text(&out.stdout)
-        .lines()
-        .map(|line| {
-            let rest = line.strip_prefix("pool main: ").expect(line);
-            let (key, addr) = rest.split_once(" -> ").expect(line);
-            (key.to_string(), addr.to_string())
-        })
-        .collect();
-    assert_eq!(owner.len(), keys.len());
-    owner
-}
-
-/// A counter of backend `addr` from `stats backends`.
+/// A counter of backend `addr` (of pool `main`) from `stats backends`.
 fn backend_stat(c: &mut Client, addr: &str, name: &str) -> u64 {
-    c.send("stats backends\r\n");
-    let want = format!("STAT main:{addr}:{name} ");
-    let mut found = None;
-    loop {
-        let line = text(&c.read_line());
-        if line == "END\r\n" {
-            break;
-        }
-        if let Some(v) = line.strip_prefix(&want) {
-            found = Some(v.trim_end().parse().expect("numeric stat"));
-        }
-    }
-    found.unwrap_or_else(|| panic!("no stat {want:?}"))
+    num_stat(&c.stats_map("backends"), &format!("main:{addr}:{name}"))
 }
 
 /// A second client using only healthy keys, from its own thread, for the whole test: every
@@ -224,8 +168,8 @@ impl Bystander {
                 let b = &keys[(round + 1) % keys.len()];
                 let (va, vb) = (format!("{a}@{round}"), format!("{b}@{round}+"));
                 let steps = [
-                    step(set_req(a, &va), &["STORED\r\n"]),
-                    step(set_req(b, &vb), &["STORED\r\n"]),
+                    step(set_request(a, &va), &["STORED\r\n"]),
+                    step(set_request(b, &vb), &["STORED\r\n"]),
                     step(format!("get {a}\r\n"), &[&value_reply(a, &va)]),
                     step(
                         format!("get {a} {b}\r\n"),
@@ -271,42 +215,6 @@ impl Bystander {
     }
 }
 
-/// The RSS of process `pid` in KiB (VmRSS).
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Samples a process's RSS every millisecond from a thread; `stop` returns the largest.
-struct RssPeak {
-    stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<u64>,
-}
-
-impl RssPeak {
-    fn start(pid: u32) -> RssPeak {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(rss_of(pid).unwrap_or(0));
-                thread::sleep(Duration::from_millis(1));
-            }
-            peak.max(rss_of(pid).unwrap_or(0))
-        });
-        RssPeak { stop, thread }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
 /// Asserts the RSS measured now is within the bound of `base`.
 fn assert_rss_flat(proxy: &Proxy, base: u64, what: &str) {
     let now = proxy.rss_kib();
@@ -334,9 +242,9 @@ fn stalled_backend_times_out_and_its_connection_is_replaced() {
     // (a), (b): failures interleaved with healthy requests, one write.
     let steps = [
         step(format!("get {}\r\n", b[0]), &[MISS]),
-        step(set_req(&g[0], "new-0"), &["STORED\r\n"]),
+        step(set_request(&g[0], "new-0"), &["STORED\r\n"]),
         step(format!("get {}\r\n", g[0]), &[&value_reply(&g[0], "new-0")]),
-        step(set_req(&b[1], "x"), &[TIMEOUT]),
+        step(set_request(&b[1], "x"), &[TIMEOUT]),
         step(
             format!("get {} {} {}\r\n", g[1], b[0], g[2]),
             &[&format!(
@@ -350,7 +258,7 @@ fn stalled_backend_times_out_and_its_connection_is_replaced() {
             format!("get {}\r\n", g[3]),
             &[&value_reply(&g[3], &format!("{}-old", g[3]))],
         ),
-        step("version\r\n", &[&version_reply()]),
+        step("version\r\n", &[VERSION_REPLY]),
     ];
     let (_, took) = pipeline(&mut c, &steps);
     assert!(
@@ -394,7 +302,7 @@ fn stalled_backend_times_out_and_its_connection_is_replaced() {
             steps.push(step(format!("get {}\r\n", b[(n + i) % b.len()]), &[MISS]));
             if i % 2 == 0 {
                 last = (g[(n * PER_ROUND + i) % 40].clone(), format!("r{n}-{i}"));
-                steps.push(step(set_req(&last.0, &last.1), &["STORED\r\n"]));
+                steps.push(step(set_request(&last.0, &last.1), &["STORED\r\n"]));
             } else {
                 steps.push(step(
                     format!("get {}\r\n", last.0),
@@ -451,15 +359,15 @@ fn backend_closing_mid_value_fails_fast_and_is_reconnected() {
 
     let steps = [
         step(format!("get {}\r\n", b[0]), &[MISS]),
-        step(set_req(&g[0], "zero"), &["STORED\r\n"]),
+        step(set_request(&g[0], "zero"), &["STORED\r\n"]),
         step(format!("get {}\r\n", g[0]), &[&value_reply(&g[0], "zero")]),
         // In flight on the same connection when it ends.
-        step(set_req(&b[1], "lost"), &[CLOSED, PROTOCOL]),
+        step(set_request(&b[1], "lost"), &[CLOSED, PROTOCOL]),
         step(
             format!("get {} {}\r\n", b[2], g[1]),
             &[&value_reply(&g[1], "one")],
         ),
-        step("version\r\n", &[&version_reply()]),
+        step("version\r\n", &[VERSION_REPLY]),
     ];
     let (_, took) = pipeline(&mut c, &steps);
     // The close ends the requests, not the 3 s timeout.
@@ -496,7 +404,7 @@ fn backend_closing_mid_value_fails_fast_and_is_reconnected() {
         let k = &g[n % 40];
         let v = format!("v{n}");
         let steps = [
-            step(set_req(k, &v), &["STORED\r\n"]),
+            step(set_request(k, &v), &["STORED\r\n"]),
             step(format!("get {}\r\n", b[n % b.len()]), &[MISS]),
             step(format!("get {k}\r\n"), &[&value_reply(k, &v)]),
         ];
@@ -559,8 +467,8 @@ fn trickling_backend_small_replies_complete_large_ones_time_out() {
             .map(|c| c.bytes_written())
             .sum::<usize>();
         let steps = [
-            step(set_req(&b[0], &v), &["STORED\r\n"]),
-            step(set_req(&g[0], &v), &["STORED\r\n"]),
+            step(set_request(&b[0], &v), &["STORED\r\n"]),
+            step(set_request(&g[0], &v), &["STORED\r\n"]),
             step(format!("get {}\r\n", b[0]), &[&value_reply(&b[0], &v)]),
             step(
                 format!("get {} {}\r\n", g[1], b[0]),
@@ -602,12 +510,12 @@ fn trickling_backend_small_replies_complete_large_ones_time_out() {
     real.client().set(&b[1], big.as_bytes());
     let steps = [
         step(format!("get {}\r\n", b[1]), &[TIMEOUT]),
-        step(set_req(&g[0], "after-big"), &["STORED\r\n"]),
+        step(set_request(&g[0], "after-big"), &["STORED\r\n"]),
         step(
             format!("get {}\r\n", g[0]),
             &[&value_reply(&g[0], "after-big")],
         ),
-        step("version\r\n", &[&version_reply()]),
+        step("version\r\n", &[VERSION_REPLY]),
     ];
     let (_, took) = pipeline(&mut c, &steps);
     assert!(
@@ -640,7 +548,7 @@ fn trickling_backend_small_replies_complete_large_ones_time_out() {
             steps.push(step(format!("get {}\r\n", b[1]), &[TIMEOUT]));
             if i % 10 == 0 {
                 let (k, v) = (&g[i / 10], format!("r{n}-{i}"));
-                steps.push(step(set_req(k, &v), &["STORED\r\n"]));
+                steps.push(step(set_request(k, &v), &["STORED\r\n"]));
                 steps.push(step(format!("get {k}\r\n"), &[&value_reply(k, &v)]));
             }
         }
@@ -687,7 +595,7 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
     let mut c = r.proxy.client();
     c.set(&g[1], b"one");
     let base = r.proxy.rss_kib();
-    let peak = RssPeak::start(r.proxy.pid());
+    let peak = RssPeak::start(r.proxy.pid(), Duration::from_millis(1));
 
     // The endless kinds end by the timeout, or at once if memroute bounds what it buffers
     // of a reply; either way they must not make memroute buffer the garbage (see `peak`).
@@ -703,13 +611,13 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
         let v = format!("{kind:?}");
         let steps = [
             step(format!("get {}\r\n", b[0]), &[error, PROTOCOL]),
-            step(set_req(&g[0], &v), &["STORED\r\n"]),
+            step(set_request(&g[0], &v), &["STORED\r\n"]),
             step(format!("get {}\r\n", g[0]), &[&value_reply(&g[0], &v)]),
-            step(set_req(&b[1], "x"), &[error, PROTOCOL]),
+            step(set_request(&b[1], "x"), &[error, PROTOCOL]),
             // The error policy: a multi-get touching the failed backend is the error.
             step(format!("get {} {}\r\n", g[1], b[2]), &[error, PROTOCOL]),
             step(format!("get {}\r\n", g[1]), &[&value_reply(&g[1], "one")]),
-            step("version\r\n", &[&version_reply()]),
+            step("version\r\n", &[VERSION_REPLY]),
         ];
         let (replies, took) = pipeline(&mut c, &steps);
         assert!(
@@ -765,7 +673,7 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
         let v = format!("v{n}");
         let steps = [
             step(format!("get {}\r\n", b[n % b.len()]), &[error, PROTOCOL]),
-            step(set_req(k, &v), &["STORED\r\n"]),
+            step(set_request(k, &v), &["STORED\r\n"]),
             step(format!("get {k}\r\n"), &[&value_reply(k, &v)]),
         ];
         let (_, took) = pipeline(c, &steps);
@@ -789,7 +697,7 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
         round(&mut c, n, kind, TIMEOUT);
     }
     assert_rss_flat(&r.proxy, base, "endless garbage");
-    let peak = peak.stop();
+    let peak = peak.finish();
     eprintln!("garbage: RSS peak {peak} KiB (base {base} KiB)");
     assert!(
         peak < base + RSS_BOUND_KIB,
@@ -827,7 +735,7 @@ fn endless_value_items_are_not_buffered_without_bound() {
     let (b, g) = (&r.bad_keys, &r.good_keys);
     let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
     let base = r.proxy.rss_kib();
-    let peak = RssPeak::start(r.proxy.pid());
+    let peak = RssPeak::start(r.proxy.pid(), Duration::from_millis(1));
     let mut outcomes = Vec::new();
     // Keep attacking for a while (each round is quick now), so the bystander runs alongside.
     let attack = Instant::now();
@@ -864,7 +772,7 @@ fn endless_value_items_are_not_buffered_without_bound() {
             break;
         }
     }
-    let peak = peak.stop();
+    let peak = peak.finish();
     eprintln!("endless items: RSS peak {peak} KiB (base {base} KiB)");
     for (reply, took) in &outcomes {
         assert!(
@@ -916,7 +824,7 @@ fn resetting_backend_fails_only_what_was_in_flight() {
             let k = &b[(n * 3 + i) % 8];
             if i % 2 == 0 {
                 let v = format!("{k}-{n}-{i}");
-                steps.push(step(set_req(k, &v), &["STORED\r\n", CLOSED]));
+                steps.push(step(set_request(k, &v), &["STORED\r\n", CLOSED]));
                 sets.push((steps.len() - 1, k.clone(), v));
             } else {
                 let mut ok_replies: Vec<String> = allowed[k]
@@ -932,7 +840,7 @@ fn resetting_backend_fails_only_what_was_in_flight() {
             }
             let gk = &g[(n * 6 + i) % 40];
             let gv = format!("{gk}={n}.{i}");
-            steps.push(step(set_req(gk, &gv), &["STORED\r\n"]));
+            steps.push(step(set_request(gk, &gv), &["STORED\r\n"]));
             steps.push(step(format!("get {gk}\r\n"), &[&value_reply(gk, &gv)]));
             good_values.insert(gk.clone(), gv);
         }

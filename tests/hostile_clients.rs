@@ -17,26 +17,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Client, Memcached, Proxy};
+use common::config::{proxy_with_pool, TempFiles};
+use common::{
+    first_difference, mix, poll_until, set_request_bytes, text, value_item_bytes, Client,
+    Memcached, Proxy, RssPeak, VERSION_REPLY,
+};
 
-const VERSION: &str = concat!("VERSION ", env!("CARGO_PKG_VERSION"), "\r\n");
 const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long\r\n";
 const TOO_LARGE: &str = "SERVER_ERROR object too large for cache\r\n";
 const TOO_MANY: &str = "SERVER_ERROR too many open connections\r\n";
 const KIB: u64 = 1024;
 const MIB: usize = 1024 * 1024;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// splitmix64, for deterministic, well-spread test data.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// `len` printable bytes determined by `seed` (a misplaced or corrupted byte shows).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -50,30 +41,12 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn set_req(key: &str, flags: u32, value: &[u8]) -> Vec<u8> {
-    let mut req = format!("set {key} {flags} 0 {}\r\n", value.len()).into_bytes();
-    req.extend_from_slice(value);
-    req.extend_from_slice(b"\r\n");
-    req
-}
-
-fn value_item(key: &str, flags: u32, value: &[u8]) -> Vec<u8> {
-    let mut item = format!("VALUE {key} {flags} {}\r\n", value.len()).into_bytes();
-    item.extend_from_slice(value);
-    item.extend_from_slice(b"\r\n");
-    item
-}
-
 /// Panics with where `got` first differs from `expected`.
 fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
     if got == expected {
         return;
     }
-    let at = got
-        .iter()
-        .zip(expected)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(expected.len()));
+    let at = first_difference(got, expected);
     let from = at.saturating_sub(60);
     panic!(
         "{what}: reply differs at byte {at} of {}: got {:?}, expected {:?}",
@@ -83,116 +56,27 @@ fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
     );
 }
 
-/// Polls `check` every 10 ms until it returns true or `limit` passes.
-fn poll_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// memroute from a config file: top-level keys `top`, one pool `main` over `servers` with
 /// extra pool keys. The upstream timeout is 10 s: these tests are about clients, and on a
 /// loaded machine a debug build must not turn slowness into backend timeouts (which would
 /// answer retrievals as misses).
-fn proxy_with(top: &str, servers: &[String], pool_keys: &str) -> (Proxy, tempfile::TempDir) {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memroute.toml");
-    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    std::fs::write(
-        &config,
-        format!(
-            "{top}\n[pools.main]\nlisten = \"127.0.0.1:{port}\"\nhash = \"md5\"\ntimeout = 10000\n\
-             servers = [{}]\n{pool_keys}\n",
-            servers.join(", ")
-        ),
-    )
-    .unwrap();
-    (Proxy::start_config(&config, port, &[]), dir)
+fn proxy_with(top: &str, servers: &[String], pool_keys: &str) -> (Proxy, TempFiles) {
+    let keys = format!("hash = \"md5\"\ntimeout = 10000\n{pool_keys}");
+    proxy_with_pool(top, servers, &keys)
 }
 
-/// A numeric stat (`stats` on memroute or memcached).
-fn stat(c: &mut Client, name: &str) -> u64 {
-    c.stat(name)
-        .unwrap_or_else(|| panic!("no stat {name}"))
-        .parse()
-        .unwrap()
-}
-
-/// `stats backends` of memroute: every `pool:backend:counter` line, as (name, value).
+/// `stats backends` of memroute: every `pool:backend:counter` line with a numeric value, as
+/// (name, value).
 fn backend_stats(c: &mut Client) -> Vec<(String, u64)> {
-    c.send("stats backends\r\n");
-    let mut out = Vec::new();
-    loop {
-        let line = text(&c.read_line());
-        let line = line.trim_end();
-        if line == "END" {
-            return out;
-        }
-        let mut parts = line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("STAT"), "{line:?}");
-        let (name, value) = (parts.next().unwrap(), parts.next().unwrap());
-        if let Ok(v) = value.parse() {
-            out.push((name.to_string(), v));
-        }
-    }
+    c.stats_lines("backends")
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.parse().ok()?)))
+        .collect()
 }
 
-fn rss_kib_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Samples a process's RSS every 5 ms in a thread and keeps the peak.
-struct RssPeak {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl RssPeak {
-    fn start(pid: u32) -> RssPeak {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(rss_kib_of(pid)));
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib_of(pid), Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(5));
-            }
-        });
-        RssPeak {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    /// The peak so far, KiB.
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Stops sampling; the peak, KiB.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.peak()
-    }
-}
-
-impl Drop for RssPeak {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+/// Peak RSS of `proxy`, sampled every 5 ms.
+fn rss_peak(proxy: &Proxy) -> RssPeak {
+    RssPeak::start(proxy.pid(), Duration::from_millis(5))
 }
 
 /// Asserts a peak RSS is within `baseline + allowance`, and reports it.
@@ -242,9 +126,9 @@ fn checker_batch(name: &str, round: u64) -> (Vec<u8>, Vec<u8>) {
         };
         let value = pattern(mix(round) ^ i, len);
         let flags = (round * 10 + i) as u32;
-        req.extend(set_req(&key, flags, &value));
+        req.extend(set_request_bytes(&key, flags, &value));
         exp.extend_from_slice(b"STORED\r\n");
-        items.push(value_item(&key, flags, &value));
+        items.push(value_item_bytes(&key, flags, &value));
     }
     for (i, item) in items.iter().enumerate() {
         req.extend(format!("get {name}:{i}\r\n").into_bytes());
@@ -260,7 +144,7 @@ fn checker_batch(name: &str, round: u64) -> (Vec<u8>, Vec<u8>) {
     exp.extend_from_slice(b"END\r\n");
     req.extend(format!("delete {name}:missing\r\nversion\r\n").into_bytes());
     exp.extend_from_slice(b"NOT_FOUND\r\n");
-    exp.extend_from_slice(VERSION.as_bytes());
+    exp.extend_from_slice(VERSION_REPLY.as_bytes());
     (req, exp)
 }
 
@@ -363,7 +247,7 @@ impl Checker {
                 b.store(round, Ordering::Relaxed);
             }
             // Nothing more than expected was sent.
-            c.expect("version\r\n", VERSION);
+            c.expect("version\r\n", VERSION_REPLY);
             CheckReport {
                 batches: round,
                 worst,
@@ -538,7 +422,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
     let mut stats = proxy.client();
     let mut checker = Checker::start(&proxy, "chk");
     let baseline = proxy.rss_kib();
-    let rss = RssPeak::start(proxy.pid());
+    let rss = rss_peak(&proxy);
 
     // Each attacker sends up to 16 (retrieval) or 128 (command) times its line limit, then
     // waits to be cut: 87.5 MiB in all.
@@ -581,7 +465,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
     poll_until(
         Duration::from_secs(10),
         "memroute to take every line",
-        || stat(&mut stats, "bytes_read") >= (ATTACKERS * SLOW_BYTES) as u64,
+        || stats.stat_num("bytes_read") >= (ATTACKERS * SLOW_BYTES) as u64,
     );
     // Nobody was answered or closed: an unfinished line is no error yet.
     for (i, s) in conns.iter_mut().enumerate() {
@@ -593,7 +477,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
             text(&got)
         );
     }
-    assert_eq!(stat(&mut stats, "curr_connections"), ATTACKERS as u64 + 2);
+    assert_eq!(stats.stat_num("curr_connections"), ATTACKERS as u64 + 2);
     // The checked client is served while 200 lines hang.
     checker.serves(5, "while 200 slowloris lines hang");
     // Each hanging connection holds its partial line (< 2 KiB) in a read buffer that grows
@@ -656,7 +540,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
         );
     }
     poll_until(Duration::from_secs(10), "attackers to be gone", || {
-        stat(&mut stats, "curr_connections") == 2
+        stats.stat_num("curr_connections") == 2
     });
     checker.serves(3, "after the slowloris attack");
     let peak = rss.finish();
@@ -685,7 +569,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     observer.set("victim", b"good");
     let mut checker = Checker::start(&proxy, "chk");
     let baseline = proxy.rss_kib();
-    let rss = RssPeak::start(proxy.pid());
+    let rss = rss_peak(&proxy);
 
     // The data block is made of commands that would be visible if memroute parsed them.
     let chunk: Vec<u8> = b"delete victim\r\nflush_all\r\nset victim 0 0 4\r\nevil\r\nget chk:0\r\n"
@@ -732,7 +616,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     // clients of one worker is a_client_streaming_flat_out_does_not_starve_its_worker's.)
     checker.serves(3, "after an endless data block");
     let expected = format!(
-        "VALUE victim 0 4\r\ngood\r\nEND\r\nSTORED\r\nVALUE after 0 2\r\nok\r\nEND\r\n{VERSION}"
+        "VALUE victim 0 4\r\ngood\r\nEND\r\nSTORED\r\nVALUE after 0 2\r\nok\r\nEND\r\n{VERSION_REPLY}"
     );
     let got = attacker.read_n(expected.len());
     assert_bytes(
@@ -742,7 +626,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     );
     attacker.expect("get endless\r\n", "END\r\n");
     drop(attacker);
-    assert!(stat(&mut stats, "bytes_read") > DECLARED as u64);
+    assert!(stats.stat_num("bytes_read") > DECLARED as u64);
     let peak = rss.finish();
     eprintln!(
         "endless block: 200 MiB streamed and discarded in {elapsed:?}, \
@@ -759,9 +643,9 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     const LEN: usize = 1_000_000;
     const SENT: usize = 900_000;
     let values: Vec<Vec<u8>> = (0..STALLED).map(|i| pattern(i as u64, LEN)).collect();
-    let before = stat(&mut stats, "bytes_read");
+    let before = stats.stat_num("bytes_read");
     let baseline = proxy.rss_kib();
-    let rss = RssPeak::start(proxy.pid());
+    let rss = rss_peak(&proxy);
     let mut stalled: Vec<Client> = (0..STALLED)
         .map(|i| {
             let mut c = proxy.client();
@@ -774,7 +658,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     poll_until(
         Duration::from_secs(10),
         "memroute to read the blocks",
-        || stat(&mut stats, "bytes_read") >= before + (STALLED * SENT) as u64,
+        || stats.stat_num("bytes_read") >= before + (STALLED * SENT) as u64,
     );
     checker.serves(5, "while 20 data blocks hang unfinished");
     assert_eq!(observer.get("stall:0"), None);
@@ -786,7 +670,11 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     assert_eq!(text(&stalled[0].read_line()), "STORED\r\n");
     assert_bytes(
         &stalled[0].read_retrieval(),
-        &[value_item("stall:0", 0, &values[0]), b"END\r\n".to_vec()].concat(),
+        &[
+            value_item_bytes("stall:0", 0, &values[0]),
+            b"END\r\n".to_vec(),
+        ]
+        .concat(),
         "late-finished data block",
     );
     let peak = rss.peak();
@@ -803,7 +691,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     poll_until(
         Duration::from_secs(10),
         "stalled clients to be gone",
-        || stat(&mut stats, "curr_connections") == 3,
+        || stats.stat_num("curr_connections") == 3,
     );
     for i in 1..STALLED {
         assert_eq!(observer.get(&format!("stall:{i}")), None, "stall:{i}");
@@ -851,7 +739,7 @@ fn mg_reply(n: usize) -> Vec<u8> {
     static ITEMS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
     let items = ITEMS.get_or_init(|| {
         (0..MG_KEYS)
-            .map(|k| value_item(&mg_key(k), 0, &mg_value(k)))
+            .map(|k| value_item_bytes(&mg_key(k), 0, &mg_value(k)))
             .collect()
     });
     let mut reply = Vec::new();
@@ -920,7 +808,7 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     let mut backend = m.client();
     let mut checker = Checker::start(&proxy, "chk");
     let baseline = proxy.rss_kib();
-    let rss = RssPeak::start(proxy.pid());
+    let rss = rss_peak(&proxy);
 
     let mut attacker = proxy.client();
     let attacker_port = attacker.stream.local_addr().unwrap().port();
@@ -955,8 +843,8 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
         let progressed = pipe.write_more(&mut attacker.stream);
         let now = (
             recv_queue(proxy.port, attacker_port).expect("attacker socket in /proc/net/tcp"),
-            stat(&mut stats, "cmd_get"),
-            stat(&mut backend, "cmd_get"),
+            stats.stat_num("cmd_get"),
+            backend.stat_num("cmd_get"),
         );
         history.push_back((progressed, now));
         if history.len() > 12 {
@@ -1020,7 +908,7 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
         );
     }
     finish.join().unwrap();
-    assert_eq!(text(&attacker.read_line()), VERSION);
+    assert_eq!(text(&attacker.read_line()), VERSION_REPLY);
     eprintln!(
         "non-reading pipeliner: {sent} replies read and checked in {:?}",
         t.elapsed()
@@ -1029,13 +917,9 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     // the checked client's keys too).
     checker.park();
     let expected_gets = 10 * sent as u64 + CHECKER_KEYS * checker.batches();
+    assert_eq!(stats.stat_num("cmd_get"), expected_gets, "memroute cmd_get");
     assert_eq!(
-        stat(&mut stats, "cmd_get"),
-        expected_gets,
-        "memroute cmd_get"
-    );
-    assert_eq!(
-        stat(&mut backend, "cmd_get"),
+        backend.stat_num("cmd_get"),
         expected_gets,
         "backend cmd_get"
     );
@@ -1070,7 +954,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     let mut checker = Checker::start(&proxy, "chk");
     let upstream_before: Vec<u64> = backends
         .iter()
-        .map(|m| stat(&mut m.client(), "total_connections"))
+        .map(|m| m.client().stat_num("total_connections"))
         .collect();
 
     let mut requests = Vec::new();
@@ -1078,7 +962,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
         requests.clear();
         for j in 0..REQUESTS {
             if j % 2 == 0 {
-                requests.extend(set_req(
+                requests.extend(set_request_bytes(
                     &format!("gone:{round}:{j}"),
                     0,
                     &pattern(j as u64, 1024),
@@ -1116,7 +1000,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     poll_until(
         Duration::from_secs(10),
         "vanished clients to be gone",
-        || stat(&mut stats, "curr_connections") == 2,
+        || stats.stat_num("curr_connections") == 2,
     );
     checker.park();
     poll_until(Duration::from_secs(10), "nothing in flight", || {
@@ -1127,7 +1011,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     });
     // The vanished clients' requests did reach memroute and the backends (the checked client
     // sends 6 sets per batch, the setup 40): this was no empty exercise.
-    let dispatched_sets = stat(&mut stats, "cmd_set") - 40 - 6 * checker.batches();
+    let dispatched_sets = stats.stat_num("cmd_set") - 40 - 6 * checker.batches();
     let forwarded: u64 = backend_stats(&mut stats)
         .iter()
         .filter(|(n, _)| n.ends_with(":requests"))
@@ -1158,7 +1042,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     for (m, before) in backends.iter().zip(&upstream_before) {
         // The stats connection opened here is the one new connection.
         assert_eq!(
-            stat(&mut m.client(), "total_connections"),
+            m.client().stat_num("total_connections"),
             before + 1,
             "memroute opened a new upstream connection to {}",
             m.port
@@ -1166,7 +1050,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     }
     let report = checker.finish();
     assert_served("vanishing clients", &report);
-    assert_eq!(stat(&mut stats, "curr_connections"), 1);
+    assert_eq!(stats.stat_num("curr_connections"), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1200,17 +1084,17 @@ fn ten_thousand_idle_connections_and_max_clients() {
         s.write_all(b"version\r\n").unwrap();
     }
     for (i, s) in idle.iter_mut().enumerate() {
-        let mut got = vec![0u8; VERSION.len()];
+        let mut got = vec![0u8; VERSION_REPLY.len()];
         s.read_exact(&mut got)
             .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
-        assert_eq!(text(&got), VERSION, "idle connection {i}");
+        assert_eq!(text(&got), VERSION_REPLY, "idle connection {i}");
     }
     eprintln!(
         "{IDLE} connections opened and answered in {:?}",
         t.elapsed()
     );
     poll_until(Duration::from_secs(10), "every connection counted", || {
-        stat(&mut stats, "curr_connections") == IDLE as u64 + 2
+        stats.stat_num("curr_connections") == IDLE as u64 + 2
     });
     checker.serves(5, "with 10,000 idle connections open");
     let with_idle = proxy.rss_kib();
@@ -1226,9 +1110,9 @@ fn ten_thousand_idle_connections_and_max_clients() {
     // Up to max_clients more are accepted (each answers), then refused with a reply.
     let answers = |s: &mut TcpStream| {
         s.write_all(b"version\r\n").unwrap();
-        let mut got = vec![0u8; VERSION.len()];
+        let mut got = vec![0u8; VERSION_REPLY.len()];
         s.read_exact(&mut got).unwrap();
-        assert_eq!(text(&got), VERSION);
+        assert_eq!(text(&got), VERSION_REPLY);
     };
     // Refused: the reply, then a clean close (EOF, not a reset).
     let refused = |mut s: TcpStream| {
@@ -1247,12 +1131,12 @@ fn ten_thousand_idle_connections_and_max_clients() {
     for _ in 0..5 {
         refused(connect());
     }
-    assert_eq!(stat(&mut stats, "rejected_connections"), 5);
-    assert_eq!(stat(&mut stats, "curr_connections"), MAX as u64);
+    assert_eq!(stats.stat_num("rejected_connections"), 5);
+    assert_eq!(stats.stat_num("curr_connections"), MAX as u64);
     // When some leave, others get in again, up to the limit.
     idle.truncate(IDLE - 100);
     poll_until(Duration::from_secs(10), "100 connections to close", || {
-        stat(&mut stats, "curr_connections") == MAX as u64 - 100
+        stats.stat_num("curr_connections") == MAX as u64 - 100
     });
     for _ in 0..100 {
         let mut s = connect();
@@ -1260,13 +1144,13 @@ fn ten_thousand_idle_connections_and_max_clients() {
         idle.push(s);
     }
     refused(connect());
-    assert_eq!(stat(&mut stats, "rejected_connections"), 6);
+    assert_eq!(stats.stat_num("rejected_connections"), 6);
     checker.serves(3, "at max_clients");
 
     drop(idle);
     drop(extra);
     poll_until(Duration::from_secs(20), "idle connections to close", || {
-        stat(&mut stats, "curr_connections") == 2
+        stats.stat_num("curr_connections") == 2
     });
     eprintln!("after they closed: RSS {} KiB", proxy.rss_kib());
     let report = checker.finish();
@@ -1294,7 +1178,7 @@ fn requests_held_back_by_the_inflight_cap_respect_the_buffer_cap() {
     let mut stats = proxy.client();
     stats.set("big", &value);
     let baseline = proxy.rss_kib();
-    let rss = RssPeak::start(proxy.pid());
+    let rss = rss_peak(&proxy);
 
     // 18 KB of requests for 500 MiB of replies, never read (until the end).
     let mut c = proxy.client();
@@ -1305,7 +1189,7 @@ fn requests_held_back_by_the_inflight_cap_respect_the_buffer_cap() {
     while stable < 20 {
         assert!(Instant::now() < deadline, "memroute never stopped");
         thread::sleep(Duration::from_millis(20));
-        let now = stat(&mut stats, "cmd_get");
+        let now = stats.stat_num("cmd_get");
         stable = if now == last { stable + 1 } else { 0 };
         last = now;
     }
@@ -1321,7 +1205,7 @@ fn requests_held_back_by_the_inflight_cap_respect_the_buffer_cap() {
         BUFFER_KIB + 10 * (256 + 64) + 64 + 8 * KIB,
     );
     // Nothing lost.
-    let expected = [value_item("big", 0, &value), b"END\r\n".to_vec()].concat();
+    let expected = [value_item_bytes("big", 0, &value), b"END\r\n".to_vec()].concat();
     for i in 0..GETS {
         assert_bytes(&c.read_n(expected.len()), &expected, &format!("get {i}"));
     }
@@ -1340,7 +1224,7 @@ fn a_client_streaming_flat_out_does_not_starve_its_worker() {
     let m = Memcached::start();
     let (proxy, _dir) = proxy_with("threads = 1", &[m.server(1)], "");
     let mut probe = proxy.client();
-    probe.expect("version\r\n", VERSION);
+    probe.expect("version\r\n", VERSION_REPLY);
     let mut attacker = proxy.client();
     let mut writer = attacker.stream.try_clone().unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -1364,16 +1248,17 @@ fn a_client_streaming_flat_out_does_not_starve_its_worker() {
     let mut probes = 0;
     while !done.load(Ordering::Relaxed) {
         let t = Instant::now();
-        probe.expect("version\r\n", VERSION);
+        probe.expect("version\r\n", VERSION_REPLY);
         worst = worst.max(t.elapsed());
         probes += 1;
         thread::sleep(Duration::from_millis(5));
     }
     let elapsed = stream.join().unwrap();
-    assert_eq!(text(&attacker.read_line()), VERSION);
+    assert_eq!(text(&attacker.read_line()), VERSION_REPLY);
     eprintln!("512 MiB streamed in {elapsed:?}; {probes} probes, slowest {worst:?}");
-    // The probe waits behind the stream for at most a scheduling slice, not for the stream.
-    let limit = (elapsed / 10).max(Duration::from_millis(250));
+    // The probe waits behind the stream for at most a scheduling slice, not for the stream
+    // (before the fix it waited 1.1-5.5 s); 1 s leaves room for a loaded machine.
+    let limit = (elapsed / 3).max(Duration::from_secs(1));
     assert!(
         worst < limit,
         "a `version` waited {worst:?} while another client streamed for {elapsed:?}"

@@ -10,13 +10,19 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{free_port, wait_for_port_only, Client, Memcached, Proxy};
+use common::config::{
+    self, config_toml, parse_route, replace_file, route_owners, run_route, TempFiles,
+};
+use common::{
+    free_port, mix, num_stat, set_request, text, value_item, value_len, value_reply,
+    wait_for_port_only, Client, Memcached, Proxy,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -24,29 +30,8 @@ const WAIT: Duration = Duration::from_secs(15);
 // Small helpers
 // ---------------------------------------------------------------------------------------
 
-/// splitmix64, for deterministic, well-spread keys and values.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn set_req(key: &str, value: &str) -> String {
-    format!("set {key} 0 0 {}\r\n{value}\r\n", value.len())
-}
-
-fn value_item(key: &str, value: &str) -> String {
-    format!("VALUE {key} 0 {}\r\n{value}\r\n", value.len())
-}
-
-fn value_reply(key: &str, value: &str) -> String {
-    format!("{}END\r\n", value_item(key, value))
-}
+/// How often [`poll`] and [`try_poll`] call their check.
+const POLL_EVERY: Duration = Duration::from_millis(10);
 
 /// Polls `f` every 10 ms until it returns `Ok`, failing with its last `Err` after `within`.
 fn poll<T>(what: &str, within: Duration, f: impl FnMut() -> Result<T, String>) -> T {
@@ -56,16 +41,8 @@ fn poll<T>(what: &str, within: Duration, f: impl FnMut() -> Result<T, String>) -
 }
 
 /// Polls `f` every 10 ms until it returns `Ok`; its last `Err` after `within`.
-fn try_poll<T>(within: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(last) if Instant::now() >= deadline => return Err(last),
-            Err(_) => {}
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+fn try_poll<T>(within: Duration, f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
+    common::try_poll(within, POLL_EVERY, f)
 }
 
 /// `n` keys with values of varied length, deterministic for a given `prefix`.
@@ -86,7 +63,7 @@ fn write_all(port: u16, pairs: &[(String, String)]) {
     for chunk in pairs.chunks(200) {
         let mut req = String::new();
         for (k, v) in chunk {
-            req.push_str(&set_req(k, v));
+            req.push_str(&set_request(k, v));
         }
         c.send(req);
         for (k, _) in chunk {
@@ -144,93 +121,18 @@ fn named(mcs: &[&Memcached], names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// One `[pools.<name>]` table.
+/// One `[pools.<name>]` table, md5 ketama, with `extra` pool keys.
 fn pool_toml(name: &str, port: u16, servers: &[String], extra: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "[pools.{name}]\nlisten = \"127.0.0.1:{port}\"\nhash = \"md5\"\ndistribution = \"ketama\"\n{extra}\nservers = [{}]\n",
-        list.join(", ")
-    )
-}
-
-/// A whole file: top-level keys then pools.
-fn config_toml(top: &str, pools: &[String]) -> String {
-    format!("{top}\n\n{}", pools.join("\n"))
-}
-
-/// Replaces the file atomically (a temp file in the same folder renamed over it).
-fn write_config(path: &Path, contents: &str) {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, contents).expect("write temp config");
-    std::fs::rename(&tmp, path).expect("rename config into place");
-}
-
-struct Files {
-    dir: tempfile::TempDir,
-}
-
-impl Files {
-    fn new() -> Files {
-        Files {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes `name` (atomically) and returns its path.
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.path(name);
-        write_config(&p, contents);
-        p
-    }
+    let keys = format!("hash = \"md5\"\ndistribution = \"ketama\"\n{extra}");
+    config::pool_toml(name, port, servers, &keys)
 }
 
 // ---------------------------------------------------------------------------------------
 // stats, metrics, route
 // ---------------------------------------------------------------------------------------
 
-/// `stats <args>` parsed into name → value.
-fn stats(c: &mut Client, args: &str) -> HashMap<String, String> {
-    let cmd = if args.is_empty() {
-        "stats\r\n".to_string()
-    } else {
-        format!("stats {args}\r\n")
-    };
-    c.send(cmd);
-    let mut out = HashMap::new();
-    loop {
-        let line = text(&c.read_line());
-        let line = line.trim_end();
-        if line == "END" {
-            return out;
-        }
-        let mut parts = line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("STAT"), "bad stats line {line:?}");
-        let name = parts.next().expect("stat name").to_string();
-        let value = parts.next().unwrap_or("").to_string();
-        assert!(
-            out.insert(name.clone(), value).is_none(),
-            "stat {name} twice"
-        );
-    }
-}
-
-fn num(map: &HashMap<String, String>, name: &str) -> u64 {
-    let v = map
-        .get(name)
-        .unwrap_or_else(|| panic!("no stat {name} in {map:?}"));
-    v.parse()
-        .unwrap_or_else(|_| panic!("stat {name} = {v:?} is not a number"))
-}
-
 fn generation(c: &mut Client) -> u64 {
-    num(&stats(c, ""), "generation")
+    num_stat(&c.stats_map(""), "generation")
 }
 
 /// Polls `stats` until `generation` passes `above`; returns it.
@@ -381,80 +283,6 @@ fn metric_sum(samples: &[Sample], name: &str) -> f64 {
         .sum()
 }
 
-/// Runs `memroute route …` and returns stdout.
-fn run_route(args: &[&str], keys: &[&str]) -> String {
-    let out = std::process::Command::new(Proxy::binary())
-        .arg("route")
-        .args(args)
-        .args(keys)
-        .output()
-        .expect("run memroute route");
-    assert!(
-        out.status.success(),
-        "memroute route {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteLine {
-    pool: String,
-    key: String,
-    owner: String,
-    previous: Option<String>,
-}
-
-/// Parses `pool <name>: <key> -> <host:port>[ (previously <host:port>, warming up)]`.
-fn parse_route(out: &str) -> Vec<RouteLine> {
-    out.lines()
-        .map(|line| {
-            let rest = line
-                .strip_prefix("pool ")
-                .unwrap_or_else(|| panic!("route line {line:?}"));
-            let (pool, rest) = rest
-                .split_once(": ")
-                .unwrap_or_else(|| panic!("route line {line:?}"));
-            let (key, rest) = rest
-                .split_once(" -> ")
-                .unwrap_or_else(|| panic!("route line {line:?}"));
-            let (owner, previous) = match rest.split_once(' ') {
-                None => (rest.to_string(), None),
-                Some((owner, tail)) => {
-                    let prev = tail
-                        .strip_prefix("(previously ")
-                        .and_then(|t| t.strip_suffix(", warming up)"))
-                        .unwrap_or_else(|| panic!("route line {line:?}"));
-                    (owner.to_string(), Some(prev.to_string()))
-                }
-            };
-            RouteLine {
-                pool: pool.to_string(),
-                key: key.to_string(),
-                owner,
-                previous,
-            }
-        })
-        .collect()
-}
-
-/// Owner (`host:port`) of each key in pool `main` of the config file at `path`.
-fn owners_from_config(path: &Path, keys: &[&str]) -> HashMap<String, String> {
-    let lines = parse_route(&run_route(&["--config", path.to_str().unwrap()], keys));
-    assert_eq!(lines.len(), keys.len(), "one route line per key");
-    lines
-        .into_iter()
-        .map(|l| {
-            assert_eq!(l.pool, "main");
-            assert!(
-                l.previous.is_none(),
-                "--config knows no previous owner: {l:?}"
-            );
-            (l.key, l.owner)
-        })
-        .collect()
-}
-
 fn addr(m: &Memcached) -> String {
     format!("127.0.0.1:{}", m.port)
 }
@@ -470,14 +298,10 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connects like [`Client::connect`] (10 s read timeout, no Nagle).
     fn connect(port: u16) -> Conn {
-        let stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
         Conn {
-            stream,
+            stream: Client::connect(port).stream,
             buf: Vec::new(),
         }
     }
@@ -518,11 +342,8 @@ impl Conn {
             if !line.starts_with(b"VALUE ") {
                 return Ok(out);
             }
-            let len: usize = text(&line)
-                .split_whitespace()
-                .nth(3)
-                .and_then(|l| l.parse().ok())
-                .ok_or_else(|| format!("bad VALUE line {:?}", text(&line)))?;
+            let len =
+                value_len(&line).ok_or_else(|| format!("bad VALUE line {:?}", text(&line)))?;
             out.extend(self.exact(len + 2)?);
         }
     }
@@ -598,7 +419,7 @@ impl Load {
                         let n = iter * 8 + j;
                         let key = &own[(n % own.len() as u64) as usize];
                         let value = format!("t{t}-{iter}-{j}");
-                        req.push_str(&set_req(key, &value));
+                        req.push_str(&set_request(key, &value));
                         expect.push(Expect::Line("STORED\r\n".into()));
                         req.push_str(&format!("get {key}\r\n"));
                         expect.push(Expect::Retrieval(value_reply(key, &value)));
@@ -741,7 +562,7 @@ fn keys_owned_by(
 #[test]
 fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses() {
     let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
@@ -758,15 +579,15 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
     let pre = Arc::new(key_values("add", 2000));
     write_all(port, &pre);
     let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
-    let old_owner = owners_from_config(&path, &keys);
-    let new_owner = owners_from_config(&new_copy, &keys);
+    let old_owner = route_owners(&path, &keys);
+    let new_owner = route_owners(&new_copy, &keys);
 
     let mut sc = proxy.client();
     let g0 = generation(&mut sc);
     let load = Load::start(port, pre.clone(), own_keys("add-own", 4, 48));
     load.wait_more(2000);
 
-    write_config(&path, &new_text);
+    replace_file(&path, &new_text);
     let g1 = wait_generation(&mut sc, g0);
     assert_eq!(g1, g0 + 1, "one file change, one generation");
     let at_change = load.ops();
@@ -858,7 +679,7 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
         "keys that did not move were copied to the new backend"
     );
 
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     let hits = backends_sum(&b, "warmup_hits");
     assert!(
         hits >= moved.len() as u64,
@@ -893,7 +714,7 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
 #[test]
 fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
@@ -910,8 +731,8 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     let pre = Arc::new(key_values("rm", 2000));
     write_all(port, &pre);
     let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
-    let old_owner = owners_from_config(&path, &keys);
-    let new_owner = owners_from_config(&new_copy, &keys);
+    let old_owner = route_owners(&path, &keys);
+    let new_owner = route_owners(&new_copy, &keys);
     let removed = addr(&mcs[3]);
     let on_removed: Vec<(String, String)> =
         keys_owned_by(&pre, &old_owner, std::slice::from_ref(&removed));
@@ -934,11 +755,11 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
 
     let mut sc = Client::connect(port);
     let g0 = generation(&mut sc);
-    let removed_gets_before = num(&stats(&mut mcs[3].client(), ""), "cmd_get");
+    let removed_gets_before = num_stat(&mcs[3].client().stats_map(""), "cmd_get");
     let load = Load::start(port, pre.clone(), own_keys("rm-own", 4, 48));
     load.wait_more(2000);
 
-    write_config(&path, &new_text);
+    replace_file(&path, &new_text);
     let g1 = wait_generation(&mut sc, g0);
     assert_eq!(g1, g0 + 1);
     let at_change = load.ops();
@@ -979,7 +800,7 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     assert_clean(&report, at_change + 4000);
 
     // Warm-up read from the removed backend, and copied its keys to their new owners.
-    let removed_gets_after = num(&stats(&mut mcs[3].client(), ""), "cmd_get");
+    let removed_gets_after = num_stat(&mcs[3].client().stats_map(""), "cmd_get");
     assert!(
         removed_gets_after > removed_gets_before,
         "the removed backend was never asked during warm-up"
@@ -1006,7 +827,7 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     );
     // Each of the removed backend's keys was read after the change and answered by the
     // removed backend (its previous owner): those warm-up hits must be visible somewhere.
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     let hits = backends_sum(&b, "warmup_hits");
     let listed: Vec<&String> = b.keys().filter(|k| k.ends_with(":state")).collect();
     assert!(
@@ -1031,7 +852,7 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
 #[test]
 fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
     let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
@@ -1057,7 +878,7 @@ fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
     let load = Load::start(port, pre.clone(), own_keys("inv-own", 3, 32));
     load.wait_more(1000);
 
-    write_config(&path, &bad);
+    replace_file(&path, &bad);
     let errors_after = poll(
         "reloads_total{result=\"error\"} to rise",
         WAIT,
@@ -1095,7 +916,7 @@ fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
 
     // A valid file afterwards is applied.
     let fixed = good.replace("timeout = 2000", "timeout = 2500");
-    write_config(&path, &fixed);
+    replace_file(&path, &fixed);
     let g1 = wait_generation(&mut sc, g0);
     assert_eq!(g1, g0 + 1);
     load.wait_more(1000);
@@ -1118,8 +939,8 @@ fn sighup_reloads_an_edited_file() {
     let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
     // memroute watches the folder of the path it is given; the file it names is a symlink
     // to a file in another folder, so editing the target is seen only through SIGHUP.
-    let watched = Files::new();
-    let real = Files::new();
+    let watched = TempFiles::new();
+    let real = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     // The admin listener starts with the control loop that handles signals: waiting for it
@@ -1137,16 +958,18 @@ fn sighup_reloads_an_edited_file() {
     wait_for_port_only(admin);
     let mut sc = proxy.client();
     let g0 = generation(&mut sc);
-    assert!(!stats(&mut sc, "backends").contains_key(&format!("main:{}:state", addr(&mcs[2]))));
+    assert!(!sc
+        .stats_map("backends")
+        .contains_key(&format!("main:{}:state", addr(&mcs[2]))));
 
-    write_config(
+    replace_file(
         &target,
         &config_toml(&top, &[pool_toml("main", port, &three, "")]),
     );
     proxy.signal("HUP");
     let g1 = wait_generation(&mut sc, g0);
     assert_eq!(g1, g0 + 1);
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     assert_eq!(backend_stat(&b, "main", mcs[2].port, "state"), "up");
     // The same client connection kept working across the reload; the new ring is in use.
     let pairs = key_values("hup", 300);
@@ -1160,7 +983,11 @@ fn sighup_reloads_an_edited_file() {
 
 /// Starts memroute on a 2-backend file and, as soon as it accepts clients, lets `act` change
 /// things; returns the proxy.
-fn started_then(files: &Files, servers: &[String], act: impl FnOnce(&Path, &Proxy, &str)) -> Proxy {
+fn started_then(
+    files: &TempFiles,
+    servers: &[String],
+    act: impl FnOnce(&Path, &Proxy, &str),
+) -> Proxy {
     let port = free_port();
     let before = config_toml("threads = 1", &[pool_toml("main", port, &servers[..2], "")]);
     let after = config_toml("threads = 1", &[pool_toml("main", port, servers, "")]);
@@ -1177,11 +1004,11 @@ fn a_config_edit_right_after_start_is_applied() {
     let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
     let servers = named(&[&mcs[0], &mcs[1], &mcs[2]], &["a", "b", "c"]);
     for round in 0..20 {
-        let files = Files::new();
-        let proxy = started_then(&files, &servers, |path, _, after| write_config(path, after));
+        let files = TempFiles::new();
+        let proxy = started_then(&files, &servers, |path, _, after| replace_file(path, after));
         let mut sc = proxy.client();
         let applied = try_poll(Duration::from_secs(3), || {
-            let b = stats(&mut sc, "backends");
+            let b = sc.stats_map("backends");
             match b.contains_key(&format!("main:{}:state", addr(&mcs[2]))) {
                 true => Ok(()),
                 false => Err(format!("generation {}", generation(&mut sc))),
@@ -1205,7 +1032,7 @@ type Pairs = Vec<(String, String)>;
 /// Candidate keys routed by the config at `path`: (keys on `victim`, keys elsewhere).
 fn split_keys(path: &Path, pairs: &[(String, String)], victim: &str) -> (Pairs, Pairs) {
     let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
-    let owners = owners_from_config(path, &keys);
+    let owners = route_owners(path, &keys);
     pairs
         .iter()
         .cloned()
@@ -1230,7 +1057,7 @@ fn own_keys_avoiding(path: &Path, tag: &str, victim: &str, threads: usize) -> Ve
 /// load running on the keys of the two that will live; the third is the victim.
 struct Victim {
     mcs: Vec<Memcached>,
-    _files: Files,
+    _files: TempFiles,
     _proxy: Proxy,
     port: u16,
     admin: u16,
@@ -1245,7 +1072,7 @@ struct Victim {
 
 fn victim_under_load(tag: &str, extra: &str) -> Victim {
     let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
@@ -1306,16 +1133,16 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     let mut c = Client::connect(port);
     // Its keys: sets fail with SERVER_ERROR, gets miss; the others are unaffected.
     poll("the dead backend to be seen down", WAIT, || {
-        c.send(set_req(&on_victim[0].0, "x"));
+        c.send(set_request(&on_victim[0].0, "x"));
         let reply = text(&c.read_line());
-        let b = stats(&mut sc, "backends");
+        let b = sc.stats_map("backends");
         match backend_stat(&b, "main", victim_port, "state").as_str() {
             "down" if reply.starts_with("SERVER_ERROR") => Ok(()),
             s => Err(format!("state {s}, set replied {reply:?}")),
         }
     });
     for (k, v) in on_victim.iter().take(20) {
-        c.send(set_req(k, v));
+        c.send(set_request(k, v));
         let reply = text(&c.read_line());
         assert!(
             reply.starts_with("SERVER_ERROR "),
@@ -1334,7 +1161,7 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     assert_eq!(text(&c.read_retrieval()), value_reply(&a.0, &a.1));
     load.wait_more(500);
 
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     assert!(backend_num(&b, "main", victim_port, "errors") > 0, "{b:?}");
     assert_eq!(backend_num(&b, "main", victim_port, "ejections"), 0);
     for m in &mcs[..2] {
@@ -1355,7 +1182,7 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     mcs[2] = Memcached::start_on(victim_port);
     let (k, v) = &on_victim[0];
     poll("the restarted backend to serve again", WAIT, || {
-        c.send(set_req(k, v));
+        c.send(set_request(k, v));
         match text(&c.read_line()) {
             r if r == "STORED\r\n" => Ok(()),
             r => Err(r),
@@ -1364,7 +1191,7 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     c.send(format!("get {k}\r\n"));
     assert_eq!(text(&c.read_retrieval()), value_reply(k, v));
     assert_eq!(mcs[2].client().get(k).as_deref(), Some(v.as_bytes()));
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     assert_eq!(backend_stat(&b, "main", victim_port, "state"), "up");
     load.wait_more(300);
     let report = load.finish();
@@ -1391,15 +1218,15 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
     mcs[2].kill();
     let mut c = Client::connect(port);
     poll("the dead backend to be ejected", WAIT, || {
-        c.send(set_req(&on_victim[0].0, "x"));
+        c.send(set_request(&on_victim[0].0, "x"));
         let reply = text(&c.read_line());
-        let b = stats(&mut sc, "backends");
+        let b = sc.stats_map("backends");
         match backend_stat(&b, "main", victim_port, "state").as_str() {
             "ejected" => Ok(()),
             s => Err(format!("state {s}, set replied {reply:?}")),
         }
     });
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     assert!(backend_num(&b, "main", victim_port, "ejections") >= 1);
     let victim_labels = [("pool", "main"), ("backend", victim.as_str())];
     let m = scrape(admin);
@@ -1414,7 +1241,7 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
         .map(|(k, _)| (k.clone(), format!("during-ejection-{k}")))
         .collect();
     for (k, v) in &moved {
-        c.send(set_req(k, v));
+        c.send(set_request(k, v));
         assert_eq!(text(&c.read_line()), "STORED\r\n", "set {k} after ejection");
         c.send(format!("get {k}\r\n"));
         assert_eq!(text(&c.read_retrieval()), value_reply(k, v));
@@ -1429,7 +1256,7 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
     // Back on its port: probed after the retry timeout, readmitted, ring rebuilt.
     mcs[2] = Memcached::start_on(victim_port);
     let g_back = poll("the restarted backend to be readmitted", WAIT, || {
-        let b = stats(&mut sc, "backends");
+        let b = sc.stats_map("backends");
         let g = generation(&mut sc);
         match backend_stat(&b, "main", victim_port, "state").as_str() {
             "ejected" => Err(format!("state ejected, generation {g}")),
@@ -1442,7 +1269,7 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
     // be reported up (stats and metrics). Checked now, asserted at the end, so the data
     // checks below run either way.
     let reported_after_probe = try_poll(Duration::from_secs(3), || {
-        let b = stats(&mut sc, "backends");
+        let b = sc.stats_map("backends");
         let m = scrape(admin);
         match (
             backend_stat(&b, "main", victim_port, "state"),
@@ -1462,10 +1289,10 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
         "keys written during the ejection lost on return: {bad:?}"
     );
     let (k, _) = &on_victim[0];
-    c.send(set_req(k, "back"));
+    c.send(set_request(k, "back"));
     assert_eq!(text(&c.read_line()), "STORED\r\n");
     assert_eq!(mcs[2].client().get(k).as_deref(), Some(&b"back"[..]));
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     assert_eq!(backend_stat(&b, "main", victim_port, "state"), "up");
     load.wait_more(300);
     let report = load.finish();
@@ -1485,7 +1312,7 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
 #[test]
 fn prometheus_metrics_and_health_over_http() {
     let mcs: Vec<Memcached> = (0..2).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let dead_pool_port = free_port();
     let dead_backend = free_port();
@@ -1624,24 +1451,28 @@ fn stats_proxy() -> (Vec<Memcached>, Proxy) {
 fn stats_are_parsed_and_count_connections_and_commands() {
     let (_mcs, proxy) = stats_proxy();
     let mut sc = proxy.client();
-    let s0 = stats(&mut sc, "");
-    assert_eq!(num(&s0, "pid"), proxy.pid() as u64);
+    let s0 = sc.stats_map("");
+    assert_eq!(num_stat(&s0, "pid"), proxy.pid() as u64);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert!(num(&s0, "time").abs_diff(now) <= 5, "time {}", s0["time"]);
-    assert!(num(&s0, "uptime") < 600);
+    assert!(
+        num_stat(&s0, "time").abs_diff(now) <= 5,
+        "time {}",
+        s0["time"]
+    );
+    assert!(num_stat(&s0, "uptime") < 600);
     assert!(!s0["version"].is_empty());
-    assert_eq!(num(&s0, "threads"), 2);
-    assert!(num(&s0, "generation") >= 1);
+    assert_eq!(num_stat(&s0, "threads"), 2);
+    assert!(num_stat(&s0, "generation") >= 1);
     // The fixture's readiness probe connected and left: wait until only we are counted.
     let s0 = poll(
         "curr_connections to settle at 1 (the stats client)",
         WAIT,
         || {
-            let s = stats(&mut sc, "");
-            match num(&s, "curr_connections") {
+            let s = sc.stats_map("");
+            match num_stat(&s, "curr_connections") {
                 1 => Ok(s),
                 n => Err(n.to_string()),
             }
@@ -1649,18 +1480,21 @@ fn stats_are_parsed_and_count_connections_and_commands() {
     );
 
     // Connections.
-    let base_total = num(&s0, "total_connections");
+    let base_total = num_stat(&s0, "total_connections");
     let extra: Vec<Client> = (0..3).map(|_| proxy.client()).collect();
     poll("curr_connections to count 3 more", WAIT, || {
-        let s = stats(&mut sc, "");
-        match (num(&s, "curr_connections"), num(&s, "total_connections")) {
+        let s = sc.stats_map("");
+        match (
+            num_stat(&s, "curr_connections"),
+            num_stat(&s, "total_connections"),
+        ) {
             (4, t) if t == base_total + 3 => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
     drop(extra);
     poll("curr_connections to drop back", WAIT, || {
-        match num(&stats(&mut sc, ""), "curr_connections") {
+        match num_stat(&sc.stats_map(""), "curr_connections") {
             1 => Ok(()),
             n => Err(n.to_string()),
         }
@@ -1668,21 +1502,21 @@ fn stats_are_parsed_and_count_connections_and_commands() {
 
     // Commands: cmd_get counts keys, cmd_set storage commands.
     let mut c = proxy.client();
-    let s1 = stats(&mut sc, "");
+    let s1 = sc.stats_map("");
     for i in 0..5 {
         c.set(&format!("st:{i}"), b"v");
     }
     c.send("get st:0 st:1 st:2 st:nope\r\n");
     let _ = c.read_retrieval();
     assert_eq!(c.get("st:3").as_deref(), Some(&b"v"[..]));
-    let s2 = stats(&mut sc, "");
-    assert_eq!(num(&s2, "cmd_set") - num(&s1, "cmd_set"), 5);
-    assert_eq!(num(&s2, "cmd_get") - num(&s1, "cmd_get"), 5);
-    assert!(num(&s2, "bytes_read") > num(&s1, "bytes_read"));
-    assert!(num(&s2, "bytes_written") > num(&s1, "bytes_written"));
+    let s2 = sc.stats_map("");
+    assert_eq!(num_stat(&s2, "cmd_set") - num_stat(&s1, "cmd_set"), 5);
+    assert_eq!(num_stat(&s2, "cmd_get") - num_stat(&s1, "cmd_get"), 5);
+    assert!(num_stat(&s2, "bytes_read") > num_stat(&s1, "bytes_read"));
+    assert!(num_stat(&s2, "bytes_written") > num_stat(&s1, "bytes_written"));
 
     // stats backends: one block per backend with the documented fields.
-    let b = stats(&mut sc, "backends");
+    let b = sc.stats_map("backends");
     let mut requests = 0;
     for m in &_mcs {
         for field in [
@@ -1714,7 +1548,7 @@ fn stats_count_get_hits_and_misses() {
     let mut c = proxy.client();
     c.set("hm:a", b"1");
     c.set("hm:b", b"2");
-    let s1 = stats(&mut sc, "");
+    let s1 = sc.stats_map("");
     assert!(
         s1.contains_key("get_hits") && s1.contains_key("get_misses"),
         "stats lacks get_hits/get_misses: {:?}",
@@ -1727,9 +1561,9 @@ fn stats_count_get_hits_and_misses() {
     c.send("get hm:a hm:b hm:c\r\n");
     let _ = c.read_retrieval();
     assert_eq!(c.get("hm:d"), None);
-    let s2 = stats(&mut sc, "");
-    assert_eq!(num(&s2, "get_hits") - num(&s1, "get_hits"), 2);
-    assert_eq!(num(&s2, "get_misses") - num(&s1, "get_misses"), 2);
+    let s2 = sc.stats_map("");
+    assert_eq!(num_stat(&s2, "get_hits") - num_stat(&s1, "get_hits"), 2);
+    assert_eq!(num_stat(&s2, "get_misses") - num_stat(&s1, "get_misses"), 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1803,7 +1637,7 @@ impl HeldBackend {
 fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let mc = Memcached::start();
     let held = HeldBackend::start();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let big_port = free_port();
     let shutdown = Duration::from_millis(5000);
@@ -1828,7 +1662,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         })
         .collect();
     write_all(big_port, &big);
-    let gets_before = num(&stats(&mut mc.client(), ""), "cmd_get");
+    let gets_before = num_stat(&mc.client().stats_map(""), "cmd_get");
 
     let mut idle = Client::connect(port);
     idle.expect("version\r\n", "VERSION ");
@@ -1846,7 +1680,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         .expect("the held backend never saw the get");
     assert_eq!(first, "s1 s2");
     poll("memcached to receive the multi-get", WAIT, || {
-        match num(&stats(&mut mc.client(), ""), "cmd_get") - gets_before {
+        match num_stat(&mc.client().stats_map(""), "cmd_get") - gets_before {
             n if n >= big.len() as u64 => Ok(()),
             n => Err(n.to_string()),
         }
@@ -1909,7 +1743,7 @@ fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
 #[test]
 fn route_subcommand_names_the_memcached_that_holds_each_key() {
     let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = Files::new();
+    let files = TempFiles::new();
     let port = free_port();
     let admin = free_port();
     // Unnamed servers here: ring identities are host:port, as most configs write them.
@@ -1925,7 +1759,7 @@ fn route_subcommand_names_the_memcached_that_holds_each_key() {
     let pairs = key_values("route", 40);
     write_all(port, &pairs);
     let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
-    let owners = owners_from_config(&path, &keys);
+    let owners = route_owners(&path, &keys);
     let mut direct: Vec<Client> = mcs.iter().map(|m| m.client()).collect();
     let mut used = std::collections::HashSet::new();
     for (k, v) in &pairs {

@@ -8,19 +8,11 @@ use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::thread;
 
-use common::{Client, Memcached, Proxy};
+use common::{mix, value_item, Client, Memcached, Proxy};
 
 const PAIRS: usize = 10_000;
 const BATCH: usize = 500;
 const CLIENTS: usize = 6;
-
-/// splitmix64, for deterministic, well-spread keys and value lengths.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 fn start(backends: usize) -> (Vec<Memcached>, Proxy) {
     let backends: Vec<Memcached> = (0..backends).map(|_| Memcached::start()).collect();
@@ -162,7 +154,7 @@ fn each_client_reads_its_own_writes_over_keys_on_every_backend() {
                         let mut reply = String::new();
                         for (key, v) in keys.iter().zip(&last) {
                             if let Some(v) = v {
-                                reply.push_str(&format!("VALUE {key} 0 {}\r\n{v}\r\n", v.len()));
+                                reply.push_str(&value_item(key, v));
                             }
                         }
                         reply.push_str("END\r\n");

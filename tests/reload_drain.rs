@@ -4,55 +4,36 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, Client, Memcached, Proxy};
-
-fn write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
+use common::config::{config_toml, pool_toml, replace_file, TempFiles};
+use common::{free_port, poll_until_every, Client, Memcached, Proxy};
 
 fn config(port: u16, warmup: &str, servers: &[&Memcached]) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|m| format!("\"{}\"", m.server(1)))
-        .collect();
-    format!(
-        "threads = 1\n[pools.p]\nlisten = \"127.0.0.1:{port}\"\nhash = \"md5\"\nwarmup = \"{warmup}\"\nservers = [{}]\n",
-        list.join(", ")
-    )
+    let list: Vec<String> = servers.iter().map(|m| m.server(1)).collect();
+    let keys = format!("hash = \"md5\"\nwarmup = \"{warmup}\"");
+    config_toml("threads = 1", &[pool_toml("p", port, &list, &keys)])
 }
 
 /// memcached's own count of open connections, minus the one asking.
 fn connections(m: &Memcached) -> u64 {
-    m.client()
-        .stat("curr_connections")
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        - 1
+    m.client().stat_num("curr_connections") - 1
 }
 
-fn poll(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `f` every 20 ms for at most 10 s.
+fn poll(what: &str, f: impl FnMut() -> bool) {
+    poll_until_every(Duration::from_secs(10), Duration::from_millis(20), what, f);
 }
 
 fn generation(c: &mut Client) -> u64 {
-    c.stat("generation").unwrap().parse().unwrap()
+    c.stat_num("generation")
 }
 
 fn run(warmup: &str) {
     let (a, b) = (Memcached::start(), Memcached::start());
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("memroute.toml");
-    write(&path, &config(port, warmup, &[&a, &b]));
+    let files = TempFiles::new();
+    let path = files.write("memroute.toml", &config(port, warmup, &[&a, &b]));
     let _proxy = Proxy::start_config(&path, port, &[]);
     // Clients that touch both backends, then stay connected and idle.
     let mut idle: Vec<Client> = (0..4).map(|_| Client::connect(port)).collect();
@@ -63,7 +44,7 @@ fn run(warmup: &str) {
     }
     assert!(connections(&b) >= 1);
     let mut admin = Client::connect(port);
-    write(&path, &config(port, warmup, &[&a]));
+    replace_file(&path, &config(port, warmup, &[&a]));
     poll("the reload", || generation(&mut admin) == 2);
     // Without warm-up the removed backend is closed now; with it, when warm-up ends
     // (a rebuild then moves the generation on once more).

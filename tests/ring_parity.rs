@@ -10,18 +10,10 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Client, Memcached, Nutcracker, Proxy};
+use common::{mix, set_request, Client, Memcached, Nutcracker, Proxy};
 
 const KEYS: usize = 3000;
 const BATCH: usize = 500;
-
-/// splitmix64, for deterministic, well-spread key material.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
 
 /// Distinct keys of varied shape and length (fnv1a_64 in twemproxy's 32-bit arithmetic
 /// clusters keys that differ only at the end, so the varied part comes first).
@@ -40,7 +32,7 @@ fn set_all(c: &mut Client, keys: &[String], value: &str) {
     for chunk in keys.chunks(BATCH) {
         let mut req = String::new();
         for k in chunk {
-            req.push_str(&format!("set {k} 0 0 {}\r\n{value}\r\n", value.len()));
+            req.push_str(&set_request(k, value));
         }
         c.send(req);
         for k in chunk {

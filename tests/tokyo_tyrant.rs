@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::tyrant::FakeTyrant;
-use common::{Client, Proxy};
+use common::{set_request_bytes, text, value_item_bytes, Client, Proxy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -45,10 +45,6 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn show(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Which fake holds `key` (exactly one must).
 fn owner(tts: &[FakeTyrant; 2], key: &str) -> usize {
     let holders: Vec<usize> = (0..2).filter(|&i| tts[i].value(key).is_some()).collect();
@@ -82,25 +78,18 @@ fn keys_per_backend(
     panic!("keys {prefix}* do not spread over both backends: {out:?}");
 }
 
-fn value_reply(key: &str, flags: u32, data: &[u8]) -> Vec<u8> {
-    let mut out = format!("VALUE {key} {flags} {}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 fn assert_only_forwardable(tt: &FakeTyrant) {
     for cmd in tt.commands() {
         assert!(
             FORWARDABLE.contains(&cmd.as_str()),
             "the fake ttserver received {cmd:?}: {}",
-            show(&tt.received())
+            text(&tt.received())
         );
     }
     assert!(
         !contains(&tt.received(), b"noreply"),
         "noreply reached the fake ttserver: {}",
-        show(&tt.received())
+        text(&tt.received())
     );
 }
 
@@ -151,11 +140,11 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
     assert_eq!(tts[1].value(&on1[0]), Some(b"world".to_vec()));
     c.expect(
         format!("get {}\r\n", on0[0]),
-        [value_reply(&on0[0], 0, b"hello"), b"END\r\n".to_vec()].concat(),
+        [value_item_bytes(&on0[0], 0, b"hello"), b"END\r\n".to_vec()].concat(),
     );
     c.expect(
         format!("get {}\r\n", on1[0]),
-        [value_reply(&on1[0], 0, b"world"), b"END\r\n".to_vec()].concat(),
+        [value_item_bytes(&on1[0], 0, b"world"), b"END\r\n".to_vec()].concat(),
     );
 
     // Multi-key get across both backends, answered in the client's key order, misses
@@ -177,20 +166,17 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
             "rt:missing" => continue,
             k => k.as_bytes().to_vec(),
         };
-        expected.extend(value_reply(k, 0, &data));
+        expected.extend(value_item_bytes(k, 0, &data));
     }
     expected.extend_from_slice(b"END\r\n");
     c.expect(format!("get {}\r\n", order.join(" ")), expected);
 
     // A large value, so replies span many reads.
     let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let mut req = format!("set {} 3 0 {}\r\n", on1[2], big.len()).into_bytes();
-    req.extend_from_slice(&big);
-    req.extend_from_slice(b"\r\n");
-    c.expect(req, "STORED\r\n");
+    c.expect(set_request_bytes(&on1[2], 3, &big), "STORED\r\n");
     c.expect(
         format!("get {}\r\n", on1[2]),
-        [value_reply(&on1[2], 0, &big), b"END\r\n".to_vec()].concat(),
+        [value_item_bytes(&on1[2], 0, &big), b"END\r\n".to_vec()].concat(),
     );
 
     // Storage commands on both backends.
@@ -207,8 +193,8 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
         c.expect(
             format!("get {k} {fresh}\r\n"),
             [
-                value_reply(k, 0, b"start-mid-end"),
-                value_reply(fresh, 0, b"new"),
+                value_item_bytes(k, 0, b"start-mid-end"),
+                value_item_bytes(fresh, 0, b"new"),
                 b"END\r\n".to_vec(),
             ]
             .concat(),
@@ -252,9 +238,9 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
          delete rt:nothing 0 noreply\r\n"
     ));
     let mut expected = [
-        value_reply(k0, 0, b"v0>"),
-        value_reply(k1, 0, b"<w1"),
-        value_reply("rt:cnt", 0, b"12"),
+        value_item_bytes(k0, 0, b"v0>"),
+        value_item_bytes(k1, 0, b"<w1"),
+        value_item_bytes("rt:cnt", 0, b"12"),
     ]
     .concat();
     expected.extend_from_slice(b"END\r\n");
@@ -277,7 +263,7 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
     // version and stats are memroute's own.
     c.send("version\r\n");
     let version = c.read_line();
-    assert!(version.starts_with(b"VERSION "), "{}", show(&version));
+    assert!(version.starts_with(b"VERSION "), "{}", text(&version));
     assert_ne!(version, b"VERSION 1.1.41\r\n");
     assert!(c.stat("curr_connections").is_some() || c.stat("uptime").is_some());
 
@@ -285,7 +271,7 @@ fn supported_commands_round_trip_and_flags_read_back_as_zero() {
         assert_only_forwardable(tt);
         assert!(tt.commands().iter().all(|c| c != "version" && c != "stats"));
         // One connection per backend, never reopened.
-        assert_eq!(tt.connections(), 1, "{}", show(&tt.received()));
+        assert_eq!(tt.connections(), 1, "{}", text(&tt.received()));
     }
 
     // quit is memroute's own too.
@@ -359,8 +345,8 @@ fn unsupported_commands_are_answered_by_memroute_and_never_forwarded() {
     let [on0, on1] = keys_per_backend(&mut c, &tts, "un:", 1);
     let (k0, k1) = (on0[0].as_str(), on1[0].as_str());
     let both = [
-        value_reply(k0, 0, k0.as_bytes()),
-        value_reply(k1, 0, k1.as_bytes()),
+        value_item_bytes(k0, 0, k0.as_bytes()),
+        value_item_bytes(k1, 0, k1.as_bytes()),
         b"END\r\n".to_vec(),
     ]
     .concat();
@@ -393,7 +379,7 @@ fn unsupported_commands_are_answered_by_memroute_and_never_forwarded() {
         let after = tts[i].received();
         let fresh = &after[before[i].len()..];
         assert_eq!(
-            show(fresh),
+            text(fresh),
             format!("get {k}\r\n").repeat(cases.len() + 1),
             "backend {i} received more than the gets"
         );
@@ -486,7 +472,7 @@ fn random_request(
                 line.push(' ');
                 line.push_str(k);
                 if let Some(v) = store.get(*k) {
-                    reply.extend(value_reply(k, 0, v));
+                    reply.extend(value_item_bytes(k, 0, v));
                 }
             }
             line.push_str("\r\n");
@@ -615,8 +601,8 @@ fn pipelined_mixes_from_concurrent_clients_stay_in_order() {
                     c.send(&req);
                     let got = c.read_n(expected.len());
                     assert_eq!(
-                        show(&got),
-                        show(&expected),
+                        text(&got),
+                        text(&expected),
                         "client {id}, requests {}..{sent}",
                         sent - BATCH
                     );
@@ -628,7 +614,7 @@ fn pipelined_mixes_from_concurrent_clients_stay_in_order() {
                     line.push(' ');
                     line.push_str(k);
                     if let Some(v) = model.store.get(k) {
-                        reply.extend(value_reply(k, 0, v));
+                        reply.extend(value_item_bytes(k, 0, v));
                     }
                 }
                 reply.extend_from_slice(b"END\r\n");
@@ -648,7 +634,7 @@ fn pipelined_mixes_from_concurrent_clients_stay_in_order() {
         assert!(
             held.contains(&Some(v.clone())) && held.contains(&None),
             "{k}: expected {:?}, backends hold {held:?}",
-            show(v)
+            text(v)
         );
     }
     for tt in &tts {
@@ -660,7 +646,7 @@ fn pipelined_mixes_from_concurrent_clients_stay_in_order() {
             b"mg ",
             b"cas ",
         ] {
-            assert!(!contains(&tt.received(), bad), "{}", show(bad));
+            assert!(!contains(&tt.received(), bad), "{}", text(bad));
         }
     }
     // Nothing made a backend close a connection.
@@ -680,16 +666,13 @@ fn preserve_flags_keeps_flags_in_the_value() {
         (&on1[1], 0x0102_0304, b""),
     ];
     for &(k, flags, data) in &cases {
-        let mut req = format!("set {k} {flags} 0 {}\r\n", data.len()).into_bytes();
-        req.extend_from_slice(data);
-        req.extend_from_slice(b"\r\n");
-        c.expect(req, "STORED\r\n");
+        c.expect(set_request_bytes(k, flags, data), "STORED\r\n");
         // ttserver holds the flags as a 4-byte big-endian prefix.
         let held = tts[owner(&tts, k)].value(k).unwrap();
         assert_eq!(held, [&flags.to_be_bytes()[..], data].concat(), "{k}");
         c.expect(
             format!("get {k}\r\n"),
-            [value_reply(k, flags, data), b"END\r\n".to_vec()].concat(),
+            [value_item_bytes(k, flags, data), b"END\r\n".to_vec()].concat(),
         );
     }
     // Multi-get across both backends, in key order, with a miss.
@@ -697,7 +680,7 @@ fn preserve_flags_keeps_flags_in_the_value() {
     let mut expected = Vec::new();
     for &(k, flags, data) in cases.iter().rev() {
         line.push_str(&format!(" {k} pf:missing"));
-        expected.extend(value_reply(k, flags, data));
+        expected.extend(value_item_bytes(k, flags, data));
     }
     expected.extend_from_slice(b"END\r\n");
     c.expect(format!("{line}\r\n"), expected);
@@ -710,9 +693,9 @@ fn preserve_flags_keeps_flags_in_the_value() {
     c.expect(
         format!("get pf:added {} {}\r\n", on1[0], on0[1]),
         [
-            value_reply("pf:added", 77, b"ad"),
-            value_reply(&on1[0], 9, b"rep"),
-            value_reply(&on0[1], 123456, b"nr"),
+            value_item_bytes("pf:added", 77, b"ad"),
+            value_item_bytes(&on1[0], 9, b"rep"),
+            value_item_bytes(&on0[1], 123456, b"nr"),
             b"END\r\n".to_vec(),
         ]
         .concat(),
@@ -724,7 +707,7 @@ fn preserve_flags_keeps_flags_in_the_value() {
     d.expect(format!("set {} 0 0 2\r\nab\r\n", on0[0]), "STORED\r\n");
     c.expect(
         format!("get {}\r\n", on0[0]),
-        [value_reply(&on0[0], 0, b"ab"), b"END\r\n".to_vec()].concat(),
+        [value_item_bytes(&on0[0], 0, b"ab"), b"END\r\n".to_vec()].concat(),
     );
     drop(d);
 
@@ -744,7 +727,7 @@ fn preserve_flags_keeps_flags_in_the_value() {
     );
     c.expect(
         format!("get {k}\r\n"),
-        [value_reply(k, 9, b"rep"), b"END\r\n".to_vec()].concat(),
+        [value_item_bytes(k, 9, b"rep"), b"END\r\n".to_vec()].concat(),
     );
     for tt in &tts {
         assert_only_forwardable(tt);
@@ -773,8 +756,8 @@ fn preserve_flags_append_keeps_the_value_contiguous() {
     c.send("get pa:k\r\n");
     let got = c.read_retrieval();
     assert_eq!(
-        show(&got),
-        show(&[value_reply("pa:k", 5, b"abcxyz"), b"END\r\n".to_vec()].concat()),
+        text(&got),
+        text(&[value_item_bytes("pa:k", 5, b"abcxyz"), b"END\r\n".to_vec()].concat()),
         "ttserver holds {held:?}"
     );
 }

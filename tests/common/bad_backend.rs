@@ -611,12 +611,7 @@ fn read_reply(up: &mut TcpStream, retrieval: bool) -> Option<Vec<u8>> {
         if !retrieval || !line.starts_with(b"VALUE ") {
             return Some(out);
         }
-        let len: usize = std::str::from_utf8(line)
-            .ok()?
-            .split_whitespace()
-            .nth(3)?
-            .parse()
-            .ok()?;
+        let len = super::value_len(line)?;
         let mut data = vec![0u8; len + 2];
         up.read_exact(&mut data).ok()?;
         out.extend_from_slice(&data);

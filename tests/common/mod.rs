@@ -2,17 +2,20 @@
 //! started on a free loopback port and killed when dropped, plus a raw-socket client.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now, handed out once per test process (parallel
 /// tests never get the same one) and taken below the kernel's ephemeral range (from 32768),
 /// so no outgoing connection can be holding it when a server binds it.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
     const LOW: u32 = 20_000;
     const HIGH: u32 = 32_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -242,17 +245,22 @@ impl Client {
         self.stream.write_all(bytes.as_ref()).expect("write");
     }
 
+    /// Reads what has arrived into the buffer; panics if the connection is closed.
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 65536];
+        let got = self.stream.read(&mut chunk).expect("read (timed out?)");
+        assert!(
+            got > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        self.buf.extend_from_slice(&chunk[..got]);
+    }
+
     /// Reads exactly `n` bytes.
     pub fn read_n(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
-            let mut chunk = [0u8; 65536];
-            let got = self.stream.read(&mut chunk).expect("read (timed out?)");
-            assert!(
-                got > 0,
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-            self.buf.extend_from_slice(&chunk[..got]);
+            self.fill();
         }
         self.buf.drain(..n).collect()
     }
@@ -263,14 +271,7 @@ impl Client {
             if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 return self.buf.drain(..i + 2).collect();
             }
-            let mut chunk = [0u8; 65536];
-            let got = self.stream.read(&mut chunk).expect("read (timed out?)");
-            assert!(
-                got > 0,
-                "connection closed after {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-            self.buf.extend_from_slice(&chunk[..got]);
+            self.fill();
         }
     }
 
@@ -281,18 +282,30 @@ impl Client {
             let line = self.read_line();
             out.extend_from_slice(&line);
             if line.starts_with(b"VALUE ") {
-                let len: usize = std::str::from_utf8(&line)
-                    .unwrap()
-                    .split_whitespace()
-                    .nth(3)
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let len = value_len(&line).expect("data length in a VALUE line");
                 out.extend(self.read_n(len + 2));
             } else {
                 return out;
             }
         }
+    }
+
+    /// Reads the whole reply to `request` (already sent) as text: for a retrieval (`get…`)
+    /// through `END` or an error line, for anything else one line.
+    pub fn read_reply_to(&mut self, request: impl AsRef<[u8]>) -> String {
+        if request.as_ref().starts_with(b"get") {
+            text(&self.read_retrieval())
+        } else {
+            text(&self.read_line())
+        }
+    }
+
+    /// Sends one request and reads its whole reply as text (see [`Client::read_reply_to`]),
+    /// so a wrong reply fails at once instead of stalling a read.
+    pub fn call(&mut self, request: impl AsRef<[u8]>) -> String {
+        let request = request.as_ref();
+        self.send(request);
+        self.read_reply_to(request)
     }
 
     /// Sends `request` and asserts the reply is exactly `expected` (read by its length).
@@ -322,10 +335,7 @@ impl Client {
 
     /// `set` then expect `STORED`.
     pub fn set(&mut self, key: &str, value: &[u8]) {
-        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
-        req.extend_from_slice(value);
-        req.extend_from_slice(b"\r\n");
-        self.expect(req, "STORED\r\n");
+        self.expect(set_request_bytes(key, 0, value), "STORED\r\n");
     }
 
     /// `get` of one key: the value, or None on a miss.
@@ -382,13 +392,7 @@ impl Proxy {
 
     /// Resident set size of the memroute process, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+        rss_kib_of(self.pid()).expect("VmRSS in /proc/<pid>/status")
     }
 }
 
@@ -458,26 +462,74 @@ impl Client {
         }
     }
 
-    /// Sends `stats` and returns the value of the named stat.
-    pub fn stat(&mut self, name: &str) -> Option<String> {
-        self.send("stats\r\n");
-        let mut found = None;
-        loop {
-            let line = self.read_line();
-            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-            if text == "END" {
-                return found;
-            }
-            let mut parts = text.splitn(3, ' ');
-            assert_eq!(parts.next(), Some("STAT"), "bad stats line {text:?}");
-            if parts.next() == Some(name) {
-                found = parts.next().map(str::to_string);
-            }
+    /// Sends `stats <args>` (plain `stats` when `args` is empty) and returns every
+    /// `STAT <name> <value>` line through `END`, in order, as (name, value); a line with no
+    /// value gives an empty one.
+    pub fn stats_lines(&mut self, args: &str) -> Vec<(String, String)> {
+        if args.is_empty() {
+            self.send("stats\r\n");
+        } else {
+            self.send(format!("stats {args}\r\n"));
         }
+        let mut out = Vec::new();
+        loop {
+            let line = text(&self.read_line());
+            let line = line.trim_end();
+            if line == "END" {
+                return out;
+            }
+            let mut parts = line.splitn(3, ' ');
+            assert_eq!(parts.next(), Some("STAT"), "bad stats line {line:?}");
+            let name = parts.next().expect("stat name").to_string();
+            out.push((name, parts.next().unwrap_or("").to_string()));
+        }
+    }
+
+    /// `stats <args>` (see [`Client::stats_lines`]) as name → value; asserts no name comes
+    /// twice.
+    pub fn stats_map(&mut self, args: &str) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for (name, value) in self.stats_lines(args) {
+            assert!(
+                out.insert(name.clone(), value).is_none(),
+                "stat {name} twice"
+            );
+        }
+        out
+    }
+
+    /// Sends `stats` and returns the value of the named stat (the last one of that name;
+    /// None if it is missing or has no value).
+    pub fn stat(&mut self, name: &str) -> Option<String> {
+        self.stats_lines("")
+            .into_iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+            .filter(|value| !value.is_empty())
+    }
+
+    /// A numeric stat from `stats`; panics if it is missing or not a number.
+    pub fn stat_num(&mut self, name: &str) -> u64 {
+        let value = self.stat(name).unwrap_or_else(|| panic!("no stat {name}"));
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("stat {name} = {value:?} is not a number"))
     }
 }
 
+/// The value of stat `name` in a parsed `stats` map (see [`Client::stats_map`]) as a number;
+/// panics if it is missing or not a number.
+pub fn num_stat(map: &HashMap<String, String>, name: &str) -> u64 {
+    let v = map
+        .get(name)
+        .unwrap_or_else(|| panic!("no stat {name} in {map:?}"));
+    v.parse()
+        .unwrap_or_else(|_| panic!("stat {name} = {v:?} is not a number"))
+}
+
 pub mod bad_backend;
+pub mod config;
 pub mod tyrant;
 
 /// Waits until something accepts connections on `port` (a listener of a process already
@@ -543,5 +595,175 @@ impl Proxy {
     /// Starts memroute from a prepared command whose pool listens on `port`.
     pub fn spawn_command(cmd: Command, port: u16) -> Proxy {
         Self::spawn(cmd, port)
+    }
+}
+
+// ---- Small helpers shared by the tests: protocol text, test data, polling, memory. ----
+
+/// memroute's reply to `version`.
+pub const VERSION_REPLY: &str = concat!("VERSION ", env!("CARGO_PKG_VERSION"), "\r\n");
+
+/// Bytes as text, invalid UTF-8 replaced (for comparing and printing replies).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `set <key> 0 0 <len>` with `value` as its data block.
+pub fn set_request(key: &str, value: &str) -> String {
+    format!("set {key} 0 0 {}\r\n{value}\r\n", value.len())
+}
+
+/// `set <key> <flags> 0 <len>` with `value` (any bytes) as its data block.
+pub fn set_request_bytes(key: &str, flags: u32, value: &[u8]) -> Vec<u8> {
+    with_data_block(format!("set {key} {flags} 0 {}", value.len()), value)
+}
+
+/// A command or header line (`\r\n` added), then `data` as its data block.
+fn with_data_block(line: String, data: &[u8]) -> Vec<u8> {
+    let mut out = line.into_bytes();
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// One `VALUE <key> 0 <len>` item of a retrieval reply, data block included (no `END`).
+pub fn value_item(key: &str, value: &str) -> String {
+    format!("VALUE {key} 0 {}\r\n{value}\r\n", value.len())
+}
+
+/// One `VALUE <key> <flags> <len>` item with `value` (any bytes) as its data (no `END`).
+pub fn value_item_bytes(key: &str, flags: u32, value: &[u8]) -> Vec<u8> {
+    with_data_block(format!("VALUE {key} {flags} {}", value.len()), value)
+}
+
+/// The whole reply to a `get` of one key that holds `value` (flags 0): its item, then `END`.
+pub fn value_reply(key: &str, value: &str) -> String {
+    format!("{}END\r\n", value_item(key, value))
+}
+
+/// The data length a `VALUE <key> <flags> <bytes> [<cas>]` header line announces; None if
+/// the line is not UTF-8 or has no number there.
+pub fn value_len(header: &[u8]) -> Option<usize> {
+    std::str::from_utf8(header)
+        .ok()?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Where `a` and `b` first differ: the first unequal byte, or the shorter length when one
+/// starts with the other.
+pub fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
+}
+
+/// splitmix64, for deterministic, well-spread test data (keys, values, lengths).
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Calls `f` every `every` until it returns `Ok` (its value); once `within` has passed, the
+/// last `Err` instead.
+pub fn try_poll<T>(
+    within: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => return Err(last),
+            Err(_) => {}
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Polls `check` every 10 ms until it returns true; panics with "timed out waiting for
+/// `what`" once `limit` has passed.
+pub fn poll_until(limit: Duration, what: &str, check: impl FnMut() -> bool) {
+    poll_until_every(limit, Duration::from_millis(10), what, check);
+}
+
+/// Like [`poll_until`], polling every `every`.
+pub fn poll_until_every(
+    limit: Duration,
+    every: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) {
+    let done = try_poll(limit, every, || {
+        if check() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
+    assert!(done.is_ok(), "timed out waiting for {what}");
+}
+
+/// The resident set size of process `pid` in KiB (VmRSS); None if it cannot be read.
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples a process's RSS (KiB) from a thread and keeps the peak: once when started, every
+/// `every` while running, and once more when finished. Dropping it stops the sampling.
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssPeak {
+    /// Starts sampling process `pid` every `every` (a sample that fails counts as 0).
+    pub fn start(pid: u32, every: Duration) -> RssPeak {
+        let sample = move || rss_kib_of(pid).unwrap_or(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(sample()));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(sample(), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+            p.fetch_max(sample(), Ordering::Relaxed);
+        });
+        RssPeak {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peak so far, KiB.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling (after one last sample); the peak, KiB.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.peak()
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,154 @@
+//! memroute config files for the tests: a small TOML builder (top-level keys, then
+//! `[pools.<name>]` tables), files in a temp folder replaced atomically, memroute started
+//! from one pool, and where `memroute route` places keys under a file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::{free_port, text, Proxy};
+
+/// One `[pools.<name>]` table listening on 127.0.0.1:`port` over `servers` (entries as
+/// written in the file, e.g. `127.0.0.1:11211:1 a`); `keys` are further lines of the same
+/// table (e.g. `hash = "md5"`), or empty.
+pub fn pool_toml(name: &str, port: u16, servers: &[String], keys: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[pools.{name}]\nlisten = \"127.0.0.1:{port}\"\nservers = [{}]\n{keys}\n",
+        list.join(", ")
+    )
+}
+
+/// A whole file: top-level keys `top` (lines, or empty), then the pool tables.
+pub fn config_toml(top: &str, pools: &[String]) -> String {
+    format!("{top}\n\n{}", pools.join("\n"))
+}
+
+/// Replaces the file at `path` atomically (a temp file in the same folder renamed over it),
+/// so a watching memroute never reads it half written.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, contents).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config into place");
+}
+
+/// A temp folder for config and log files, removed when dropped.
+pub struct TempFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TempFiles {
+    /// A new, empty folder.
+    pub fn new() -> TempFiles {
+        TempFiles {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The path of `name` in the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `name` (atomically, see [`replace_file`]) and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path(name);
+        replace_file(&p, contents);
+        p
+    }
+}
+
+/// memroute started from a config file: top-level keys `top`, then one pool `main` on a free
+/// port over `servers`, with extra pool keys `pool_keys`. The folder holding the file lives
+/// as long as the returned [`TempFiles`].
+pub fn proxy_with_pool(top: &str, servers: &[String], pool_keys: &str) -> (Proxy, TempFiles) {
+    let port = free_port();
+    let files = TempFiles::new();
+    let config = files.write(
+        "memroute.toml",
+        &config_toml(top, &[pool_toml("main", port, servers, pool_keys)]),
+    );
+    (Proxy::start_config(&config, port, &[]), files)
+}
+
+/// Runs `memroute route <args> <keys>…`, asserts it succeeds, and returns its stdout.
+pub fn run_route(args: &[&str], keys: &[impl AsRef<str>]) -> String {
+    let out = std::process::Command::new(Proxy::binary())
+        .arg("route")
+        .args(args)
+        .args(keys.iter().map(|k| k.as_ref()))
+        .output()
+        .expect("run memroute route");
+    assert!(
+        out.status.success(),
+        "memroute route {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// One line of `memroute route` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLine {
+    /// The pool's name.
+    pub pool: String,
+    /// The key.
+    pub key: String,
+    /// The backend (`host:port`) that holds it.
+    pub owner: String,
+    /// The backend that held it before a ring change, while warm-up lasts.
+    pub previous: Option<String>,
+}
+
+/// Parses `pool <name>: <key> -> <host:port>[ (previously <host:port>, warming up)]` lines.
+pub fn parse_route(out: &str) -> Vec<RouteLine> {
+    out.lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix("pool ")
+                .unwrap_or_else(|| panic!("route line {line:?}"));
+            let (pool, rest) = rest
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("route line {line:?}"));
+            let (key, rest) = rest
+                .split_once(" -> ")
+                .unwrap_or_else(|| panic!("route line {line:?}"));
+            let (owner, previous) = match rest.split_once(' ') {
+                None => (rest.to_string(), None),
+                Some((owner, tail)) => {
+                    let prev = tail
+                        .strip_prefix("(previously ")
+                        .and_then(|t| t.strip_suffix(", warming up)"))
+                        .unwrap_or_else(|| panic!("route line {line:?}"));
+                    (owner.to_string(), Some(prev.to_string()))
+                }
+            };
+            RouteLine {
+                pool: pool.to_string(),
+                key: key.to_string(),
+                owner,
+                previous,
+            }
+        })
+        .collect()
+}
+
+/// The owner (`host:port`) of each key in pool `main` of the config file at `path`, by
+/// `memroute route --config`.
+pub fn route_owners(path: &Path, keys: &[impl AsRef<str>]) -> HashMap<String, String> {
+    let lines = parse_route(&run_route(&["--config", path.to_str().unwrap()], keys));
+    assert_eq!(lines.len(), keys.len(), "one route line per key");
+    lines
+        .into_iter()
+        .map(|l| {
+            assert_eq!(l.pool, "main");
+            assert!(
+                l.previous.is_none(),
+                "--config knows no previous owner: {l:?}"
+            );
+            (l.key, l.owner)
+        })
+        .collect()
+}
