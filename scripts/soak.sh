@@ -8,7 +8,7 @@
 #
 # Builds release binaries, starts N real memcached backends (default 4) and memroute over
 # them (ketama, fnv1a_64, auto_eject_hosts off, --timeout 500 ms, 2 worker threads, 2 server
-# connections, retrieval_failure miss unless told), and runs examples/loadgen.rs in soak
+# connections, retrieval_failure miss unless told), and runs examples/loadgen/ in soak
 # mode (--soak-config) against memroute for --duration seconds (default 180):
 # 20 connections, pipelined (depth 16), 80% gets of 1-4 keys, 20% sets, paced at --rate
 # ops/s (default 25000; 0: as fast as it goes, which on a small host starves processes into

@@ -1,0 +1,331 @@
+//! The benchmark workload: building pipelined get/set requests, reading and verifying
+//! their replies in order, and the per-connection drivers (closed loop, open loop,
+//! prefill).
+
+use crate::batch::Batch;
+use crate::protocol::{connect, frame_get, frame_line, line, lossy, RBuf, ReadError};
+use crate::report::{record_latency, Stats};
+use crate::shared::Shared;
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::time::{sleep, sleep_until, Instant, Sleep};
+
+/// How long to wait for outstanding replies after the run ends before a
+/// connection is declared hung (a lost reply would otherwise hang forever).
+const GRACE: Duration = Duration::from_secs(5);
+/// Tokio timer lag: 1 ms wheel ticks plus rounding of the poll timeout.
+const TICK: Duration = Duration::from_millis(2);
+
+impl Shared {
+    fn push_get(&self, rng: &mut StdRng, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
+        let ks = b.keys.len();
+        w.extend_from_slice(b"get");
+        for _ in 0..self.args.multiget {
+            // Multi-get keys are distinct so replies map 1:1 to requested keys.
+            let k = loop {
+                let k = self.pick(rng);
+                if !b.keys[ks..].contains(&k) {
+                    break k;
+                }
+            };
+            b.keys.push(k);
+            b.floors.push(self.state(k).floor());
+            w.push(b' ');
+            w.extend_from_slice(self.key(k));
+        }
+        w.extend_from_slice(b"\r\n");
+        b.add_get(ks, t0);
+    }
+
+    fn push_set(&self, k: u32, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
+        let ver = {
+            let now = self.tick();
+            self.state(k).begin_set(now)
+        };
+        self.push_set_command(w, k, ver);
+        b.add_set(k, ver, t0);
+    }
+
+    fn push_op(&self, rng: &mut StdRng, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
+        if rng.gen::<f64>() < self.args.get_ratio {
+            self.push_get(rng, b, w, t0);
+        } else {
+            let k = self.pick(rng);
+            self.push_set(k, b, w, t0);
+        }
+    }
+}
+
+/// Verifies a complete get reply against the requested keys.
+fn check_get(sh: &Shared, b: &[u8], keys: &[u32], floors: &[u32], st: &mut Stats, counted: bool) {
+    let (mut hits, mut misses, mut unexpected) = (0u64, 0u64, 0u64);
+    let res = sh.match_hits(b, keys, |i, hit| match hit {
+        None => {
+            misses += 1;
+            // A miss is expected only while no write of ours is known to have
+            // landed and nobody told us the keys were prefilled.
+            if floors[i] > 0 || sh.args.expect_hits {
+                unexpected += 1;
+            }
+        }
+        Some((flags, data)) => {
+            let k = keys[i];
+            if flags != (k & 0xffff) as u64 {
+                st.verr(format!("key {k}: flags {flags}, expected {}", k & 0xffff));
+            } else if let Err(e) = sh.check_value(k, floors[i], data) {
+                st.verr(e);
+            }
+            hits += 1;
+        }
+    });
+    if let Err(key) = res {
+        st.verr(format!(
+            "unexpected or out-of-order key in reply: {}",
+            lossy(key)
+        ));
+        return;
+    }
+    if counted {
+        st.hits += hits;
+        st.misses += misses;
+    }
+    st.unexpected_misses += unexpected;
+}
+
+/// Reads and verifies the replies for one batch, in order.
+async fn read_batch<R: AsyncRead + Unpin>(
+    sh: &Shared,
+    r: &mut R,
+    rb: &mut RBuf,
+    b: &Batch,
+    st: &mut Stats,
+    deadline: &mut Pin<Box<Sleep>>,
+) -> Result<(), ()> {
+    for (i, op) in b.ops.iter().enumerate() {
+        let framer = if op.get { frame_get } else { frame_line };
+        let len = match rb.next_frame(r, deadline, framer).await {
+            Ok(n) => n,
+            Err(ReadError::Io(e)) => {
+                st.cerr(format!("{}: {e}", sh.target));
+                abandon(sh, b, i);
+                return Err(());
+            }
+            Err(ReadError::Desync(msg)) => {
+                st.verr(msg);
+                abandon(sh, b, i);
+                return Err(());
+            }
+        };
+        let counted = sh.counted(op.t0);
+        let reply = &rb.data()[..len];
+        let keys = &b.keys[op.first..op.first + op.n];
+        if op.get {
+            check_get(
+                sh,
+                reply,
+                keys,
+                &b.floors[op.first..op.first + op.n],
+                st,
+                counted,
+            );
+        } else {
+            let l = line(reply).map(|x| x.0).unwrap_or_default();
+            let ok = l == b"STORED";
+            let now = sh.tick();
+            sh.state(keys[0]).end_set(op.ver, now, ok);
+            if !ok {
+                st.verr(format!("set {}: reply {}", keys[0], lossy(l)));
+                if l.starts_with(b"VALUE") || l == b"END" {
+                    // A get reply where a set reply belongs: stream is off.
+                    rb.consume(len);
+                    abandon(sh, b, i + 1);
+                    return Err(());
+                }
+            }
+        }
+        rb.consume(len);
+        if counted {
+            st.ops += 1;
+            if op.get {
+                st.gets += 1;
+                st.get_keys += op.n as u64;
+            } else {
+                st.sets += 1;
+            }
+            if let Some(h) = st.hist.as_mut() {
+                record_latency(h, op.t0);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks sets from `from` on as finished with unknown outcome.
+fn abandon(sh: &Shared, b: &Batch, from: usize) {
+    for op in b.ops.iter().skip(from).filter(|o| !o.get) {
+        let now = sh.tick();
+        sh.state(b.keys[op.first]).end_set(op.ver, now, false);
+    }
+}
+
+/// Closed loop: keep `depth` requests outstanding, one write per batch.
+pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
+    let mut st = Stats::new();
+    let mut rng = sh.rng_for(id);
+    let mut b = Batch::default();
+    let mut w = Vec::with_capacity(sh.args.depth * (sh.args.value_size + 64));
+    let mut rb = RBuf::new();
+    let mut deadline = Box::pin(sleep_until(sh.end + GRACE));
+    while Instant::now() < sh.end {
+        let mut s = match connect(&sh.target).await {
+            Ok(s) => s,
+            Err(e) => {
+                st.cerr(format!("connect {}: {e}", sh.target));
+                sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        rb.clear();
+        loop {
+            b.clear();
+            w.clear();
+            let now = Instant::now();
+            if now >= sh.end {
+                break;
+            }
+            for _ in 0..sh.args.depth {
+                sh.push_op(&mut rng, &mut b, &mut w, now);
+            }
+            let t0 = Instant::now();
+            for op in &mut b.ops {
+                op.t0 = t0;
+            }
+            if let Err(e) = s.write_all(&w).await {
+                st.cerr(format!("write {}: {e}", sh.target));
+                abandon(&sh, &b, 0);
+                break;
+            }
+            if read_batch(&sh, &mut s, &mut rb, &b, &mut st, &mut deadline)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    st
+}
+
+/// Open loop: requests are scheduled at a fixed rate and latency is taken
+/// from the scheduled time, so a stalled server is charged for the requests
+/// it delayed (no coordinated omission). Overdue requests go out together.
+pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
+    let mut st = Stats::new();
+    let s = match connect(&sh.target).await {
+        Ok(s) => s,
+        Err(e) => {
+            st.cerr(format!("connect {}: {e}", sh.target));
+            return st;
+        }
+    };
+    let (mut rd, mut wr) = s.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Batch>();
+    let per_conn = sh.args.rate / sh.args.connections as f64;
+    let interval = Duration::from_secs_f64(1.0 / per_conn);
+    let start = Instant::now();
+    let sh2 = sh.clone();
+    let writer = async move {
+        let sh = sh2;
+        let mut rng = sh.rng_for(id);
+        // Spread connections over one interval so they do not fire together.
+        let mut next = start + interval.mul_f64(id as f64 / sh.args.connections as f64);
+        let mut w = Vec::new();
+        while next < sh.end {
+            // Tokio timers fire up to ~2 ms late: wake that much early
+            // and send what is due by then, else the timer lag
+            // would be charged to the server as latency.
+            sleep_until(next.checked_sub(TICK).unwrap_or(next)).await;
+            let now = Instant::now();
+            let mut b = Batch::default();
+            w.clear();
+            while next <= now + TICK && next < sh.end && b.ops.len() < 256 {
+                // Late: measure from the schedule (no coordinated omission);
+                // early: from the actual send, so latency is never understated.
+                sh.push_op(&mut rng, &mut b, &mut w, next.min(now));
+                next += interval;
+            }
+            if let Err(e) = wr.write_all(&w).await {
+                abandon(&sh, &b, 0);
+                return Some(format!("write {}: {e}", sh.target));
+            }
+            if tx.send(b).is_err() {
+                return None;
+            }
+        }
+        None
+    };
+    let reader = async {
+        let mut rb = RBuf::new();
+        let mut deadline = Box::pin(sleep_until(sh.end + GRACE));
+        while let Some(b) = rx.recv().await {
+            if read_batch(&sh, &mut rd, &mut rb, &b, &mut st, &mut deadline)
+                .await
+                .is_err()
+            {
+                while let Ok(b) = rx.try_recv() {
+                    abandon(&sh, &b, 0);
+                }
+                break;
+            }
+        }
+        rx.close();
+    };
+    let (werr, ()) = tokio::join!(writer, reader);
+    if let Some(e) = werr {
+        st.cerr(e);
+    }
+    st
+}
+
+/// Sets every key once (keys striped over the connections), pipelined.
+pub async fn prefill(sh: Arc<Shared>, id: usize) -> Stats {
+    let mut st = Stats::new();
+    let mut deadline = Box::pin(sleep_until(Instant::now() + Duration::from_secs(120)));
+    let mut s = match connect(&sh.target).await {
+        Ok(s) => s,
+        Err(e) => {
+            st.cerr(format!("connect {}: {e}", sh.target));
+            return st;
+        }
+    };
+    let mut b = Batch::default();
+    let mut w = Vec::new();
+    let mut rb = RBuf::new();
+    let mut keys = (id as u32..sh.args.keys)
+        .step_by(sh.args.connections)
+        .peekable();
+    while keys.peek().is_some() {
+        b.clear();
+        w.clear();
+        let now = Instant::now();
+        for k in keys.by_ref().take(32) {
+            sh.push_set(k, &mut b, &mut w, now);
+        }
+        if let Err(e) = s.write_all(&w).await {
+            st.cerr(format!("write {}: {e}", sh.target));
+            abandon(&sh, &b, 0);
+            break;
+        }
+        if read_batch(&sh, &mut s, &mut rb, &b, &mut st, &mut deadline)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    st
+}
