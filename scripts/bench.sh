@@ -17,6 +17,7 @@
 # Exits non-zero on any verification/connection error or crash, never on
 # performance numbers.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 REPS=5
 DUR=10
@@ -113,33 +114,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports, below the kernel's ephemeral range (32768+) so that no outgoing
-# connection (our own readiness probes included) can be holding one when a server binds it.
-free_ports() {
-    python3 - "$1" <<'EOF'
-import random, socket, sys
-socks, port = [], random.randrange(20000, 30000)
-while len(socks) < int(sys.argv[1]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        socks.append(s)
-    except OSError:
-        s.close()
-    port += 1
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-wait_port() { # pid port
-    local i
-    for i in $(seq 1 200); do
-        kill -0 "$1" 2>/dev/null || die "process $1 exited before listening on $2"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    die "nothing listening on port $2 after 10 s"
-}
+# free_ports, wait_port.
+. scripts/lib.sh # (the working directory is the repo root)
 
 read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT EM_PORT <<<"$(free_ports 7)"
 BACKENDS=("$B1" "$B2" "$B3")

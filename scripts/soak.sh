@@ -115,32 +115,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Free loopback ports below the ephemeral range (as scripts/bench.sh picks them).
-free_ports() {
-    python3 - "$1" <<'EOF'
-import random, socket, sys
-socks, port = [], random.randrange(20000, 30000)
-while len(socks) < int(sys.argv[1]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        socks.append(s)
-    except OSError:
-        s.close()
-    port += 1
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-wait_port() { # pid port
-    local i
-    for i in $(seq 1 200); do
-        kill -0 "$1" 2>/dev/null || die "process $1 exited before listening on $2"
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    die "nothing listening on port $2 after 10 s"
-}
+# free_ports, wait_port.
+. scripts/lib.sh # (the working directory is the repo root)
 
 read -r -a PORTS <<<"$(free_ports $((NBACKENDS + 1)))"
 MR_PORT=${PORTS[$NBACKENDS]}

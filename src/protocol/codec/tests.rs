@@ -94,7 +94,10 @@ fn check_invariants(r: &Request) {
         (false, None) => assert_eq!(a, r.frame),
         (true, Some(b)) if r.command == Command::Delete && r.key() == b"noreply" => {
             // `delete noreply [noreply]` goes up as `delete noreply 0`.
-            assert_eq!(trim(&a).split(|c| *c == b' ').next_back(), Some(&b"noreply"[..]));
+            assert_eq!(
+                trim(&a).split(|c| *c == b' ').next_back(),
+                Some(&b"noreply"[..])
+            );
             assert_eq!(b.as_ref(), b" 0\r\n");
         }
         (true, Some(b)) => {
