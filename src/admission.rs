@@ -64,24 +64,22 @@ pub enum Refusal {
     ProcessFull,
 }
 
-/// Clients connected through one listener, shared by every worker and kept across reloads.
+/// A count of connected clients with an optional cap: one for the whole process
+/// (`max_clients`) and one per listener (`max_client_connections`), shared by every worker
+/// and kept across reloads.
 #[derive(Debug, Default)]
-pub struct ListenerClients(AtomicUsize);
+pub struct ClientCount(AtomicUsize);
 
-impl ListenerClients {
-    /// Counts a client in unless `max` are connected already.
-    pub fn try_add(&self, max: Option<usize>) -> bool {
+impl ClientCount {
+    /// Counts a client in unless `max` are connected already; the seat counts it out when
+    /// dropped.
+    pub fn try_seat(self: &Arc<Self>, max: Option<usize>) -> Option<Seat> {
         let n = self.0.fetch_add(1, Ordering::Relaxed);
         if max.is_some_and(|max| n >= max) {
             self.0.fetch_sub(1, Ordering::Relaxed);
-            return false;
+            return None;
         }
-        true
-    }
-
-    /// Counts a client out.
-    pub fn remove(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        Some(Seat(self.clone()))
     }
 
     /// Clients connected now.
@@ -90,14 +88,48 @@ impl ListenerClients {
     }
 }
 
-/// Counts a listener's client out when its connection ends.
+/// One client counted in a [`ClientCount`] while it is held.
 #[derive(Debug)]
-pub struct ListenerSeat(pub Arc<ListenerClients>);
+pub struct Seat(Arc<ClientCount>);
 
-impl Drop for ListenerSeat {
+impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.remove();
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What an admitted client holds while connected: its seats in the listener's and the
+/// process's counts.
+#[derive(Debug)]
+pub struct Admitted {
+    _listener: Seat,
+    _process: Seat,
+}
+
+/// Decides whether a client from `ip` may connect to a listener with these settings: its
+/// access list, its cap (`listener`, `max_client_connections`), then the process's
+/// (`process`, `max_clients`).
+pub fn admit(
+    ip: IpAddr,
+    access: &AccessList,
+    listener: (&Arc<ClientCount>, Option<usize>),
+    process: (&Arc<ClientCount>, usize),
+) -> Result<Admitted, Refusal> {
+    if !access.permits(ip) {
+        return Err(Refusal::Denied);
+    }
+    let listener = listener
+        .0
+        .try_seat(listener.1)
+        .ok_or(Refusal::ListenerFull)?;
+    let process = process
+        .0
+        .try_seat(Some(process.1))
+        .ok_or(Refusal::ProcessFull)?;
+    Ok(Admitted {
+        _listener: listener,
+        _process: process,
+    })
 }
 
 /// At most one log line per period for one kind of event, saying how many were not logged.
@@ -190,14 +222,33 @@ mod tests {
     }
 
     #[test]
-    fn listener_cap_counts_in_and_out() {
-        let c = Arc::new(ListenerClients::default());
-        assert!(c.try_add(Some(2)) && c.try_add(Some(2)));
-        assert!(!c.try_add(Some(2)));
-        assert_eq!(c.get(), 2);
-        drop(ListenerSeat(c.clone()));
-        assert_eq!(c.get(), 1);
-        assert!(c.try_add(None) && c.try_add(None));
+    fn seats_count_in_and_out_and_caps_refuse() {
+        let listener = Arc::new(ClientCount::default());
+        let process = Arc::new(ClientCount::default());
+        let open = list(&[], &[]);
+        let lo = ip("127.0.0.1");
+        let a = admit(lo, &open, (&listener, Some(2)), (&process, 3)).unwrap();
+        let b = admit(lo, &open, (&listener, Some(2)), (&process, 3)).unwrap();
+        let full = admit(lo, &open, (&listener, Some(2)), (&process, 3));
+        assert_eq!(full.unwrap_err(), Refusal::ListenerFull);
+        assert_eq!((listener.get(), process.get()), (2, 2));
+        let other = Arc::new(ClientCount::default());
+        let c = admit(lo, &open, (&other, None), (&process, 3)).unwrap();
+        // The process cap refuses, and the listener seat taken on the way is given back.
+        let refused = admit(lo, &open, (&other, None), (&process, 3));
+        assert_eq!(refused.unwrap_err(), Refusal::ProcessFull);
+        assert_eq!((other.get(), process.get()), (1, 3));
+        drop((a, c));
+        assert_eq!((listener.get(), other.get(), process.get()), (1, 0, 1));
+        let denied = admit(
+            lo,
+            &list(&[], &["127.0.0.0/8"]),
+            (&listener, None),
+            (&process, 3),
+        );
+        assert_eq!(denied.unwrap_err(), Refusal::Denied);
+        drop(b);
+        assert_eq!((listener.get(), process.get()), (0, 0));
     }
 
     #[test]

@@ -50,6 +50,11 @@ struct Client {
     backlog: bool,
     /// Where the embedded cache writes replies; split off per reply, so reused.
     embedded_out: BytesMut,
+    /// `client_timeout`, and when a request last arrived (kept only with a timeout). Like
+    /// memcached's idle_timeout, only a complete request counts as activity, so a client
+    /// trickling bytes of a line it never ends is still idle.
+    idle_after: Option<std::time::Duration>,
+    last_request: Instant,
 }
 
 /// Serves one client until it leaves.
@@ -69,6 +74,7 @@ pub async fn serve(
         }
     };
     let handles = vec![None; router.backends().len()];
+    let idle_after = router.config.client_timeout;
     // A client accepted just as shutdown began is served as closing from the start.
     let closing = *stop.borrow();
     let mut client = Client {
@@ -84,6 +90,8 @@ pub async fn serve(
         closing,
         backlog: false,
         embedded_out: BytesMut::new(),
+        idle_after,
+        last_request: Instant::now(),
     };
     if let Err(e) = client.run().await {
         tracing::debug!("client connection ended: {e}");
@@ -110,11 +118,7 @@ impl Client {
         let max_inflight = cfg.max_client_inflight;
         let max_buffer = cfg.max_client_buffer;
         let mut rbuf = BytesMut::new();
-        // `client_timeout`: like memcached's idle_timeout, only a complete request counts as
-        // activity, so a client trickling bytes of a line it never ends is still idle.
-        let idle_after = cfg.client_timeout;
-        let mut idle_timer = idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
-        let mut last_request = Instant::now();
+        let mut idle_timer = self.idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
         loop {
             let outstanding = self.queue.take_ready(&mut self.wq);
             if !self.wq.is_empty() {
@@ -132,11 +136,7 @@ impl Client {
             if self.backlog && outstanding.requests < max_inflight && below_buffer_cap {
                 // Requests left buffered at the in-flight cap: decode them now that replies
                 // have drained, without waiting for the client to send more.
-                if self.handle_input(&mut codec, &mut rbuf, max_inflight).await
-                    && idle_after.is_some()
-                {
-                    last_request = Instant::now();
-                }
+                self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
                 spare::give_back(&mut rbuf);
                 continue;
             }
@@ -158,23 +158,20 @@ impl Client {
                         0 => self.closing = true,
                         n => {
                             self.stats.bytes_read.add(n as u64);
-                            let decoded = self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
-                            if decoded && idle_after.is_some() {
-                                last_request = Instant::now();
-                            }
+                            self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
                             spare::give_back(&mut rbuf);
                         }
                     }
                 }
                 () = idle_expired(&mut idle_timer), if !self.closing => {
-                    let idle = idle_after.expect("timer only with a timeout");
+                    let idle = self.idle_after.expect("timer only with a timeout");
                     let busy = outstanding.requests > 0 || !self.wq.is_empty();
-                    if !busy && last_request.elapsed() >= idle {
+                    if !busy && self.last_request.elapsed() >= idle {
                         self.stats.idle_kicks.inc();
                         return Ok(());
                     }
                     // Waiting on a backend is not idleness (it has its own timeout).
-                    let from = if busy { Instant::now() } else { last_request };
+                    let from = if busy { Instant::now() } else { self.last_request };
                     if let Some(t) = idle_timer.as_mut() {
                         t.as_mut().reset(from + idle);
                     }
@@ -184,13 +181,13 @@ impl Client {
     }
 
     /// Decodes and dispatches every complete request in `rbuf` (up to the in-flight cap; the
-    /// rest stays buffered until replies drain). Tells whether anything was decoded.
+    /// rest stays buffered until replies drain).
     async fn handle_input(
         &mut self,
         codec: &mut ClientCodec,
         rbuf: &mut BytesMut,
         max_inflight: usize,
-    ) -> bool {
+    ) {
         let mut decoded = false;
         while !self.closing && self.queue.len() < max_inflight {
             let Some(item) = codec.decode_item(rbuf) else {
@@ -211,7 +208,9 @@ impl Client {
             }
         }
         self.backlog = !self.closing && !rbuf.is_empty() && self.queue.len() >= max_inflight;
-        decoded
+        if decoded && self.idle_after.is_some() {
+            self.last_request = Instant::now();
+        }
     }
 
     /// Moves to the pool's current router if a reload replaced it, carrying over the

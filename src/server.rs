@@ -4,14 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::admission::ListenerClients;
+use crate::admission::ClientCount;
 use crate::config::Config;
 use crate::generation::{Generation, GenerationError};
 use crate::stats::WorkerStats;
@@ -41,9 +40,10 @@ pub enum ServerError {
 pub struct Shared {
     started: std::time::Instant,
     workers: Vec<Arc<WorkerStats>>,
-    clients: AtomicUsize,
+    /// Clients of the whole process (`max_clients`).
+    clients: Arc<ClientCount>,
     /// Clients per pool (listener), by pool name; kept across reloads.
-    listener_clients: Mutex<std::collections::HashMap<String, Arc<ListenerClients>>>,
+    listener_clients: Mutex<std::collections::HashMap<String, Arc<ClientCount>>>,
     generation: ArcSwap<Generation>,
     /// Tells workers a new generation is in place (its id).
     changes: watch::Sender<u64>,
@@ -69,31 +69,21 @@ impl Shared {
 
     /// Client connections open now, over all workers.
     pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
+        self.clients.get()
     }
 
-    /// Counts a new client; false (and not counted) when `max_clients` is reached.
-    pub(crate) fn admit_client(&self) -> bool {
-        let max = self.generation.load().config.max_clients;
-        if self.clients.fetch_add(1, Ordering::Relaxed) >= max {
-            self.clients.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+    /// The process-wide client count.
+    pub(crate) fn process_clients(&self) -> &Arc<ClientCount> {
+        &self.clients
     }
 
     /// The client count of a pool's listener (one per pool name, shared by every worker).
-    pub(crate) fn listener_clients(&self, pool: &str) -> Arc<ListenerClients> {
+    pub(crate) fn listener_clients(&self, pool: &str) -> Arc<ClientCount> {
         let mut map = self
             .listener_clients
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         map.entry(pool.to_owned()).or_default().clone()
-    }
-
-    /// Counts a client gone.
-    pub(crate) fn client_left(&self) {
-        self.clients.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Subscribes to generation changes.
@@ -197,7 +187,7 @@ impl Server {
             shared: Arc::new(Shared {
                 started: std::time::Instant::now(),
                 workers,
-                clients: AtomicUsize::new(0),
+                clients: Arc::default(),
                 listener_clients: Mutex::default(),
                 generation: ArcSwap::from_pointee(generation),
                 changes,

@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admission::{ListenerClients, ListenerSeat, Refusal, DENIED_LOG, FULL_LOG};
-use crate::config::PoolConfig;
+use crate::admission::{admit, ClientCount, Refusal, DENIED_LOG, FULL_LOG};
 use crate::generation::Generation;
 use crate::protocol::reply;
 use crate::router::{Backend, Router};
@@ -73,13 +72,7 @@ async fn serve(
                 continue;
             }
         };
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            slot.clone(),
-            shared.clone(),
-            stats.clone(),
-            stop.clone(),
-        ));
+        let accept = spawn_accept(listener, &slot, &pool.config.name, &shared, &stats, &stop);
         pools.insert(
             pool.config.name.clone(),
             PoolEntry {
@@ -151,13 +144,7 @@ fn apply(
                     // Open the new listener before closing the old one.
                     match listen(pool.config.listen) {
                         Ok(l) => {
-                            let accept = tokio::spawn(accept_loop(
-                                l,
-                                entry.slot.clone(),
-                                shared.clone(),
-                                stats.clone(),
-                                stop.clone(),
-                            ));
+                            let accept = spawn_accept(l, &entry.slot, name, shared, stats, stop);
                             std::mem::replace(&mut entry.accept, accept).abort();
                             entry.listen = pool.config.listen;
                         }
@@ -173,13 +160,7 @@ fn apply(
                 Ok(l) => {
                     let slot: RouterSlot =
                         Arc::new(ArcSwap::from_pointee(Router::new(pool, next.id, None)));
-                    let accept = tokio::spawn(accept_loop(
-                        l,
-                        slot.clone(),
-                        shared.clone(),
-                        stats.clone(),
-                        stop.clone(),
-                    ));
+                    let accept = spawn_accept(l, &slot, name, shared, stats, stop);
                     pools.insert(
                         name.clone(),
                         PoolEntry {
@@ -209,15 +190,33 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(bind_reuseport(addr)?)
 }
 
+/// Starts accepting clients of pool `name` on `listener`.
+fn spawn_accept(
+    listener: TcpListener,
+    slot: &RouterSlot,
+    name: &str,
+    shared: &Arc<Shared>,
+    stats: &Arc<WorkerStats>,
+    stop: &watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(accept_loop(
+        listener,
+        slot.clone(),
+        shared.listener_clients(name),
+        shared.clone(),
+        stats.clone(),
+        stop.clone(),
+    ))
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slot: RouterSlot,
+    clients: Arc<ClientCount>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Looked up at the first client: the pool's name comes from the router.
-    let mut clients: Option<Arc<ListenerClients>> = None;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -232,15 +231,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let seat = {
+        let admitted = {
             let router = slot.load();
             let pool = &router.config;
-            if clients.is_none() {
-                clients = Some(shared.listener_clients(&pool.name));
-            }
-            let clients = clients.as_ref().expect("set above");
-            match admit(peer.ip(), pool, clients, &shared) {
-                Ok(seat) => seat,
+            let max_clients = shared.generation().config.max_clients;
+            let process = (shared.process_clients(), max_clients);
+            match admit(
+                peer.ip(),
+                &pool.access,
+                (&clients, pool.max_client_connections),
+                process,
+            ) {
+                Ok(admitted) => admitted,
                 Err(refusal) => {
                     refuse(refusal, &stream, peer, &pool.name, &stats);
                     continue;
@@ -249,37 +251,15 @@ async fn accept_loop(
         };
         stats.curr_connections.inc();
         stats.total_connections.inc();
-        let (slot, shared, stats, stop) =
-            (slot.clone(), shared.clone(), stats.clone(), stop.clone());
+        let (slot, stats, stop) = (slot.clone(), stats.clone(), stop.clone());
+        let shared = shared.clone();
         tokio::spawn(async move {
-            crate::client::serve(stream, slot, shared.clone(), stats.clone(), stop).await;
-            drop(seat);
+            crate::client::serve(stream, slot, shared, stats.clone(), stop).await;
+            drop(admitted);
             stats.curr_connections.dec();
             stats.client_left.notify_one();
-            shared.client_left();
         });
     }
-}
-
-/// Decides whether a client from `ip` may connect to `pool`'s listener: its access list, its
-/// `max_client_connections`, then the process-wide `max_clients`.
-fn admit(
-    ip: std::net::IpAddr,
-    pool: &PoolConfig,
-    clients: &Arc<ListenerClients>,
-    shared: &Shared,
-) -> Result<ListenerSeat, Refusal> {
-    if !pool.access.permits(ip) {
-        return Err(Refusal::Denied);
-    }
-    if !clients.try_add(pool.max_client_connections) {
-        return Err(Refusal::ListenerFull);
-    }
-    let seat = ListenerSeat(clients.clone());
-    if !shared.admit_client() {
-        return Err(Refusal::ProcessFull);
-    }
-    Ok(seat)
 }
 
 /// Counts and logs (at a bounded rate) a refused connection, and tells the client why when
@@ -291,23 +271,20 @@ fn refuse(
     pool: &str,
     stats: &WorkerStats,
 ) {
-    match refusal {
+    let limit = match refusal {
         Refusal::Denied => {
             stats.denied_connections.inc();
             DENIED_LOG.warn(format_args!(
                 "pool {pool}: refused client {peer}: not permitted by client_allow/client_deny"
             ));
+            return;
         }
-        Refusal::ListenerFull | Refusal::ProcessFull => {
-            stats.rejected_connections.inc();
-            let limit = match refusal {
-                Refusal::ListenerFull => "max_client_connections",
-                _ => "max_clients",
-            };
-            FULL_LOG.warn(format_args!(
-                "pool {pool}: refused client {peer}: {limit} reached"
-            ));
-            let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
-        }
-    }
+        Refusal::ListenerFull => "max_client_connections",
+        Refusal::ProcessFull => "max_clients",
+    };
+    stats.rejected_connections.inc();
+    FULL_LOG.warn(format_args!(
+        "pool {pool}: refused client {peer}: {limit} reached"
+    ));
+    let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
 }
