@@ -96,6 +96,25 @@ fn check_get(sh: &Shared, b: &[u8], keys: &[u32], floors: &[u32], st: &mut Stats
     st.unexpected_misses += unexpected;
 }
 
+/// Writes one batch's requests and reads and verifies its replies; false when the
+/// connection failed (the batch's unanswered operations are abandoned).
+async fn run_batch(
+    sh: &Shared,
+    s: &mut tokio::net::TcpStream,
+    w: &[u8],
+    rb: &mut RBuf,
+    b: &Batch,
+    st: &mut Stats,
+    deadline: &mut Pin<Box<Sleep>>,
+) -> bool {
+    if let Err(e) = s.write_all(w).await {
+        st.cerr(format!("write {}: {e}", sh.target));
+        abandon(sh, b, 0);
+        return false;
+    }
+    read_batch(sh, s, rb, b, st, deadline).await.is_ok()
+}
+
 /// Reads and verifies the replies for one batch, in order.
 async fn read_batch<R: AsyncRead + Unpin>(
     sh: &Shared,
@@ -204,15 +223,7 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
             for op in &mut b.ops {
                 op.t0 = t0;
             }
-            if let Err(e) = s.write_all(&w).await {
-                st.cerr(format!("write {}: {e}", sh.target));
-                abandon(&sh, &b, 0);
-                break;
-            }
-            if read_batch(&sh, &mut s, &mut rb, &b, &mut st, &mut deadline)
-                .await
-                .is_err()
-            {
+            if !run_batch(&sh, &mut s, &w, &mut rb, &b, &mut st, &mut deadline).await {
                 break;
             }
         }
@@ -315,15 +326,7 @@ pub async fn prefill(sh: Arc<Shared>, id: usize) -> Stats {
         for k in keys.by_ref().take(32) {
             sh.push_set(k, &mut b, &mut w, now);
         }
-        if let Err(e) = s.write_all(&w).await {
-            st.cerr(format!("write {}: {e}", sh.target));
-            abandon(&sh, &b, 0);
-            break;
-        }
-        if read_batch(&sh, &mut s, &mut rb, &b, &mut st, &mut deadline)
-            .await
-            .is_err()
-        {
+        if !run_batch(&sh, &mut s, &w, &mut rb, &b, &mut st, &mut deadline).await {
             break;
         }
     }

@@ -12,13 +12,26 @@ use super::*;
 const T0: u64 = 1_700_000_000;
 
 fn store_with(limit: usize, evict: bool) -> (Store, Arc<ManualClock>) {
-    let clock = Arc::new(ManualClock::new(T0));
-    let config = StoreConfig {
+    store_config(StoreConfig {
         memory_limit: limit,
         evict,
         item_size_max: 1024 * 1024,
-    };
+    })
+}
+
+fn store_config(config: StoreConfig) -> (Store, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(T0));
     (Store::new(config, clock.clone()), clock)
+}
+
+/// A store whose largest value is `item_size_max` bytes.
+fn small_item_store(item_size_max: usize) -> Store {
+    store_config(StoreConfig {
+        memory_limit: 1 << 20,
+        evict: true,
+        item_size_max,
+    })
+    .0
 }
 
 fn store() -> (Store, Arc<ManualClock>) {
@@ -88,13 +101,7 @@ fn append_prepend_keep_flags_and_exptime() {
 
 #[test]
 fn append_beyond_item_size_max_is_not_stored() {
-    let clock = Arc::new(ManualClock::new(T0));
-    let config = StoreConfig {
-        memory_limit: 1 << 20,
-        evict: true,
-        item_size_max: 4,
-    };
-    let s = Store::new(config, clock);
+    let s = small_item_store(4);
     assert_eq!(run(&s, "set k 0 0 3\r\nabc\r\n"), "STORED\r\n");
     assert_eq!(run(&s, "append k 0 0 2\r\nde\r\n"), "NOT_STORED\r\n");
     assert_eq!(run(&s, "get k\r\n"), "VALUE k 0 3\r\nabc\r\nEND\r\n");
@@ -102,13 +109,7 @@ fn append_beyond_item_size_max_is_not_stored() {
 
 #[test]
 fn value_above_item_size_max_is_refused_and_set_drops_the_old_value() {
-    let clock = Arc::new(ManualClock::new(T0));
-    let config = StoreConfig {
-        memory_limit: 1 << 20,
-        evict: true,
-        item_size_max: 4,
-    };
-    let s = Store::new(config, clock);
+    let s = small_item_store(4);
     // The codec would refuse these first; a bigger codec limit lets them reach the store.
     let mut codec = ClientCodec::new(CodecLimits {
         item_size_max: 100,
