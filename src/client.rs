@@ -1,8 +1,9 @@
 //! One client connection: read and decode requests, send each where the router says, and
 //! write the replies back in request order as soon as each one's predecessors are written.
 //!
-//! Backpressure: when the client has too many requests in flight or too many reply bytes
-//! waiting, memroute stops reading from it instead of buffering more.
+//! Backpressure: when the client has too many requests in flight, or too much reply memory
+//! held or reserved for it (see [`crate::budget`]), memroute stops reading from it instead of
+//! buffering more.
 
 use std::io;
 use std::sync::Arc;
@@ -12,15 +13,17 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::budget::{self, Share, LINE_RESERVE};
 use crate::config::BackendProtocol;
 use crate::embedded::Store;
-use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
+use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded, Stream};
 use crate::protocol::reply::{self, ReplyKind};
 use crate::protocol::request::{Command, Request};
 use crate::reply_queue::{Gather, Reply, ReplyQueue, RetrievalFailure};
 use crate::router::{fragment_request, Backend, Route, Router};
 use crate::server::Shared;
 use crate::socket::{spare, Socket};
+use crate::stats::conns::Registration;
 use crate::stats::WorkerStats;
 use crate::tyrant;
 use crate::upstream::{ConnHandle, ReplyTarget, UpstreamRequest};
@@ -28,8 +31,18 @@ use crate::warmup::{self, WarmKey};
 use crate::worker::RouterSlot;
 use crate::write_queue::WriteQueue;
 
+/// A retrieval whose keys arrive in batches.
+struct Streaming {
+    /// The line up to its first key (`get `, `gat 10 `, …), for the requests sent upstream.
+    prefix: Bytes,
+    /// The pool refused the command (a Tokyo Tyrant pool and `gets`): keys are ignored.
+    refused: bool,
+}
+
 /// The state of one client connection.
-struct Client {
+struct Client<'r> {
+    /// Its entry in `stats conns`.
+    registration: &'r Registration,
     sock: Socket,
     /// The pool's current router in this worker; reloads replace it.
     slot: RouterSlot,
@@ -41,13 +54,17 @@ struct Client {
     stats: Arc<WorkerStats>,
     queue: Arc<ReplyQueue>,
     wq: WriteQueue,
+    /// This client's part of the process's reply memory.
+    share: Share,
     /// The connection this client uses to each backend, kept while it lives so the client's
     /// requests to one backend stay in order.
     handles: Vec<Option<ConnHandle>>,
     /// No more requests are read (quit, EOF, or a fatal protocol error).
     closing: bool,
-    /// Decoding stopped at the in-flight cap with bytes still buffered.
+    /// Decoding stopped at a cap with bytes still buffered.
     backlog: bool,
+    /// A retrieval being received in batches.
+    streaming: Option<Streaming>,
     /// Where the embedded cache writes replies; split off per reply, so reused.
     embedded_out: BytesMut,
     /// `client_timeout`, and when a request last arrived (kept only with a timeout). Like
@@ -64,6 +81,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     stop: watch::Receiver<bool>,
+    registration: &Registration,
 ) {
     let router = slot.load_full();
     let sock = match Socket::new(stream) {
@@ -77,18 +95,23 @@ pub async fn serve(
     let idle_after = router.config.client_timeout;
     // A client accepted just as shutdown began is served as closing from the start.
     let closing = *stop.borrow();
+    let hard_cap = router.config.max_client_buffer + router.config.item_size_max;
+    let share = Share::new(shared.budget().clone());
     let mut client = Client {
+        registration,
         sock,
         slot,
         router,
         stop,
         shared,
         stats,
-        queue: Arc::new(ReplyQueue::new()),
+        queue: Arc::new(ReplyQueue::new(hard_cap)),
         wq: WriteQueue::new(),
+        share,
         handles,
         closing,
         backlog: false,
+        streaming: None,
         embedded_out: BytesMut::new(),
         idle_after,
         last_request: Instant::now(),
@@ -107,16 +130,31 @@ async fn idle_expired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>
     }
 }
 
-impl Client {
+/// What the client may still send upstream.
+#[derive(Clone, Copy)]
+struct Room {
+    /// Requests in flight (replies not yet taken).
+    requests: usize,
+    /// Reply bytes held and reserved for the client, including those not yet written.
+    charge: usize,
+}
+
+impl Client<'_> {
+    /// Whether another request may be read and sent: below the in-flight and memory caps,
+    /// and, when the process is over its memory budget, only if the client holds nothing.
+    fn may_send(&self, room: Room) -> bool {
+        let cfg = &self.router.config;
+        room.requests < cfg.max_client_inflight
+            && room.charge < cfg.max_client_buffer
+            && (room.charge == 0 || !self.share.exhausted())
+    }
+
     async fn run(&mut self) -> io::Result<()> {
         let router = self.router.clone();
         let cfg = &router.config;
         let mut codec = ClientCodec::new(CodecLimits {
             item_size_max: cfg.item_size_max,
-            ..CodecLimits::default()
         });
-        let max_inflight = cfg.max_client_inflight;
-        let max_buffer = cfg.max_client_buffer;
         let mut rbuf = BytesMut::new();
         let mut idle_timer = self.idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
         loop {
@@ -128,15 +166,21 @@ impl Client {
                     .bytes_written
                     .add((before - self.wq.len()) as u64);
             }
+            self.queue.set_unwritten(self.wq.len());
+            let room = Room {
+                requests: outstanding.requests,
+                charge: outstanding.held + outstanding.reserved + self.wq.len(),
+            };
+            self.share.set(room.charge);
             if self.closing && self.wq.is_empty() && outstanding.requests == 0 {
                 return Ok(());
             }
-            let below_buffer_cap = self.wq.len() + outstanding.ready_bytes < max_buffer;
-            let can_read = !self.closing && outstanding.requests < max_inflight && below_buffer_cap;
-            if self.backlog && outstanding.requests < max_inflight && below_buffer_cap {
-                // Requests left buffered at the in-flight cap: decode them now that replies
-                // have drained, without waiting for the client to send more.
-                self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+            let may_send = self.may_send(room);
+            let can_read = !self.closing && may_send;
+            if self.backlog && may_send {
+                // Requests left buffered at a cap: decode them now that replies have
+                // drained, without waiting for the client to send more.
+                self.handle_input(&mut codec, &mut rbuf, room).await;
                 spare::give_back(&mut rbuf);
                 continue;
             }
@@ -158,7 +202,7 @@ impl Client {
                         0 => self.closing = true,
                         n => {
                             self.stats.bytes_read.add(n as u64);
-                            self.handle_input(&mut codec, &mut rbuf, max_inflight).await;
+                            self.handle_input(&mut codec, &mut rbuf, room).await;
                             spare::give_back(&mut rbuf);
                         }
                     }
@@ -180,37 +224,94 @@ impl Client {
         }
     }
 
-    /// Decodes and dispatches every complete request in `rbuf` (up to the in-flight cap; the
-    /// rest stays buffered until replies drain).
-    async fn handle_input(
-        &mut self,
-        codec: &mut ClientCodec,
-        rbuf: &mut BytesMut,
-        max_inflight: usize,
-    ) {
+    /// Decodes and dispatches the requests in `rbuf` while the caps allow (the rest stays
+    /// buffered until replies drain). `room` is what the caps saw before the first one.
+    async fn handle_input(&mut self, codec: &mut ClientCodec, rbuf: &mut BytesMut, mut room: Room) {
         let mut decoded = false;
-        while !self.closing && self.queue.len() < max_inflight {
+        let value_estimate = self.router.value_estimate();
+        let max_buffer = self.router.config.max_client_buffer;
+        let mut at_cap = false;
+        while !self.closing {
+            if decoded && !self.may_send(room) {
+                at_cap = true;
+                break;
+            }
+            codec.set_batch_keys(budget::keys_allowed(
+                room.charge,
+                max_buffer,
+                value_estimate,
+            ));
             let Some(item) = codec.decode_item(rbuf) else {
                 break;
             };
             decoded = true;
-            match item {
-                Decoded::Request(req) => self.dispatch(req).await,
-                Decoded::Invalid(msg) => {
-                    self.stats.protocol_errors.inc();
-                    self.queue.push_ready(Reply::Static(msg));
-                }
-                Decoded::Fatal(msg) => {
-                    self.stats.protocol_errors.inc();
-                    self.queue.push_ready(Reply::Static(msg));
-                    self.closing = true;
-                }
+            room.requests += 1;
+            room.charge += self.handle_item(item, value_estimate).await;
+        }
+        self.backlog = at_cap && !rbuf.is_empty();
+        if decoded {
+            self.registration.touch();
+            if self.idle_after.is_some() {
+                self.last_request = Instant::now();
             }
         }
-        self.backlog = !self.closing && !rbuf.is_empty() && self.queue.len() >= max_inflight;
-        if decoded && self.idle_after.is_some() {
-            self.last_request = Instant::now();
+    }
+
+    /// Acts on one decoded item; returns the reply bytes it reserved or queued.
+    async fn handle_item(&mut self, item: Decoded, value_estimate: usize) -> usize {
+        match item {
+            Decoded::Request(req) => self.dispatch(req, value_estimate).await,
+            Decoded::Reply(msg) => {
+                self.stats.protocol_errors.inc();
+                self.push_line(msg)
+            }
+            Decoded::TooLarge { reply, unlink } => {
+                self.stats.protocol_errors.inc();
+                let held = self.push_line(reply);
+                if let Some(key) = unlink {
+                    // memcached removes the old value of a `set` it refused, so that a
+                    // failed write cannot leave a stale value readable.
+                    self.follow_router();
+                    let router = self.router.clone();
+                    let b = router.owner(&key);
+                    let delete = [&b"delete "[..], &key, b"\r\n"].concat();
+                    let bytes = (Bytes::from(delete), None);
+                    self.send(
+                        &router,
+                        b,
+                        bytes,
+                        ReplyKind::Line,
+                        ReplyTarget::Discard,
+                        None,
+                    )
+                    .await;
+                }
+                held
+            }
+            Decoded::Close => {
+                self.closing = true;
+                0
+            }
+            Decoded::Binary { opcode, opaque } => {
+                // The binary protocol is not served: answer as memcached answers an opcode it
+                // does not know, then close.
+                self.stats.protocol_errors.inc();
+                let answer = reply::binary_unknown_command(opcode, opaque);
+                let len = answer.len();
+                self.queue.push_ready(Reply::Data(answer));
+                self.closing = true;
+                len
+            }
+            Decoded::Stream(part) => self.stream(part, value_estimate).await,
         }
+    }
+
+    /// Queues a reply line (nothing for an empty one); returns its size.
+    fn push_line(&self, msg: &'static [u8]) -> usize {
+        if !msg.is_empty() {
+            self.queue.push_ready(Reply::Static(msg));
+        }
+        msg.len()
     }
 
     /// Moves to the pool's current router if a reload replaced it, carrying over the
@@ -237,11 +338,102 @@ impl Client {
         self.router = next;
     }
 
-    async fn dispatch(&mut self, req: Request) {
+    /// One part of a retrieval received in batches.
+    async fn stream(&mut self, part: Stream, value_estimate: usize) -> usize {
+        match part {
+            Stream::Start { command, prefix } => {
+                self.follow_router();
+                let refused = self.router.config.protocol == BackendProtocol::TokyoTyrant
+                    && command != Command::Get;
+                if refused {
+                    // ttserver has no cas uniques (and no gat): the whole retrieval fails.
+                    self.stats.protocol_errors.inc();
+                    let msg = match command {
+                        Command::Gets => tyrant::GETS_UNSUPPORTED,
+                        _ => tyrant::UNSUPPORTED,
+                    };
+                    self.queue.push_ready(Reply::StreamError(msg));
+                }
+                self.streaming = Some(Streaming { prefix, refused });
+                0
+            }
+            Stream::Keys(keys) => {
+                let Some(s) = &self.streaming else {
+                    return 0;
+                };
+                if s.refused {
+                    return 0;
+                }
+                let prefix = s.prefix.clone();
+                self.stats.cmd_get.add(keys.len() as u64);
+                let router = self.router.clone();
+                let key_bytes: usize = keys.iter().map(Bytes::len).sum();
+                let reserve = budget::retrieval_reserve(keys.len(), key_bytes, value_estimate);
+                let tyrant = router.config.protocol == BackendProtocol::TokyoTyrant;
+                if router.warming() && !tyrant {
+                    let keys = keys.iter().cloned();
+                    if self
+                        .warm_retrieval(&router, keys, prefix.clone(), reserve, true)
+                        .await
+                    {
+                        return reserve;
+                    }
+                }
+                let groups = router.group_by_owner(keys.iter().map(|k| &k[..]));
+                self.gather(&router, &prefix, keys, groups, Gather::batch, reserve)
+                    .await;
+                reserve
+            }
+            Stream::End => {
+                if self.streaming.take().is_some() {
+                    self.queue.push_ready(Reply::StreamEnd);
+                }
+                reply::END.len()
+            }
+            Stream::Failed(msg) => {
+                self.stats.protocol_errors.inc();
+                self.streaming = None;
+                self.queue.push_ready(Reply::StreamError(msg));
+                self.queue.push_ready(Reply::StreamEnd);
+                msg.len()
+            }
+        }
+    }
+
+    /// Sends one retrieval per backend in `groups` (each for its keys' positions, as
+    /// `prefix` and those keys) and gathers the answers into one slot, merged in key order.
+    async fn gather(
+        &mut self,
+        router: &Router,
+        prefix: &[u8],
+        keys: Vec<Bytes>,
+        groups: Vec<(usize, Vec<u16>)>,
+        gather: fn(Vec<Bytes>, Vec<Vec<u16>>, RetrievalFailure) -> Gather,
+        reserve: usize,
+    ) {
+        let requests: Vec<(usize, Bytes)> = groups
+            .iter()
+            .map(|(b, positions)| (*b, fragment_request(prefix, positions, |p| &keys[p])))
+            .collect();
+        let positions = groups.into_iter().map(|(_, p)| p).collect();
+        let policy = router.config.retrieval_failure;
+        let seq = self
+            .queue
+            .reserve_gather(gather(keys, positions, policy), reserve);
+        let kind = retrieval_kind(router);
+        for (part, (b, bytes)) in requests.into_iter().enumerate() {
+            let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
+            self.send(router, b, (bytes, None), kind, target, None)
+                .await;
+        }
+    }
+
+    /// Sends a request where the router says; returns the reply bytes reserved for it.
+    async fn dispatch(&mut self, req: Request, value_estimate: usize) -> usize {
         self.follow_router();
         let stats = &self.stats;
         match req.command {
-            c if c.is_retrieval() => stats.cmd_get.add(req.keys().count() as u64),
+            c if c.is_retrieval() => stats.cmd_get.add(req.key_count() as u64),
             c if c.is_storage() => stats.cmd_set.inc(),
             Command::FlushAll => stats.cmd_flush.inc(),
             c if c.is_single_key() => stats.cmd_other.inc(),
@@ -254,21 +446,29 @@ impl Client {
             if let Err(msg) = tyrant::admit(&req, preserve_flags) {
                 // Never forwarded: ttserver would drop the connection or misalign it.
                 self.stats.protocol_errors.inc();
-                if !req.noreply() {
-                    self.queue.push_ready(Reply::Static(msg));
-                }
-                return;
+                return if req.noreply() {
+                    0
+                } else {
+                    self.push_line(msg)
+                };
             }
         }
-        let retrieval_kind = match preserve_flags {
-            true => ReplyKind::RetrievalFlagsInValue,
-            false => ReplyKind::Retrieval,
+        let reserve = match req.command.is_retrieval() {
+            true => budget::retrieval_reserve(req.key_count(), req.key().len(), value_estimate),
+            false => LINE_RESERVE,
         };
+        if req.command.is_storage() {
+            router.record_value_size(req.key(), req.data().len());
+        }
         let mut invalidate = None;
         if router.warming() && !tyrant {
             if req.command.is_retrieval() {
-                if self.warm_retrieval(&router, &req).await {
-                    return;
+                let prefix = req.frame.slice(..req.keys_start as usize);
+                if self
+                    .warm_retrieval(&router, req.key_slices(), prefix, reserve, false)
+                    .await
+                {
+                    return reserve;
                 }
             } else if req.command.is_single_key() {
                 // A write during warm-up: the previous owner's copy must not come back.
@@ -283,50 +483,49 @@ impl Client {
                     ReplyTarget::Discard
                 } else {
                     let instead = miss.then_some(reply::END);
-                    ReplyTarget::Slot(self.queue.clone(), self.queue.reserve(), instead)
+                    ReplyTarget::Slot(self.queue.clone(), self.queue.reserve(reserve), instead)
                 };
                 let (kind, bytes) = match req.command {
-                    c if c.is_retrieval() => (retrieval_kind, req.upstream_bytes()),
+                    c if c.is_retrieval() => {
+                        (retrieval_kind(&router), upstream_bytes(&req, tyrant))
+                    }
                     // Appended data lands after the stored flags prefix and needs none of its own.
                     Command::Set | Command::Add | Command::Replace if preserve_flags => {
                         (ReplyKind::Line, tyrant::encode_flags(&req))
                     }
-                    _ => (ReplyKind::Line, req.upstream_bytes()),
+                    _ => (ReplyKind::Line, upstream_bytes(&req, tyrant)),
                 };
                 self.send(&router, b, bytes, kind, target, Some(&req)).await;
                 if let Some(prev) = invalidate {
-                    let mut delete = BytesMut::with_capacity(req.key().len() + 9);
-                    delete.extend_from_slice(b"delete ");
-                    delete.extend_from_slice(req.key());
-                    delete.extend_from_slice(b"\r\n");
-                    let (bytes, target) = ((delete.freeze(), None), ReplyTarget::Discard);
+                    let delete = [&b"delete "[..], req.key(), b"\r\n"].concat();
+                    let (bytes, target) = ((Bytes::from(delete), None), ReplyTarget::Discard);
                     self.send(&router, prev, bytes, ReplyKind::Line, target, None)
                         .await;
+                }
+                if req.noreply() {
+                    0
+                } else {
+                    reserve
                 }
             }
             Route::Split(fragments) => {
                 self.stats.split_retrievals.inc();
                 let keys: Vec<Bytes> = req.key_slices().collect();
                 let prefix = &req.line()[..req.keys_start as usize];
-                let requests: Vec<(usize, Bytes)> = fragments
-                    .iter()
-                    .map(|(b, positions)| (*b, fragment_request(prefix, positions, |p| &keys[p])))
-                    .collect();
-                let positions = fragments.into_iter().map(|(_, p)| p).collect();
-                let policy = router.config.retrieval_failure;
-                let seq = self
-                    .queue
-                    .reserve_gather(Gather::multi_get(keys, positions, policy));
-                for (part, (b, bytes)) in requests.into_iter().enumerate() {
-                    let target = ReplyTarget::Part(self.queue.clone(), seq, part as u16);
-                    self.send(&router, b, (bytes, None), retrieval_kind, target, None)
-                        .await;
-                }
+                self.gather(&router, prefix, keys, fragments, Gather::multi_get, reserve)
+                    .await;
+                reserve
             }
             Route::All => {
                 let n = router.pool_backends();
                 let noreply = req.noreply();
-                let seq = (!noreply).then(|| self.queue.reserve_gather(Gather::broadcast(n)));
+                let (gather, kind) = match crate::stats::merge::forwarded(req.key()) {
+                    Some(merge) if req.command == Command::Stats => {
+                        (Gather::stats(n, merge), ReplyKind::Stats)
+                    }
+                    _ => (Gather::broadcast(n), ReplyKind::Line),
+                };
+                let seq = (!noreply).then(|| self.queue.reserve_gather(gather, LINE_RESERVE));
                 for b in 0..n {
                     let target = match seq {
                         Some(seq) => ReplyTarget::Part(self.queue.clone(), seq, b as u16),
@@ -335,12 +534,17 @@ impl Client {
                     self.send(
                         &router,
                         b,
-                        req.upstream_bytes(),
-                        ReplyKind::Line,
+                        upstream_bytes(&req, tyrant),
+                        kind,
                         target,
                         Some(&req),
                     )
                     .await;
+                }
+                if noreply {
+                    0
+                } else {
+                    LINE_RESERVE
                 }
             }
             Route::Local => self.answer_locally(&req),
@@ -348,11 +552,18 @@ impl Client {
     }
 
     /// A retrieval during warm-up with keys that moved: asks the new owners now (in request
-    /// order) and leaves the retries on previous owners to a background task. Returns false
-    /// when no key moved (the ordinary path applies).
-    async fn warm_retrieval(&mut self, router: &Arc<Router>, req: &Request) -> bool {
-        let keys: Vec<WarmKey> = req
-            .key_slices()
+    /// order) and leaves the retries on previous owners to a background task. `prefix` is
+    /// the command text before the keys; `batch` says the keys are one batch of a streamed
+    /// retrieval. Returns false when no key moved (the ordinary path applies).
+    async fn warm_retrieval(
+        &mut self,
+        router: &Arc<Router>,
+        keys: impl Iterator<Item = Bytes>,
+        prefix: Bytes,
+        reserve: usize,
+        batch: bool,
+    ) -> bool {
+        let keys: Vec<WarmKey> = keys
             .map(|key| WarmKey {
                 previous: router.previous_owner(&key),
                 key,
@@ -361,8 +572,7 @@ impl Client {
         if keys.iter().all(|k| k.previous.is_none()) {
             return false;
         }
-        let seq = self.queue.reserve();
-        let prefix = req.frame.slice(..req.keys_start as usize);
+        let seq = self.queue.reserve(reserve);
         let groups = router.group_by_owner(keys.iter().map(|k| &k.key[..]));
         let mut sent = Vec::with_capacity(groups.len());
         for (b, positions) in groups {
@@ -385,24 +595,28 @@ impl Client {
             handles: self.handles.clone(),
             queue: self.queue.clone(),
             seq,
+            batch,
         }));
         true
     }
 
-    fn answer_locally(&mut self, req: &Request) {
+    /// Answers a request memroute handles itself; returns the reply's size.
+    fn answer_locally(&mut self, req: &Request) -> usize {
         match req.command {
-            Command::Version => self.queue.push_ready(Reply::Static(VERSION_REPLY)),
-            Command::Verbosity => {
-                if !req.noreply() {
-                    self.queue.push_ready(Reply::Static(reply::OK));
-                }
+            Command::Version => self.push_line(reply::VERSION),
+            Command::Verbosity if req.noreply() => 0,
+            Command::Verbosity => self.push_line(reply::OK),
+            Command::Quit => {
+                self.closing = true;
+                0
             }
-            Command::Quit => self.closing = true,
             Command::Stats => {
-                let text = crate::stats::stats_reply(&self.shared, req.key());
+                let text = crate::stats::stats_reply(&self.shared, &self.router.config, req.key());
+                let len = text.len();
                 self.queue.push_ready(text);
+                len
             }
-            _ => self.queue.push_ready(Reply::Static(reply::ERROR)),
+            _ => self.push_line(reply::ERROR),
         }
     }
 
@@ -433,7 +647,6 @@ impl Client {
             bytes,
             kind,
             target,
-            deadline: Instant::now() + router.config.timeout,
         };
         // A request refused by an ended connection was never written: retrying it on a
         // fresh connection is safe. One retry, then it fails.
@@ -463,7 +676,7 @@ impl Client {
     }
 }
 
-impl Client {
+impl Client<'_> {
     /// Runs a request on the embedded cache; a split fragment arrives as bytes and is decoded.
     fn execute_embedded(
         &mut self,
@@ -482,5 +695,20 @@ impl Client {
     }
 }
 
-/// memroute's answer to `version`.
-pub const VERSION_REPLY: &[u8] = concat!("VERSION ", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();
+/// How a pool's retrieval replies are framed (and, with preserved flags, rewritten).
+fn retrieval_kind(router: &Router) -> ReplyKind {
+    match router.config.preserve_flags {
+        true => ReplyKind::RetrievalFlagsInValue,
+        false => ReplyKind::Retrieval,
+    }
+}
+
+/// The bytes a request is forwarded as: memcached reads the client's line exactly as memroute
+/// did, so it goes unchanged (minus `noreply`); ttserver parses more strictly, so a Tokyo
+/// Tyrant pool gets the line rebuilt from the decoded fields.
+fn upstream_bytes(req: &Request, tyrant: bool) -> (Bytes, Option<Bytes>) {
+    match tyrant {
+        true => tyrant::canonical(req),
+        false => req.upstream_bytes(),
+    }
+}

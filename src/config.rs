@@ -51,6 +51,9 @@ pub struct RawConfig {
     pub threads: Option<usize>,
     /// Client connections accepted at most, over all pools.
     pub max_clients: Option<usize>,
+    /// Reply memory (held and reserved) over all clients beyond which only clients holding
+    /// nothing are read.
+    pub max_client_memory: Option<RawSize>,
     /// Address of the admin HTTP listener (`/metrics`, `/health`); none by default.
     pub admin: Option<String>,
     /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish (ms).
@@ -137,6 +140,8 @@ pub struct Config {
     pub threads: usize,
     /// Client connections accepted at most.
     pub max_clients: usize,
+    /// Reply memory over all clients beyond which only clients holding nothing are read.
+    pub max_client_memory: usize,
     /// Admin HTTP listener.
     pub admin: Option<SocketAddr>,
     /// Grace period for in-flight requests at shutdown.
@@ -307,6 +312,8 @@ pub mod defaults {
     pub const MAX_CLIENT_BUFFER: u64 = 8 * 1024 * 1024;
     /// Client connections over all pools.
     pub const MAX_CLIENTS: usize = 50_000;
+    /// Reply memory held and reserved for all clients together.
+    pub const MAX_CLIENT_MEMORY: u64 = 1024 * 1024 * 1024;
     /// Warm-up after a ring change.
     pub const WARMUP_SECS: u64 = 60;
     /// TTL of values copied to their new owner during warm-up.
@@ -364,9 +371,17 @@ impl RawConfig {
             ),
         };
         let shutdown_timeout = Duration::from_millis(self.shutdown_timeout.unwrap_or(10_000));
+        let max_client_memory = match &self.max_client_memory {
+            None => defaults::MAX_CLIENT_MEMORY,
+            Some(s) => parse_size("max_client_memory", s)?,
+        };
+        if max_client_memory < 1024 * 1024 {
+            return Err(invalid("max_client_memory", "must be at least 1m"));
+        }
         Ok(Config {
             threads,
             max_clients,
+            max_client_memory: max_client_memory as usize,
             admin,
             shutdown_timeout,
             pools,

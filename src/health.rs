@@ -2,7 +2,7 @@
 //! `server_retry_timeout`). Failures are counted passively where they happen (upstream
 //! connections); this watcher keeps the rings in step with who is ejected and, once an
 //! ejected backend's retry timeout has passed, probes it with `version` and brings it back
-//! when it answers. It also rebuilds the generation when a warm-up period ends, so the
+//! when it answers. It ages the value sizes reply room is estimated from, and rebuilds the generation when a warm-up period ends, so the
 //! connections kept only for warm-up are closed.
 
 use std::io::{Read, Write};
@@ -16,17 +16,30 @@ use crate::generation::{Generation, EJECTION_CHECK};
 use crate::server::Shared;
 use crate::upstream::{BackendKind, BackendState};
 
+/// How long a large value keeps raising reply room estimates after it was last seen (one
+/// to two periods).
+const VALUE_SIZE_PERIOD: Duration = Duration::from_secs(60);
+
 /// Runs in worker 0 until `stop`.
 pub async fn watch(shared: Arc<Shared>, worker: usize, mut stop: watch::Receiver<bool>) {
     if worker != 0 {
         return;
     }
+    let mut sizes_rotated = Instant::now();
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(EJECTION_CHECK) => {}
         }
         let generation = shared.generation();
+        if sizes_rotated.elapsed() >= VALUE_SIZE_PERIOD {
+            sizes_rotated = Instant::now();
+            for pool in &generation.pools {
+                for (backend, _) in pool.all_backends() {
+                    backend.value_sizes.rotate();
+                }
+            }
+        }
         // A finished warm-up: a rebuild drops the previous ring, and workers close the
         // connections kept only for it.
         let warm_up_over = generation.pools.iter().any(|p| {

@@ -13,6 +13,7 @@
 //! - [`router`]: which backend(s) answer a request; splitting multi-key retrievals.
 //! - [`upstream`]: per-backend pools of pipelined connections.
 //! - [`reply_queue`]: the per-client queue that puts replies back in request order.
+//! - [`budget`]: the reply memory a client (and all clients) may make memroute hold.
 //! - [`client`]: one client connection's task.
 //! - [`server`]: listeners, shared state, reload; [`worker`]: one thread's runtime.
 //! - [`admission`]: who may connect: per-listener access lists and connection caps.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod embedded;

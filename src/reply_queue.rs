@@ -2,12 +2,14 @@
 //! upstream connections, drained strictly from the head so replies leave in request order.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::protocol::reply::{self, value_items};
+use crate::stats::merge::{combine, Merge};
 use crate::write_queue::WriteQueue;
 
 /// A reply ready to be written to the client.
@@ -17,16 +19,23 @@ pub enum Reply {
     Static(&'static [u8]),
     /// Bytes received from a backend (a slice of its read buffer) or built locally.
     Data(Bytes),
-    /// A reply assembled from several pieces (a merged multi-get).
+    /// A reply assembled from several pieces (a merged multi-get, a batch of a streamed one).
     Parts(Vec<Bytes>),
+    /// A streamed retrieval failed: this line ends its reply, its later batches are dropped.
+    StreamError(&'static [u8]),
+    /// A streamed retrieval is complete: `END`, unless it failed.
+    StreamEnd,
 }
 
 impl Reply {
-    fn len(&self) -> usize {
+    /// Bytes the reply will write.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
         match self {
-            Reply::Static(s) => s.len(),
+            Reply::Static(s) | Reply::StreamError(s) => s.len(),
             Reply::Data(b) => b.len(),
             Reply::Parts(p) => p.iter().map(Bytes::len).sum(),
+            Reply::StreamEnd => reply::END.len(),
         }
     }
 }
@@ -36,8 +45,10 @@ impl Reply {
 pub struct Outstanding {
     /// Requests whose replies have not been taken.
     pub requests: usize,
-    /// Bytes of completed replies waiting behind an incomplete one.
-    pub ready_bytes: usize,
+    /// Bytes of replies (complete or partly gathered) held behind an incomplete one.
+    pub held: usize,
+    /// Bytes reserved for replies still on their way.
+    pub reserved: usize,
 }
 
 /// What an answer from a backend was: its bytes, or the error line to use instead.
@@ -70,11 +81,23 @@ pub enum Gather {
         remaining: usize,
         /// How a failed fragment is answered.
         policy: RetrievalFailure,
+        /// One batch of a streamed retrieval: no `END` of its own, and a failure ends the
+        /// whole reply.
+        batch: bool,
     },
     /// A command sent to every backend: `OK` only if every backend said `OK`.
     Broadcast {
         /// The first non-`OK` answer.
         error: Option<Reply>,
+        /// Backends still outstanding.
+        remaining: usize,
+    },
+    /// A `stats` subcommand sent to every backend, its answers combined.
+    Stats {
+        /// How the answers combine.
+        merge: Merge,
+        /// Each backend's answer, in pool order.
+        answers: Vec<Answer>,
         /// Backends still outstanding.
         remaining: usize,
     },
@@ -91,6 +114,25 @@ impl Gather {
             items: vec![None; n],
             error: None,
             policy,
+            batch: false,
+        }
+    }
+
+    /// A gather for one batch of keys of a streamed retrieval.
+    pub fn batch(keys: Vec<Bytes>, fragments: Vec<Vec<u16>>, policy: RetrievalFailure) -> Self {
+        let mut g = Self::multi_get(keys, fragments, policy);
+        if let Gather::MultiGet { batch, .. } = &mut g {
+            *batch = true;
+        }
+        g
+    }
+
+    /// A gather for a `stats` subcommand sent to `n` backends.
+    pub fn stats(n: usize, merge: Merge) -> Self {
+        Gather::Stats {
+            merge,
+            answers: vec![Err(reply::BACKEND_CLOSED); n],
+            remaining: n,
         }
     }
 
@@ -102,6 +144,7 @@ impl Gather {
         }
     }
 
+    /// Adds one fragment's answer; true when the gather is complete.
     fn add(&mut self, part: usize, answer: Answer) -> bool {
         match self {
             Gather::MultiGet {
@@ -111,11 +154,15 @@ impl Gather {
                 error,
                 remaining,
                 policy,
+                ..
             } => {
                 match answer {
                     Ok(bytes) if !reply::is_error_line(&bytes) => {
                         place_values(&bytes, &fragments[part], |p| &keys[p], items);
                     }
+                    // A reply refused for the client's memory fails the retrieval whatever
+                    // the policy, as memcached fails a get it has no memory for.
+                    Err(e) if e == reply::OUT_OF_MEMORY_GET => *error = Some(e),
                     Ok(_) | Err(_) => {
                         if *policy == RetrievalFailure::Error && error.is_none() {
                             *error = Some(answer_error(&answer));
@@ -138,20 +185,38 @@ impl Gather {
                 *remaining -= 1;
                 *remaining == 0
             }
+            Gather::Stats {
+                answers, remaining, ..
+            } => {
+                answers[part] = answer;
+                *remaining -= 1;
+                *remaining == 0
+            }
         }
     }
 
     fn finish(self) -> Reply {
         match self {
             Gather::MultiGet {
-                items, error: None, ..
+                items,
+                error: None,
+                batch,
+                ..
             } => {
                 let mut parts: Vec<Bytes> = items.into_iter().flatten().collect();
-                parts.push(Bytes::from_static(reply::END));
+                if !batch {
+                    parts.push(Bytes::from_static(reply::END));
+                }
                 Reply::Parts(parts)
             }
+            Gather::MultiGet {
+                error: Some(e),
+                batch: true,
+                ..
+            } => Reply::StreamError(e),
             Gather::MultiGet { error: Some(e), .. } => Reply::Static(e),
             Gather::Broadcast { error, .. } => error.unwrap_or(Reply::Static(reply::OK)),
+            Gather::Stats { merge, answers, .. } => Reply::Data(combine(merge, &answers)),
         }
     }
 }
@@ -193,66 +258,120 @@ enum Slot {
     Gathering(Box<Gather>),
 }
 
+/// A slot and the reply room reserved for it until it completes.
+#[derive(Debug)]
+struct Entry {
+    slot: Slot,
+    reserved: usize,
+    /// Gathers: bytes of answers received so far.
+    gathered: usize,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    slots: VecDeque<Slot>,
+    slots: VecDeque<Entry>,
     /// Sequence number of `slots[0]`.
     head: u64,
-    /// Bytes of replies completed but not yet taken by the writer.
-    ready_bytes: usize,
+    /// Bytes of replies completed or partly gathered but not yet taken by the writer.
+    held: usize,
+    /// Bytes reserved for replies still on their way.
+    reserved: usize,
     /// The client is gone; answers arriving now are dropped.
     closed: bool,
+    /// A streamed retrieval failed: what remains of it is dropped up to its end.
+    dropping_stream: bool,
 }
+
+/// Retrieval replies refused because they would have taken a client beyond its hard cap.
+pub static REFUSED_REPLIES: AtomicU64 = AtomicU64::new(0);
 
 /// The ordered reply queue of one client connection, shared with the upstream connections
 /// that complete its slots. The lock is never held across an `.await`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplyQueue {
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Bytes taken by the writer but not yet accepted by the client's socket.
+    unwritten: AtomicUsize,
+    /// Most bytes this client may have held before a retrieval reply is refused.
+    hard_cap: usize,
+}
+
+impl Default for ReplyQueue {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl ReplyQueue {
-    /// An empty queue.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty queue whose client may hold up to `hard_cap` bytes of replies (one reply
+    /// more is always accepted when it holds nothing).
+    pub fn new(hard_cap: usize) -> Self {
+        ReplyQueue {
+            inner: Mutex::default(),
+            notify: Notify::new(),
+            unwritten: AtomicUsize::new(0),
+            hard_cap,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reserves the next slot for a reply that will arrive later; returns its sequence number.
-    pub fn reserve(&self) -> u64 {
-        self.push(Slot::Pending)
+    /// Reserves the next slot for a reply that will arrive later, with `reserve` bytes of room
+    /// for it; returns its sequence number.
+    pub fn reserve(&self, reserve: usize) -> u64 {
+        self.push(Slot::Pending, reserve)
     }
 
     /// Reserves a slot completed by several answers.
-    pub fn reserve_gather(&self, gather: Gather) -> u64 {
-        self.push(Slot::Gathering(Box::new(gather)))
+    pub fn reserve_gather(&self, gather: Gather, reserve: usize) -> u64 {
+        self.push(Slot::Gathering(Box::new(gather)), reserve)
     }
 
     /// Appends a reply that is ready now.
     pub fn push_ready(&self, reply: Reply) {
         let len = reply.len();
         let mut inner = self.lock();
-        inner.ready_bytes += len;
-        inner.slots.push_back(Slot::Ready(reply));
+        inner.held += len;
+        inner.slots.push_back(Entry {
+            slot: Slot::Ready(reply),
+            reserved: 0,
+            gathered: 0,
+        });
     }
 
-    fn push(&self, slot: Slot) -> u64 {
+    fn push(&self, slot: Slot, reserved: usize) -> u64 {
         let mut inner = self.lock();
         let seq = inner.head + inner.slots.len() as u64;
-        inner.slots.push_back(slot);
+        inner.reserved += reserved;
+        inner.slots.push_back(Entry {
+            slot,
+            reserved,
+            gathered: 0,
+        });
         seq
+    }
+
+    /// Tells the queue how many taken bytes the socket has not accepted yet.
+    pub fn set_unwritten(&self, n: usize) {
+        self.unwritten.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether a retrieval reply of `bytes` would take the client beyond its cap.
+    fn over_cap(&self, inner: &Inner, bytes: &[u8]) -> bool {
+        let holding = inner.held + self.unwritten.load(Ordering::Relaxed);
+        let over =
+            holding > 0 && holding + bytes.len() > self.hard_cap && bytes.starts_with(b"VALUE ");
+        if over {
+            REFUSED_REPLIES.fetch_add(1, Ordering::Relaxed);
+        }
+        over
     }
 
     /// Completes slot `seq` with a backend's answer.
     pub fn complete(&self, seq: u64, answer: Answer) {
-        let reply = match answer {
-            Ok(bytes) => Reply::Data(bytes),
-            Err(msg) => Reply::Static(msg),
-        };
         let mut inner = self.lock();
         if inner.closed {
             return;
@@ -260,10 +379,19 @@ impl ReplyQueue {
         let Some(idx) = seq.checked_sub(inner.head) else {
             return;
         };
-        inner.ready_bytes += reply.len();
-        if let Some(slot) = inner.slots.get_mut(idx as usize) {
-            *slot = Slot::Ready(reply);
-        }
+        let reply = match answer {
+            Ok(bytes) if self.over_cap(&inner, &bytes) => Reply::Static(reply::OUT_OF_MEMORY_GET),
+            Ok(bytes) => Reply::Data(bytes),
+            Err(msg) => Reply::Static(msg),
+        };
+        let len = reply.len();
+        let Some(entry) = inner.slots.get_mut(idx as usize) else {
+            return;
+        };
+        let reserved = std::mem::take(&mut entry.reserved);
+        entry.slot = Slot::Ready(reply);
+        inner.reserved -= reserved;
+        inner.held += len;
         drop(inner);
         if idx == 0 {
             self.notify.notify_one();
@@ -272,7 +400,8 @@ impl ReplyQueue {
 
     /// Adds the answer of fragment `part` to the gathering slot `seq`.
     pub fn complete_part(&self, seq: u64, part: usize, answer: Answer) {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         if inner.closed {
             return;
         }
@@ -280,43 +409,86 @@ impl ReplyQueue {
             return;
         };
         let idx = idx as usize;
-        let done = match inner.slots.get_mut(idx) {
-            Some(Slot::Gathering(g)) => g.add(part, answer),
-            _ => return,
+        let answer = match answer {
+            Ok(bytes) if self.over_cap(inner, &bytes) => Err(reply::OUT_OF_MEMORY_GET),
+            other => other,
         };
+        let len = answer.as_ref().map_or(0, Bytes::len);
+        let Some(entry) = inner.slots.get_mut(idx) else {
+            return;
+        };
+        let Slot::Gathering(g) = &mut entry.slot else {
+            return;
+        };
+        let done = g.add(part, answer);
+        entry.gathered += len;
+        inner.held += len;
         if done {
-            let Slot::Gathering(g) = std::mem::replace(&mut inner.slots[idx], Slot::Pending) else {
+            let Slot::Gathering(g) = std::mem::replace(&mut entry.slot, Slot::Pending) else {
                 unreachable!("checked above")
             };
             let reply = g.finish();
-            inner.ready_bytes += reply.len();
-            inner.slots[idx] = Slot::Ready(reply);
-            drop(inner);
-            if idx == 0 {
-                self.notify.notify_one();
-            }
+            // The answers gathered are replaced by the reply made of them.
+            inner.held = inner.held - entry.gathered + reply.len();
+            inner.reserved -= entry.reserved;
+            entry.gathered = 0;
+            entry.reserved = 0;
+            entry.slot = Slot::Ready(reply);
+        }
+        drop(guard);
+        if done && idx == 0 {
+            self.notify.notify_one();
         }
     }
 
     /// Moves every ready reply at the head into `out`, in order; returns what is left
     /// (one lock for what the client loop needs to know).
     pub fn take_ready(&self, out: &mut WriteQueue) -> Outstanding {
-        let mut inner = self.lock();
-        while let Some(Slot::Ready(_)) = inner.slots.front() {
-            let Some(Slot::Ready(reply)) = inner.slots.pop_front() else {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        while let Some(Entry {
+            slot: Slot::Ready(_),
+            ..
+        }) = inner.slots.front()
+        {
+            let Some(Entry {
+                slot: Slot::Ready(reply),
+                ..
+            }) = inner.slots.pop_front()
+            else {
                 unreachable!("checked above")
             };
             inner.head += 1;
-            inner.ready_bytes -= reply.len();
+            inner.held -= reply.len();
+            // Inside a streamed retrieval that failed, what is left of it is dropped (no
+            // other request is decoded while a retrieval streams, so every slot up to its
+            // end is part of it).
+            let dropping = inner.dropping_stream;
+            match reply {
+                Reply::StreamEnd => {}
+                _ if dropping => continue,
+                _ => {}
+            }
             match reply {
                 Reply::Static(s) => out.push(Bytes::from_static(s)),
                 Reply::Data(b) => out.push(b),
                 Reply::Parts(parts) => parts.into_iter().for_each(|p| out.push(p)),
+                Reply::StreamError(s) => {
+                    out.push(Bytes::from_static(s));
+                    inner.dropping_stream = true;
+                }
+                Reply::StreamEnd => {
+                    if !dropping {
+                        out.push(Bytes::from_static(reply::END));
+                    }
+                    inner.dropping_stream = false;
+                }
             }
         }
         Outstanding {
             requests: inner.slots.len(),
-            ready_bytes: inner.ready_bytes,
+            held: inner.held,
+            reserved: inner.reserved,
         }
     }
 
@@ -335,6 +507,8 @@ impl ReplyQueue {
         let mut inner = self.lock();
         inner.closed = true;
         inner.slots.clear();
+        inner.held = 0;
+        inner.reserved = 0;
     }
 
     /// Resolves when the head slot may have become ready.
@@ -355,9 +529,9 @@ mod tests {
 
     #[test]
     fn replies_leave_in_request_order() {
-        let q = ReplyQueue::new();
-        let a = q.reserve();
-        let b = q.reserve();
+        let q = ReplyQueue::default();
+        let a = q.reserve(0);
+        let b = q.reserve(0);
         q.push_ready(Reply::Static(b"C\r\n"));
         q.complete(b, Ok(Bytes::from_static(b"B\r\n")));
         assert_eq!(drain(&q), b"");
@@ -369,24 +543,24 @@ mod tests {
             left,
             Outstanding {
                 requests: 0,
-                ready_bytes: 0
+                held: 0,
+                reserved: 0
             }
         );
     }
 
     #[test]
     fn multi_get_merges_in_client_key_order_with_one_end() {
-        let q = ReplyQueue::new();
+        let q = ReplyQueue::default();
         let keys: Vec<Bytes> = ["a", "b", "c", "a"]
             .iter()
             .map(|k| Bytes::from_static(k.as_bytes()))
             .collect();
         // fragment 0 has a, c, a; fragment 1 has b.
-        let seq = q.reserve_gather(Gather::multi_get(
-            keys,
-            vec![vec![0, 2, 3], vec![1]],
-            RetrievalFailure::Miss,
-        ));
+        let seq = q.reserve_gather(
+            Gather::multi_get(keys, vec![vec![0, 2, 3], vec![1]], RetrievalFailure::Miss),
+            0,
+        );
         q.complete_part(
             seq,
             1,
@@ -412,9 +586,9 @@ mod tests {
             (RetrievalFailure::Miss, &b"VALUE b 0 1\r\n2\r\nEND\r\n"[..]),
             (RetrievalFailure::Error, reply::BACKEND_TIMEOUT),
         ] {
-            let q = ReplyQueue::new();
+            let q = ReplyQueue::default();
             let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
-            let seq = q.reserve_gather(Gather::multi_get(keys, vec![vec![0], vec![1]], policy));
+            let seq = q.reserve_gather(Gather::multi_get(keys, vec![vec![0], vec![1]], policy), 0);
             q.complete_part(seq, 0, Err(reply::BACKEND_TIMEOUT));
             q.complete_part(
                 seq,
@@ -427,13 +601,103 @@ mod tests {
 
     #[test]
     fn broadcast_is_ok_only_if_all_ok() {
-        let q = ReplyQueue::new();
-        let s = q.reserve_gather(Gather::broadcast(2));
+        let q = ReplyQueue::default();
+        let s = q.reserve_gather(Gather::broadcast(2), 0);
         q.complete_part(s, 0, Ok(Bytes::from_static(b"OK\r\n")));
         q.complete_part(s, 1, Ok(Bytes::from_static(b"OK\r\n")));
-        let t = q.reserve_gather(Gather::broadcast(2));
+        let t = q.reserve_gather(Gather::broadcast(2), 0);
         q.complete_part(t, 0, Ok(Bytes::from_static(b"OK\r\n")));
         q.complete_part(t, 1, Err(reply::BACKEND_UNAVAILABLE));
         assert_eq!(drain(&q), [reply::OK, reply::BACKEND_UNAVAILABLE].concat());
+    }
+
+    #[test]
+    fn reservations_and_held_bytes_are_accounted() {
+        let q = ReplyQueue::default();
+        let a = q.reserve(100);
+        let b = q.reserve_gather(Gather::broadcast(2), 50);
+        let mut wq = WriteQueue::new();
+        let left = q.take_ready(&mut wq);
+        assert_eq!((left.requests, left.held, left.reserved), (2, 0, 150));
+        q.complete_part(b, 0, Ok(Bytes::from_static(b"OK\r\n")));
+        let left = q.take_ready(&mut wq);
+        assert_eq!(
+            (left.held, left.reserved),
+            (4, 150),
+            "a part is held, room kept"
+        );
+        q.complete_part(b, 1, Ok(Bytes::from_static(b"OK\r\n")));
+        let left = q.take_ready(&mut wq);
+        assert_eq!(
+            (left.held, left.reserved),
+            (4, 100),
+            "the gather became one OK"
+        );
+        q.complete(a, Ok(Bytes::from_static(b"STORED\r\n")));
+        let left = q.take_ready(&mut wq);
+        assert_eq!((left.requests, left.held, left.reserved), (0, 0, 0));
+        assert_eq!(wq.concat(), b"STORED\r\nOK\r\n");
+    }
+
+    #[test]
+    fn streamed_batches_share_one_end_and_a_failure_ends_the_reply() {
+        let q = ReplyQueue::default();
+        let key = |k: &'static str| Bytes::from_static(k.as_bytes());
+        let b1 = q.reserve_gather(
+            Gather::batch(vec![key("a")], vec![vec![0]], RetrievalFailure::Miss),
+            0,
+        );
+        let b2 = q.reserve_gather(
+            Gather::batch(vec![key("b")], vec![vec![0]], RetrievalFailure::Miss),
+            0,
+        );
+        q.push_ready(Reply::StreamEnd);
+        q.complete_part(
+            b2,
+            0,
+            Ok(Bytes::from_static(b"VALUE b 0 1\r\n2\r\nEND\r\n")),
+        );
+        q.complete_part(b1, 0, Err(reply::BACKEND_TIMEOUT));
+        q.push_ready(Reply::Static(b"STORED\r\n"));
+        assert_eq!(drain(&q), b"VALUE b 0 1\r\n2\r\nEND\r\nSTORED\r\n");
+
+        let q = ReplyQueue::default();
+        let b1 = q.reserve_gather(
+            Gather::batch(vec![key("a")], vec![vec![0]], RetrievalFailure::Error),
+            0,
+        );
+        let b2 = q.reserve_gather(
+            Gather::batch(vec![key("b")], vec![vec![0]], RetrievalFailure::Error),
+            0,
+        );
+        q.push_ready(Reply::StreamEnd);
+        q.push_ready(Reply::Static(b"STORED\r\n"));
+        q.complete_part(b1, 0, Err(reply::BACKEND_TIMEOUT));
+        q.complete_part(
+            b2,
+            0,
+            Ok(Bytes::from_static(b"VALUE b 0 1\r\n2\r\nEND\r\n")),
+        );
+        assert_eq!(
+            drain(&q),
+            [reply::BACKEND_TIMEOUT, b"STORED\r\n"].concat(),
+            "the error ends the retrieval; the next request is answered"
+        );
+    }
+
+    #[test]
+    fn a_retrieval_beyond_the_hard_cap_is_refused_unless_nothing_is_held() {
+        let q = ReplyQueue::new(20);
+        let big = Bytes::from_static(b"VALUE k 0 20\r\n01234567890123456789\r\nEND\r\n");
+        let a = q.reserve(0);
+        let b = q.reserve(0);
+        let c = q.reserve(0);
+        q.complete(a, Ok(big.clone()));
+        q.complete(b, Ok(big.clone()));
+        q.complete(c, Ok(Bytes::from_static(b"STORED\r\n")));
+        assert_eq!(
+            drain(&q),
+            [&big[..], reply::OUT_OF_MEMORY_GET, b"STORED\r\n"].concat()
+        );
     }
 }

@@ -171,12 +171,31 @@ impl Router {
             .is_some_and(|p| Instant::now() < p.until)
     }
 
+    /// The value size to assume for a key of this pool when reserving reply room: the
+    /// largest any of its backends was recently seen to hold.
+    pub fn value_estimate(&self) -> usize {
+        self.ring_backends
+            .iter()
+            .map(|&b| self.backends[b].state().value_sizes.estimate())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Notes the size of a value written through memroute to `key`'s owner.
+    pub fn record_value_size(&self, key: &[u8], len: usize) {
+        self.backends[self.owner(key)]
+            .state()
+            .value_sizes
+            .record(len);
+    }
+
     /// Decides where `req` goes.
     pub fn route(&self, req: &Request) -> Route {
         match req.command {
             c if c.is_single_key() => Route::One(self.owner(req.key())),
             c if c.is_retrieval() => self.route_retrieval(req),
-            Command::FlushAll => Route::All,
+            Command::FlushAll | Command::CacheMemlimit => Route::All,
+            Command::Stats if crate::stats::merge::forwarded(req.key()).is_some() => Route::All,
             _ => Route::Local,
         }
     }

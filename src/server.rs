@@ -11,8 +11,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::admission::ClientCount;
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::generation::{Generation, GenerationError};
+use crate::stats::conns::Connections;
 use crate::stats::WorkerStats;
 
 /// Starting the server failed.
@@ -49,12 +51,26 @@ pub struct Shared {
     changes: watch::Sender<u64>,
     /// Serialises reloads and rebuilds.
     reloading: Mutex<()>,
+    /// Reply memory of all clients (`max_client_memory`).
+    budget: Arc<Budget>,
+    /// Client connections, for `stats conns`.
+    connections: Arc<Connections>,
 }
 
 impl Shared {
     /// The current routing generation.
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
+    }
+
+    /// Reply memory of all clients.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// The open client connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// Per-worker counters.
@@ -106,6 +122,7 @@ impl Shared {
             config.threads = current.config.threads;
         }
         let next = Generation::build(config, Some(&current))?;
+        self.budget.set_limit(next.config.max_client_memory);
         Ok(self.publish(next))
     }
 
@@ -183,6 +200,7 @@ impl Server {
             .map(|_| Arc::new(WorkerStats::default()))
             .collect();
         let (changes, _) = watch::channel(generation.id);
+        let budget = Arc::new(Budget::new(generation.config.max_client_memory));
         Ok(Server {
             shared: Arc::new(Shared {
                 started: std::time::Instant::now(),
@@ -192,6 +210,8 @@ impl Server {
                 generation: ArcSwap::from_pointee(generation),
                 changes,
                 reloading: Mutex::new(()),
+                budget,
+                connections: Arc::default(),
             }),
             listeners,
             addrs,

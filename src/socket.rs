@@ -37,7 +37,10 @@ impl Socket {
         Ok(Socket { fd })
     }
 
-    /// Waits until the socket is readable, then reads once into `buf`'s tail.
+    /// Waits until the socket is readable, then reads what it holds into `buf`'s tail: until a
+    /// read comes back short (the kernel buffer is empty) or `MAX_ROOM` bytes are in. Like
+    /// memcached, a request that arrived whole is then seen whole, so the line-length limit
+    /// is only ever applied to bytes the client has really not sent yet.
     /// Returns the bytes read; 0 means the peer closed its side.
     pub async fn read(&self, buf: &mut BytesMut) -> io::Result<usize> {
         // `AsyncFd` readiness takes no cooperative budget: a peer that keeps the socket full
@@ -50,30 +53,42 @@ impl Socket {
                 // An idle connection holds no buffer: borrow one only once data is there.
                 *buf = spare::take();
             }
-            // From here to the end of the iteration nothing awaits, so a caller's `select!`
-            // can never observe the zeroed room as data.
-            let start = buf.len();
-            // Only initialised memory can be read into without `unsafe`, so the room is
-            // zeroed first. It follows the capacity the codec reserved (large for a big
-            // value), but an idle connection's buffer stays small.
-            let room = (buf.capacity() - start).clamp(MIN_ROOM, MAX_ROOM);
-            buf.resize(start + room, 0);
-            let result = guard.try_io(|fd| fd.get_ref().read(&mut buf[start..]));
-            let n = match &result {
-                Ok(Ok(n)) => *n,
-                _ => 0,
-            };
-            buf.truncate(start + n);
-            match result {
-                Ok(Ok(n)) => {
-                    if n > 0 && n < room {
-                        // Short read: the kernel buffer is empty now.
-                        guard.clear_ready();
+            let mut total = 0;
+            // From here to the return nothing awaits, so a caller's `select!` can never
+            // observe the zeroed room as data.
+            loop {
+                let start = buf.len();
+                // Only initialised memory can be read into without `unsafe`, so the room is
+                // zeroed first. It follows the capacity the codec reserved (large for a big
+                // value), but an idle connection's buffer stays small.
+                let room = (buf.capacity() - start).clamp(MIN_ROOM, MAX_ROOM);
+                buf.resize(start + room, 0);
+                let result = guard.try_io(|fd| fd.get_ref().read(&mut buf[start..]));
+                let n = match &result {
+                    Ok(Ok(n)) => *n,
+                    _ => 0,
+                };
+                buf.truncate(start + n);
+                match result {
+                    // End of stream: reported now, or by the next call after these bytes.
+                    Ok(Ok(0)) => return Ok(total),
+                    Ok(Ok(n)) => {
+                        total += n;
+                        if n < room {
+                            // Short read: the kernel buffer is empty now.
+                            guard.clear_ready();
+                            return Ok(total);
+                        }
+                        if total >= MAX_ROOM {
+                            return Ok(total);
+                        }
                     }
-                    return Ok(n);
+                    Ok(Err(e)) if total == 0 => return Err(e),
+                    // The bytes already read come first; the error will come again.
+                    Ok(Err(_)) => return Ok(total),
+                    Err(_would_block) if total > 0 => return Ok(total),
+                    Err(_would_block) => break,
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
             }
         }
     }

@@ -22,6 +22,15 @@ pub const FLAGS_UNSUPPORTED: &[u8] =
 
 /// Whether `req` may go to a Tokyo Tyrant pool; if not, the error line to answer.
 pub fn admit(req: &Request, preserve_flags: bool) -> Result<(), &'static [u8]> {
+    // ttserver splits lines on any whitespace: a key holding some would be misread.
+    let keyed = req.command.is_retrieval() || req.command.is_single_key();
+    if keyed
+        && req
+            .keys()
+            .any(|k| k.iter().any(|b| *b <= b' ' || *b == 0x7f))
+    {
+        return Err(crate::protocol::reply::BAD_FORMAT);
+    }
     match req.command {
         Command::Get
         | Command::Set
@@ -31,8 +40,10 @@ pub fn admit(req: &Request, preserve_flags: bool) -> Result<(), &'static [u8]> {
         | Command::Delete
         // memroute answers these itself.
         | Command::Version
-        | Command::Stats
         | Command::Quit => Ok(()),
+        // ttserver answers only a plain `stats`, which memroute answers itself.
+        Command::Stats if crate::stats::merge::forwarded(req.key()).is_some() => Err(UNSUPPORTED),
+        Command::Stats => Ok(()),
         // The value would be prefixed before the flags, or read as a number with them in it.
         Command::Prepend | Command::Incr | Command::Decr if preserve_flags => Err(FLAGS_UNSUPPORTED),
         Command::Prepend | Command::Incr | Command::Decr => Ok(()),
@@ -44,8 +55,47 @@ pub fn admit(req: &Request, preserve_flags: bool) -> Result<(), &'static [u8]> {
         | Command::Gats
         | Command::Cas
         | Command::Touch
-        | Command::Verbosity => Err(UNSUPPORTED),
+        | Command::Verbosity
+        | Command::CacheMemlimit => Err(UNSUPPORTED),
     }
+}
+
+/// The request as ttserver expects it: memroute reads lines as memcached does (a `+` before a
+/// number, tabs after it, a NUL ending the line…), ttserver does not, so its lines are rebuilt
+/// from the decoded fields; a data block is sent from the client's frame without a copy.
+pub fn canonical(req: &Request) -> (Bytes, Option<Bytes>) {
+    let mut head = BytesMut::with_capacity(req.key().len() + 48);
+    head.put_slice(req.command.name().as_bytes());
+    let data = match req.command {
+        Command::Get => {
+            for key in req.keys() {
+                head.put_u8(b' ');
+                head.put_slice(key);
+            }
+            None
+        }
+        c if c.is_storage() => {
+            head.put_u8(b' ');
+            head.put_slice(req.key());
+            let len = req.data().len();
+            head.put_slice(format!(" {} {} {len}", req.flags, req.exptime).as_bytes());
+            Some(req.frame.slice(req.data_start as usize..))
+        }
+        Command::Incr | Command::Decr => {
+            head.put_u8(b' ');
+            head.put_slice(req.key());
+            head.put_slice(format!(" {}", req.number).as_bytes());
+            None
+        }
+        Command::Delete => {
+            head.put_u8(b' ');
+            head.put_slice(req.key());
+            None
+        }
+        _ => None,
+    };
+    head.put_slice(b"\r\n");
+    (head.freeze(), data)
 }
 
 /// Rewrites a storage request so the value carries the client's flags: the command line gets

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::protocol::reply::{self, ReplyKind};
 use crate::reply_queue::{place_values, Answer, ReplyQueue};
@@ -52,6 +51,8 @@ pub struct Pending {
     pub queue: Arc<ReplyQueue>,
     /// The client's slot.
     pub seq: u64,
+    /// The keys are one batch of a retrieval handed out in batches: no `END` of its own.
+    pub batch: bool,
 }
 
 /// Collects the new owners' answers, asks previous owners for what missed, completes the
@@ -97,7 +98,9 @@ pub async fn finish(p: Pending) {
     for item in items.iter().flatten() {
         merged.put_slice(item);
     }
-    merged.put_slice(reply::END);
+    if !p.batch {
+        merged.put_slice(reply::END);
+    }
     p.queue.complete(p.seq, Ok(merged.freeze()));
     let ttl = p.router.config.warmup_ttl;
     for (owner, item) in copies {
@@ -173,7 +176,6 @@ async fn send(
                 bytes: (bytes, None),
                 kind,
                 target,
-                deadline: Instant::now() + router.config.timeout,
             };
             if let Err(back) = handle.send(req).await {
                 back.target.deliver(Err(reply::BACKEND_UNAVAILABLE), &state);

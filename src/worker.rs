@@ -217,6 +217,8 @@ async fn accept_loop(
     stats: Arc<WorkerStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Where clients of this listener come in, for `stats conns`.
+    let listen = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -251,10 +253,12 @@ async fn accept_loop(
         };
         stats.curr_connections.inc();
         stats.total_connections.inc();
+        let registration = shared.connections().register(peer, listen.unwrap_or(peer));
         let (slot, stats, stop) = (slot.clone(), stats.clone(), stop.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            crate::client::serve(stream, slot, shared, stats.clone(), stop).await;
+            crate::client::serve(stream, slot, shared, stats.clone(), stop, &registration).await;
+            drop(registration);
             drop(admitted);
             stats.curr_connections.dec();
             stats.client_left.notify_one();

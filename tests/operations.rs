@@ -1796,3 +1796,51 @@ fn route_subcommand_names_the_memcached_that_holds_each_key() {
         assert_eq!(l.previous, None);
     }
 }
+
+#[test]
+fn a_get_line_read_in_batches_during_warm_up_finds_the_moved_keys() {
+    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let extra = "warmup = \"30s\"";
+    let three = named(&[&mcs[0], &mcs[1], &mcs[2]], &["a", "b", "c"]);
+    let four = named(&[&mcs[0], &mcs[1], &mcs[2], &mcs[3]], &["a", "b", "c", "d"]);
+    let path = files.write(
+        "memroute.toml",
+        &config_toml("threads = 1", &[pool_toml("main", port, &three, extra)]),
+    );
+    let proxy = Proxy::start_config(&path, port, &[]);
+    let pairs = key_values("stream", 1000);
+    write_all(port, &pairs);
+    let mut sc = proxy.client();
+    let g0 = generation(&mut sc);
+    replace_file(
+        &path,
+        &config_toml("threads = 1", &[pool_toml("main", port, &four, extra)]),
+    );
+    wait_generation(&mut sc, g0);
+
+    // One get of every key (about 30 KB), sent in pieces so that memroute reads it in
+    // batches of keys while it arrives: the moved keys come from their previous owner.
+    let mut line = String::from("get");
+    let mut expected = String::new();
+    for (k, v) in &pairs {
+        line.push(' ');
+        line.push_str(k);
+        expected.push_str(&value_item(k, v));
+    }
+    line.push_str("\r\n");
+    expected.push_str("END\r\n");
+    let mut c = proxy.client();
+    for piece in line.as_bytes().chunks(4000) {
+        c.send(piece);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let got = text(&c.read_n(expected.len()));
+    assert!(got == expected, "{}", truncate(&got));
+    let stats = sc.stats_map("backends");
+    assert!(
+        backends_sum(&stats, "warmup_hits") > 100,
+        "moved keys were read from their previous owner"
+    );
+}

@@ -35,6 +35,9 @@ pub(super) struct Entry {
     next: u32,
     /// Key length (keys are at most 250 bytes).
     pub(super) key_len: u8,
+    /// Bytes at the end of `data` that are no part of the value: room left when `incr` or
+    /// `decr` rewrote the number shorter in place (memcached pads it with spaces instead).
+    pub(super) spare: u8,
     /// Whether any get has returned the item (for `*_unfetched` stats).
     pub(super) fetched: bool,
 }
@@ -47,7 +50,20 @@ impl Entry {
 
     /// The item's value.
     pub(super) fn value(&self) -> &[u8] {
-        &self.data[usize::from(self.key_len)..]
+        &self.data[usize::from(self.key_len)..self.data.len() - usize::from(self.spare)]
+    }
+
+    /// Rewrites the value in place with `value`, which must fit in the item's room.
+    pub(super) fn rewrite(&mut self, value: &[u8]) {
+        let start = usize::from(self.key_len);
+        let room = self.data.len() - start;
+        self.data[start..start + value.len()].copy_from_slice(value);
+        self.spare = (room - value.len()) as u8;
+    }
+
+    /// Bytes the value may take when rewritten in place.
+    pub(super) fn room(&self) -> usize {
+        self.data.len() - usize::from(self.key_len)
     }
 
     /// Bytes charged against the memory limit.
@@ -354,6 +370,7 @@ impl Shard {
             prev: NIL,
             next: NIL,
             key_len: key.len() as u8,
+            spare: 0,
             fetched: false,
         };
         let idx = match self.free {

@@ -13,7 +13,7 @@ use crate::protocol::{ClientCodec, CodecLimits, Command, Decoded, Request};
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
@@ -63,6 +63,8 @@ pub struct Store {
     hasher: RandomState,
     clock: Arc<dyn Clock>,
     config: StoreConfig,
+    /// The memory limit now (`cache_memlimit` changes it).
+    memory_limit: AtomicUsize,
     /// The last CAS unique handed out; one counter for the whole store, as in memcached.
     cas: AtomicU64,
     /// flush_all state ([`FlushState`]); two atomics rather than a lock since every lookup
@@ -78,6 +80,34 @@ pub struct Store {
 enum Reply {
     Line(&'static [u8]),
     Number(u64),
+}
+
+/// The answer to a `stats` subcommand memroute sends every backend: the embedded cache has
+/// no slab classes to describe, and otherwise checks arguments as memcached does.
+fn stats_subcommand(args: &[u8]) -> &'static [u8] {
+    let mut tokens = args.split(|b| *b == b' ').filter(|t| !t.is_empty());
+    match tokens.next().unwrap_or_default() {
+        b"items" | b"slabs" => END,
+        b"sizes" => b"STAT sizes_status disabled\r\nEND\r\n",
+        b"reset" => b"RESET\r\n",
+        b"detail" => match tokens.next() {
+            Some(b"on" | b"off") => OK,
+            Some(b"dump") => END,
+            _ => b"CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+        },
+        b"cachedump" => match (tokens.next(), tokens.next()) {
+            (Some(id), Some(limit)) => {
+                use crate::protocol::numbers::safe_strtoul;
+                match (safe_strtoul(id), safe_strtoul(limit)) {
+                    (Some(id), Some(_)) if id >= 64 => b"CLIENT_ERROR Illegal slab id\r\n",
+                    (Some(_), Some(_)) => END,
+                    _ => b"CLIENT_ERROR bad command line format\r\n",
+                }
+            }
+            _ => b"CLIENT_ERROR bad command line\r\n",
+        },
+        _ => ERROR,
+    }
 }
 
 /// The number of shards for `config`: [`MAX_SHARDS`], halved while a shard's share of the
@@ -101,6 +131,7 @@ impl Store {
             hasher: RandomState::new(),
             process_started: clock.now().saturating_sub(PROCESS_STARTED_SKEW),
             clock,
+            memory_limit: AtomicUsize::new(config.memory_limit),
             config,
             cas: AtomicU64::new(0),
             oldest_live: AtomicU64::new(0),
@@ -140,8 +171,10 @@ impl Store {
                 self.flush_all(req.exptime, now);
                 Reply::Line(OK)
             }
+            Command::CacheMemlimit => Reply::Line(self.set_memory_limit(req.number)),
+            Command::Stats => Reply::Line(stats_subcommand(req.key())),
             // Answered by the proxy itself; reaching here is a routing mistake.
-            Command::Version | Command::Stats | Command::Verbosity | Command::Quit => {
+            Command::Version | Command::Verbosity | Command::Quit => {
                 out.extend_from_slice(ERROR);
                 return;
             }
@@ -162,7 +195,7 @@ impl Store {
     /// A snapshot of the counters, summed over the shards.
     pub fn stats(&self) -> StoreStats {
         let mut stats = StoreStats {
-            limit_maxbytes: self.config.memory_limit as u64,
+            limit_maxbytes: self.memory_limit.load(Ordering::Relaxed) as u64,
             ..StoreStats::default()
         };
         for shard in self.shards.iter() {
@@ -423,13 +456,11 @@ impl Store {
         let text = format_u64(value, &mut buf);
         let cas = self.next_cas();
         let e = shard.entry_mut(idx);
-        if text.len() <= e.value().len() {
-            // memcached rewrites a value that still fits in place and pads it with spaces
-            // to its old length: decr of "10" by 1 leaves "9 ".
-            let key_len = usize::from(e.key_len);
-            let stored = &mut e.data[key_len..];
-            stored[..text.len()].copy_from_slice(text);
-            stored[text.len()..].fill(b' ');
+        if text.len() <= e.room() {
+            // Rewritten in place, as memcached does while the number fits, but a shorter
+            // number is stored as it is: not padded with spaces to the old length as
+            // memcached leaves it (an append would show the spaces). The room is kept.
+            e.rewrite(text);
             e.cas = cas;
             e.time = secs_u32(now);
             shard.bump(idx);
@@ -463,6 +494,24 @@ impl Store {
     /// to one second before `now + delay` become invalid once the clock reaches that second.
     /// A delay that is an absolute time before the process started disables flushing.
     /// Invalid items are reclaimed lazily, on lookup or when memory is needed.
+    /// `cache_memlimit <megabytes>`, with memcached's bounds; a smaller limit is reached by
+    /// evicting as items are stored.
+    fn set_memory_limit(&self, megabytes: u64) -> &'static [u8] {
+        if megabytes < 8 {
+            return b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n";
+        }
+        if megabytes > 1_000_000_000 {
+            return b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n";
+        }
+        let limit = megabytes as usize * 1024 * 1024;
+        self.memory_limit.store(limit, Ordering::Relaxed);
+        let per_shard = limit / self.shards.len();
+        for shard in self.shards.iter() {
+            lock(shard).limit = per_shard;
+        }
+        OK
+    }
+
     fn flush_all(&self, delay: i64, now: u64) {
         let new_oldest = if delay > 0 {
             self.realtime(delay, now)

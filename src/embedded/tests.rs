@@ -46,7 +46,16 @@ fn run(store: &Store, text: &str) -> String {
     while let Some(item) = codec.decode_item(&mut buf) {
         match item {
             Decoded::Request(req) => store.execute(&req, &mut out),
-            Decoded::Invalid(reply) | Decoded::Fatal(reply) => out.extend_from_slice(reply),
+            Decoded::Reply(reply) => out.extend_from_slice(reply),
+            Decoded::TooLarge { reply, unlink } => {
+                out.extend_from_slice(reply);
+                // As the client does: the refused set's old value goes.
+                if let Some(key) = unlink {
+                    let delete = [&b"delete "[..], &key, b"\r\n"].concat();
+                    store.execute_frame(&delete, &mut BytesMut::new());
+                }
+            }
+            other => panic!("unexpected {other:?} in {text:?}"),
         }
     }
     assert!(buf.is_empty(), "incomplete request in {text:?}");
@@ -111,10 +120,7 @@ fn append_beyond_item_size_max_is_not_stored() {
 fn value_above_item_size_max_is_refused_and_set_drops_the_old_value() {
     let s = small_item_store(4);
     // The codec would refuse these first; a bigger codec limit lets them reach the store.
-    let mut codec = ClientCodec::new(CodecLimits {
-        item_size_max: 100,
-        max_retrieval_line: 1024,
-    });
+    let mut codec = ClientCodec::new(CodecLimits { item_size_max: 100 });
     assert_eq!(run(&s, "set k 0 0 3\r\nabc\r\n"), "STORED\r\n");
     let mut out = BytesMut::new();
     let mut buf = BytesMut::from(&b"add k 0 0 5\r\nabcde\r\nset k 0 0 5\r\nabcde\r\n"[..]);
@@ -195,8 +201,12 @@ fn incr_decr_semantics() {
     assert_eq!(run(&s, "incr k 1\r\n"), "NOT_FOUND\r\n");
     run(&s, "set k 5 0 2\r\n10\r\n");
     assert_eq!(run(&s, "decr k 1\r\n"), "9\r\n");
-    // memcached rewrites in place, padding with spaces to the old length.
-    assert_eq!(run(&s, "get k\r\n"), "VALUE k 5 2\r\n9 \r\nEND\r\n");
+    // The shorter number is stored as it is (memcached usually pads it to "9 ").
+    assert_eq!(run(&s, "get k\r\n"), "VALUE k 5 1\r\n9\r\nEND\r\n");
+    run(&s, "set n 0 0 20\r\n10000000000000000003\r\n");
+    assert_eq!(run(&s, "decr n 10000000000000000000\r\n"), "3\r\n");
+    run(&s, "append n 0 0 2\r\n8c\r\n");
+    assert_eq!(run(&s, "get n\r\n"), "VALUE n 0 3\r\n38c\r\nEND\r\n");
     assert_eq!(run(&s, "incr k 991\r\n"), "1000\r\n");
     assert_eq!(run(&s, "get k\r\n"), "VALUE k 5 4\r\n1000\r\nEND\r\n");
     assert_eq!(run(&s, "decr k 5000\r\n"), "0\r\n");
@@ -214,7 +224,7 @@ fn incr_decr_semantics() {
         "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
     );
     let st = s.stats();
-    assert_eq!((st.incr_hits, st.incr_misses, st.decr_hits), (2, 1, 2));
+    assert_eq!((st.incr_hits, st.incr_misses, st.decr_hits), (2, 1, 3));
 }
 
 #[test]

@@ -1,11 +1,18 @@
-//! The client-side codec: turns a byte stream from a client into validated requests.
+//! The client-side codec: turns a byte stream from a client into validated requests, reading
+//! every line exactly as memcached 1.6 does (its tokenizer, its number parsing, its limits), so
+//! that whatever memroute forwards means the same to the backend and whatever it refuses gets
+//! memcached's own answer.
 //!
-//! Protocol errors are *items* ([`Decoded::Invalid`]), not `Err`s, because memcached answers
-//! them and carries on; only an over-long line ends the connection ([`Decoded::Fatal`]).
+//! Protocol errors are *items* ([`Decoded::Reply`]), not `Err`s, because memcached answers them
+//! and carries on. Multi-key retrievals with more keys than the client may have in flight, and
+//! `get` lines still arriving beyond memcached's 2 KiB line limit, are handed out in batches of
+//! keys ([`Decoded::Stream`]) as they arrive, so a line of any length is served in bounded
+//! memory.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
+use super::numbers::{safe_strtol, safe_strtoul, safe_strtoull};
 use super::reply;
 use super::request::{Command, Request, MAX_KEY_LEN};
 
@@ -14,18 +21,19 @@ use super::request::{Command, Request, MAX_KEY_LEN};
 pub struct CodecLimits {
     /// Largest value accepted; larger ones get `SERVER_ERROR object too large for cache`.
     pub item_size_max: usize,
-    /// Longest retrieval line (`get k1 k2 …`); memcached allows these to be long.
-    pub max_retrieval_line: usize,
 }
 
-/// Longest non-retrieval command line; memcached closes the connection beyond this.
+/// A line still without its `\n` beyond this many bytes is closed by memcached, unless it is a
+/// `get`/`gets` (whose lines are unbounded).
 pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// memcached keeps at most this many tokens of a line (the rest is read later, for `get`).
+const MAX_TOKENS: usize = 24;
 
 impl Default for CodecLimits {
     fn default() -> Self {
         CodecLimits {
             item_size_max: 1024 * 1024,
-            max_retrieval_line: 64 * 1024,
         }
     }
 }
@@ -35,22 +43,92 @@ impl Default for CodecLimits {
 pub enum Decoded {
     /// A valid request.
     Request(Request),
-    /// A request that gets this reply and nothing else; the stream continues.
-    Invalid(&'static [u8]),
-    /// Reply with this and close the connection.
-    Fatal(&'static [u8]),
+    /// A request answered with this line (empty: nothing, as memcached stays silent about
+    /// errors on `noreply` lines); the stream continues.
+    Reply(&'static [u8]),
+    /// A value above `item_size_max`, decoded once its data block has been discarded (as it
+    /// arrived): answered with `reply` (empty when `noreply`). For `set`, memcached also
+    /// removes the key's old value so that a failed write cannot leave a stale one readable:
+    /// `unlink` is that key.
+    TooLarge {
+        /// The answer.
+        reply: &'static [u8],
+        /// `set` only: the key whose old value must be deleted.
+        unlink: Option<Bytes>,
+    },
+    /// Close the connection without a reply, as memcached does with an over-long line or a
+    /// line that looks like an HTTP request.
+    Close,
+    /// The connection opened with a binary-protocol request header.
+    Binary {
+        /// The request's opcode.
+        opcode: u8,
+        /// Its opaque, echoed in the answer.
+        opaque: [u8; 4],
+    },
+    /// Part of a retrieval handed out in batches of keys.
+    Stream(Stream),
+}
+
+/// The parts of a retrieval handed out in batches: one `Start`, any number of `Keys`, then
+/// `End` (or `Failed`, after which the rest of the line is skipped).
+#[derive(Debug)]
+pub enum Stream {
+    /// A retrieval begins; `prefix` is its line up to the first key (`get `, `gat 10 `, …).
+    Start {
+        /// `get`, `gets`, `gat` or `gats`.
+        command: Command,
+        /// The command text before the keys, as the client wrote it.
+        prefix: Bytes,
+    },
+    /// The next keys, in the client's order.
+    Keys(Vec<Bytes>),
+    /// The line ended.
+    End,
+    /// A key was too long: memcached answers this to the whole line.
+    Failed(&'static [u8]),
+}
+
+/// The "reply" to an invalid request that memcached answers with silence (it saw `noreply`
+/// before it found the error).
+pub const SILENT: &[u8] = b"";
+
+/// Where the decoder is in the stream.
+#[derive(Debug)]
+enum State {
+    /// Nothing read yet: the first byte decides between text and binary.
+    New,
+    /// At the start of a command line.
+    Line,
+    /// A storage command's data block is arriving; `total` is line + data + `\r\n`.
+    Data { req: Request, total: usize },
+    /// Bytes of a refused (too large) data block still to be thrown away; memcached answers
+    /// once it has swallowed them all.
+    Discard {
+        left: usize,
+        reply: &'static [u8],
+        unlink: Option<Bytes>,
+    },
+    /// Keys of a retrieval are being handed out in batches.
+    Keys,
+    /// A streamed retrieval's line ended with its last batch: `End` comes next.
+    EndPending,
+    /// The rest of a retrieval line is skipped (after a NUL byte or a failure); `end` says
+    /// whether the retrieval is answered normally when the line ends.
+    SkipLine { end: bool },
+    /// Everything after a binary header is ignored (the connection is closing).
+    Closed,
 }
 
 /// Decoder state kept between reads so that no byte is scanned twice.
 #[derive(Debug)]
 pub struct ClientCodec {
     limits: CodecLimits,
+    state: State,
     /// How far the current line has been searched for `\n`.
     scanned: usize,
-    /// A storage command whose line was parsed and whose data block is still arriving.
-    pending: Option<(Request, usize)>,
-    /// Bytes of a refused (too large) data block still to be thrown away.
-    discard: usize,
+    /// Most keys handed out per retrieval: more become a stream of batches this large.
+    batch_keys: usize,
 }
 
 impl ClientCodec {
@@ -58,101 +136,262 @@ impl ClientCodec {
     pub fn new(limits: CodecLimits) -> Self {
         ClientCodec {
             limits,
+            state: State::New,
             scanned: 0,
-            pending: None,
-            discard: 0,
+            batch_keys: usize::MAX,
         }
+    }
+
+    /// Sets the most keys one decoded retrieval (or one batch of a streamed one) may carry;
+    /// the client derives it from the reply memory it may still commit.
+    pub fn set_batch_keys(&mut self, n: usize) {
+        self.batch_keys = n.max(1);
     }
 
     /// Bytes still to be discarded from a refused data block (exposed for tests).
     pub fn discarding(&self) -> usize {
-        self.discard
+        match self.state {
+            State::Discard { left, .. } => left,
+            _ => 0,
+        }
     }
 
-    fn line_limit(&self, buf: &[u8]) -> usize {
-        let start = buf.iter().position(|b| *b != b' ').unwrap_or(buf.len());
-        let head = &buf[start..];
-        if head.starts_with(b"get") || head.starts_with(b"gat") {
-            self.limits.max_retrieval_line
-        } else {
-            MAX_COMMAND_LINE
-        }
+    /// Whether a retrieval's keys are being handed out in batches (its line is unfinished).
+    pub fn streaming(&self) -> bool {
+        matches!(
+            self.state,
+            State::Keys | State::EndPending | State::SkipLine { .. }
+        )
     }
 
     /// Decodes the next item from `buf`, consuming exactly its bytes.
     pub fn decode_item(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
         loop {
-            if self.discard > 0 {
-                let n = self.discard.min(buf.len());
-                buf.advance(n);
-                self.discard -= n;
-                if self.discard > 0 {
-                    return None;
-                }
-            }
-            if let Some((_, total)) = &self.pending {
-                let total = *total;
-                if buf.len() < total {
-                    buf.reserve(total - buf.len());
-                    return None;
-                }
-                let (mut req, _) = self.pending.take().expect("checked above");
-                if &buf[total - 2..total] != b"\r\n" {
-                    buf.advance(total);
-                    // memcached stays silent about a bad data chunk when asked for noreply.
-                    let msg = if req.noreply() {
-                        SILENT
-                    } else {
-                        reply::BAD_DATA_CHUNK
-                    };
-                    return Some(Decoded::Invalid(msg));
-                }
-                req.frame = buf.split_to(total).freeze();
-                return Some(Decoded::Request(req));
-            }
-            let nl = match memchr::memchr(b'\n', &buf[self.scanned..]) {
-                Some(i) => self.scanned + i,
-                None => {
-                    self.scanned = buf.len();
-                    if buf.len() > self.line_limit(buf) {
-                        return Some(Decoded::Fatal(reply::LINE_TOO_LONG));
+            match &mut self.state {
+                State::New => {
+                    let first = *buf.first()?;
+                    if first != 0x80 {
+                        self.state = State::Line;
+                        continue;
                     }
+                    if buf.len() < 24 {
+                        return None;
+                    }
+                    let opcode = buf[1];
+                    let opaque = [buf[12], buf[13], buf[14], buf[15]];
+                    buf.clear();
+                    self.state = State::Closed;
+                    return Some(Decoded::Binary { opcode, opaque });
+                }
+                State::Closed => {
+                    buf.clear();
                     return None;
                 }
-            };
-            self.scanned = 0;
-            let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
-                nl - 1
-            } else {
-                nl
-            };
-            if line_end > self.line_limit(&buf[..line_end]) {
-                buf.advance(nl + 1);
-                return Some(Decoded::Fatal(reply::LINE_TOO_LONG));
-            }
-            match parse_line(&buf[..line_end], &self.limits) {
-                Line::Done(mut req) => {
-                    req.line_end = line_end as u32;
-                    req.frame = buf.split_to(nl + 1).freeze();
+                State::Discard { left, .. } => {
+                    let n = (*left).min(buf.len());
+                    buf.advance(n);
+                    *left -= n;
+                    if *left > 0 {
+                        return None;
+                    }
+                    let State::Discard { reply, unlink, .. } =
+                        std::mem::replace(&mut self.state, State::Line)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return Some(Decoded::TooLarge { reply, unlink });
+                }
+                State::Data { total, .. } => {
+                    let total = *total;
+                    if buf.len() < total {
+                        buf.reserve(total - buf.len());
+                        return None;
+                    }
+                    let State::Data { mut req, .. } =
+                        std::mem::replace(&mut self.state, State::Line)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    if &buf[total - 2..total] != b"\r\n" {
+                        buf.advance(total);
+                        // memcached stays silent about a bad data chunk when asked for noreply.
+                        let msg = if req.noreply() {
+                            SILENT
+                        } else {
+                            reply::BAD_DATA_CHUNK
+                        };
+                        return Some(Decoded::Reply(msg));
+                    }
+                    req.frame = buf.split_to(total).freeze();
                     return Some(Decoded::Request(req));
                 }
-                Line::NeedsData(mut req, len) => {
-                    req.line_end = line_end as u32;
-                    req.data_start = (nl + 1) as u32;
-                    self.pending = Some((req, nl + 1 + len + 2));
-                    // Loop: the data block may already be buffered.
+                State::Keys => return self.next_keys(buf),
+                State::EndPending => {
+                    self.state = State::Line;
+                    return Some(Decoded::Stream(Stream::End));
                 }
-                Line::Invalid(msg) => {
-                    buf.advance(nl + 1);
-                    return Some(Decoded::Invalid(msg));
+                State::SkipLine { end } => {
+                    let end = *end;
+                    match memchr::memchr(b'\n', buf) {
+                        None => {
+                            buf.clear();
+                            return None;
+                        }
+                        Some(nl) => {
+                            buf.advance(nl + 1);
+                            self.state = State::Line;
+                            if end {
+                                return Some(Decoded::Stream(Stream::End));
+                            }
+                        }
+                    }
                 }
-                Line::TooLarge(len, msg) => {
-                    buf.advance(nl + 1);
-                    self.discard = len + 2;
-                    return Some(Decoded::Invalid(msg));
+                State::Line => return self.next_line(buf),
+            }
+        }
+    }
+
+    /// Decodes a command line (and, for storage commands, goes on to its data block).
+    fn next_line(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
+        let nl = match memchr::memchr(b'\n', &buf[self.scanned..]) {
+            Some(i) => self.scanned + i,
+            None => {
+                self.scanned = buf.len();
+                if buf.len() <= MAX_COMMAND_LINE {
+                    return None;
+                }
+                self.scanned = 0;
+                // memcached lets only `get`/`gets` lines grow without bound; the keys that
+                // have arrived are handed out now instead of buffering the line.
+                return match unbounded_retrieval(buf) {
+                    Some((command, keys_at)) => {
+                        let prefix = buf.split_to(keys_at).freeze();
+                        self.state = State::Keys;
+                        Some(Decoded::Stream(Stream::Start { command, prefix }))
+                    }
+                    None => {
+                        buf.clear();
+                        self.state = State::Closed;
+                        Some(Decoded::Close)
+                    }
+                };
+            }
+        };
+        self.scanned = 0;
+        // memcached strips a `\r` before the `\n` unless it is the line's only byte.
+        let line_end = if nl > 1 && buf[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        match parse_line(&buf[..line_end], &self.limits) {
+            Line::Done(mut req) => {
+                if req.command.is_retrieval() && req.nkeys as usize > self.batch_keys {
+                    // Too many keys for one go: hand them out in batches.
+                    let prefix = buf.split_to(req.keys_start as usize).freeze();
+                    self.state = State::Keys;
+                    return Some(Decoded::Stream(Stream::Start {
+                        command: req.command,
+                        prefix,
+                    }));
+                }
+                req.line_end = line_end as u32;
+                req.frame = buf.split_to(nl + 1).freeze();
+                Some(Decoded::Request(req))
+            }
+            Line::NeedsData(mut req, len) => {
+                req.line_end = line_end as u32;
+                req.data_start = (nl + 1) as u32;
+                self.state = State::Data {
+                    req,
+                    total: nl + 1 + len + 2,
+                };
+                // The data block may already be buffered.
+                self.decode_item(buf)
+            }
+            Line::Reply(msg) => {
+                buf.advance(nl + 1);
+                Some(Decoded::Reply(msg))
+            }
+            Line::TooLarge { len, reply, unlink } => {
+                let unlink = unlink.map(|(a, b)| Bytes::copy_from_slice(&buf[a..b]));
+                buf.advance(nl + 1);
+                self.state = State::Discard {
+                    left: len + 2,
+                    reply,
+                    unlink,
+                };
+                self.decode_item(buf)
+            }
+            Line::Close => {
+                buf.clear();
+                self.state = State::Closed;
+                Some(Decoded::Close)
+            }
+        }
+    }
+
+    /// Hands out the next batch of a streamed retrieval's keys (up to `batch_keys`), or its
+    /// end. A partial key at the end of `buf` waits for more bytes.
+    fn next_keys(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        // What follows this batch, when the line (or its readable part) ended in it.
+        let mut next = State::Keys;
+        while ranges.len() < self.batch_keys {
+            while pos < buf.len() && buf[pos] == b' ' {
+                pos += 1;
+            }
+            let Some(i) = memchr::memchr3(b' ', b'\n', 0, &buf[pos..]).map(|i| pos + i) else {
+                // A key still arriving can only become valid while it fits (with a `\r`).
+                if buf.len() - pos > MAX_KEY_LEN + 1 {
+                    buf.clear();
+                    self.state = State::SkipLine { end: false };
+                    return Some(Decoded::Stream(Stream::Failed(reply::BAD_FORMAT)));
+                }
+                break;
+            };
+            let end = match buf[i] {
+                // memcached strips a `\r` before the line's `\n`.
+                b'\n' if i > pos && buf[i - 1] == b'\r' => i - 1,
+                _ => i,
+            };
+            if end - pos > MAX_KEY_LEN {
+                let ended = buf[i] == b'\n';
+                buf.advance(i + 1);
+                self.state = match ended {
+                    true => State::Line,
+                    false => State::SkipLine { end: false },
+                };
+                return Some(Decoded::Stream(Stream::Failed(reply::BAD_FORMAT)));
+            }
+            if end > pos {
+                ranges.push((pos, end));
+            }
+            pos = i + 1;
+            match buf[i] {
+                b' ' => {}
+                b'\n' => {
+                    next = State::EndPending;
+                    break;
+                }
+                // memcached reads a line only up to a NUL byte.
+                _ => {
+                    next = State::SkipLine { end: true };
+                    break;
                 }
             }
         }
+        let taken = buf.split_to(pos).freeze();
+        self.state = next;
+        if ranges.is_empty() {
+            return match self.state {
+                State::Keys => None,
+                _ => self.decode_item(buf),
+            };
+        }
+        let keys = ranges.into_iter().map(|(a, b)| taken.slice(a..b)).collect();
+        Some(Decoded::Stream(Stream::Keys(keys)))
     }
 }
 
@@ -165,83 +404,113 @@ impl Decoder for ClientCodec {
     }
 }
 
+/// For a line over memcached's limit: whether it is a `get`/`gets`, which memcached lets
+/// grow (it allows up to 100 leading spaces), and where its keys start.
+fn unbounded_retrieval(buf: &[u8]) -> Option<(Command, usize)> {
+    let spaces = buf.iter().take_while(|b| **b == b' ').count();
+    if spaces > 100 {
+        return None;
+    }
+    let rest = &buf[spaces..];
+    let (command, word) = if rest.starts_with(b"get ") {
+        (Command::Get, 4)
+    } else if rest.starts_with(b"gets ") {
+        (Command::Gets, 5)
+    } else {
+        return None;
+    };
+    Some((command, spaces + word))
+}
+
 /// What a single command line turned out to be.
 enum Line {
     Done(Request),
     NeedsData(Request, usize),
-    Invalid(&'static [u8]),
-    /// A value above the limit: its length and the reply.
-    TooLarge(usize, &'static [u8]),
+    Reply(&'static [u8]),
+    /// A value above the limit: its length, the reply, and for `set` the key's range.
+    TooLarge {
+        len: usize,
+        reply: &'static [u8],
+        unlink: Option<(usize, usize)>,
+    },
+    Close,
 }
 
-/// The "reply" to an invalid request that ends in `noreply`: nothing. memcached reads the
-/// flag before it validates the arguments and then suppresses its error line (a client that
-/// sent `noreply` does not read one); only a wrong token count and retrievals still answer.
-pub const SILENT: &[u8] = b"";
+/// A line split the way memcached's tokenizer splits it: on single spaces, keeping at most
+/// `MAX_TOKENS - 1` tokens.
+struct Tokens<'a> {
+    line: &'a [u8],
+    ranges: [(u32, u32); MAX_TOKENS - 1],
+    count: usize,
+}
 
-/// Up to this many tokens are looked at; memcached's tokenizer has the same order of limit.
-const MAX_TOKENS: usize = 8;
-
-/// Splits a line on spaces into at most `MAX_TOKENS` (start, end) ranges; returns the count
-/// of tokens (which may exceed `MAX_TOKENS`).
-fn tokenize(line: &[u8], out: &mut [(u32, u32); MAX_TOKENS]) -> usize {
-    let mut n = 0;
-    let mut i = 0;
-    while i < line.len() {
-        while i < line.len() && line[i] == b' ' {
-            i += 1;
+impl<'a> Tokens<'a> {
+    fn new(line: &'a [u8]) -> Tokens<'a> {
+        let mut t = Tokens {
+            line,
+            ranges: [(0, 0); MAX_TOKENS - 1],
+            count: 0,
+        };
+        let mut i = 0;
+        while i < line.len() && t.count < MAX_TOKENS - 1 {
+            while i < line.len() && line[i] == b' ' {
+                i += 1;
+            }
+            if i == line.len() {
+                break;
+            }
+            let start = i;
+            i += memchr::memchr(b' ', &line[i..]).unwrap_or(line.len() - i);
+            t.ranges[t.count] = (start as u32, i as u32);
+            t.count += 1;
         }
-        if i == line.len() {
-            break;
-        }
-        let start = i;
-        while i < line.len() && line[i] != b' ' {
-            i += 1;
-        }
-        if n < MAX_TOKENS {
-            out[n] = (start as u32, i as u32);
-        }
-        n += 1;
+        t
     }
-    n
-}
 
-fn valid_key(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|b| *b > b' ' && *b != 0x7f)
-}
-
-fn parse_u64(tok: &[u8]) -> Option<u64> {
-    if tok.is_empty() || tok.len() > 20 {
-        return None;
+    /// memcached's `ntokens`: the tokens plus its terminal one.
+    fn n(&self) -> usize {
+        self.count + 1
     }
-    let mut v: u64 = 0;
-    for &b in tok {
-        if !b.is_ascii_digit() {
-            return None;
+
+    /// Token `i`, or nothing for the terminal token.
+    fn get(&self, i: usize) -> &'a [u8] {
+        match self.ranges.get(i) {
+            Some(&(a, b)) if i < self.count => &self.line[a as usize..b as usize],
+            _ => b"",
         }
-        v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
     }
-    Some(v)
-}
 
-fn parse_i32(tok: &[u8]) -> Option<i64> {
-    let (neg, digits) = match tok.first() {
-        Some(b'-') => (true, &tok[1..]),
-        _ => (false, tok),
-    };
-    let v = parse_u64(digits)? as i64;
-    let v = if neg { -v } else { v };
-    (i32::MIN as i64..=i32::MAX as i64)
-        .contains(&v)
-        .then_some(v)
+    fn start(&self, i: usize) -> usize {
+        self.ranges[i].0 as usize
+    }
+
+    /// memcached's `set_noreply_maybe`: the last token is `noreply`.
+    fn noreply(&self) -> bool {
+        self.get(self.n() - 2) == b"noreply"
+    }
+
+    /// The offset where a trailing `noreply` token and the spaces before it begin.
+    fn noreply_at(&self) -> u32 {
+        let mut at = self.start(self.count - 1);
+        while at > 0 && self.line[at - 1] == b' ' {
+            at -= 1;
+        }
+        // A token ending in `\r` must not come to stand before the line's `\n`, where it
+        // would be read as part of the line ending: one space stays after it.
+        if at > 0 && self.line[at - 1] == b'\r' {
+            at += 1;
+        }
+        at as u32
+    }
 }
 
 fn blank(command: Command) -> Request {
     Request {
         command,
-        frame: bytes::Bytes::new(),
+        frame: Bytes::new(),
         keys_start: 0,
         keys_end: 0,
+        nkeys: 0,
         line_end: 0,
         noreply_at: None,
         zero_arg: false,
@@ -252,240 +521,298 @@ fn blank(command: Command) -> Request {
     }
 }
 
-fn parse_line(line: &[u8], limits: &CodecLimits) -> Line {
-    match parse_fields(line, limits) {
-        Line::Invalid(msg) if msg != reply::ERROR && noreply_silences(line) => {
-            Line::Invalid(SILENT)
+/// Parses one command line (without its line ending) as memcached 1.6 does, in its order of
+/// checks, so that each malformed line gets memcached's exact answer.
+fn parse_line(full: &[u8], limits: &CodecLimits) -> Line {
+    // memcached reads the line as a C string: a NUL byte ends it.
+    let line = match memchr::memchr(0, full) {
+        Some(i) => &full[..i],
+        None => full,
+    };
+    let t = Tokens::new(line);
+    let n = t.n();
+    let word = t.get(0);
+    if n < 2 || word.len() < 2 {
+        return Line::Reply(reply::ERROR);
+    }
+    let error = Line::Reply(reply::ERROR);
+    match word[0] {
+        // The meta protocol (two-letter commands) is not served yet.
+        b'm' if word.len() == 2 => error,
+        b'g' => match word {
+            _ if n < 3 => error,
+            b"get" => retrieval(Command::Get, &t, 1),
+            b"gets" => retrieval(Command::Gets, &t, 1),
+            b"gat" => retrieval(Command::Gat, &t, 2),
+            b"gats" => retrieval(Command::Gats, &t, 2),
+            _ => error,
+        },
+        b's' => match word {
+            b"set" => storage(Command::Set, &t, limits),
+            b"stats" => {
+                let mut req = blank(Command::Stats);
+                if n > 2 {
+                    req.keys_start = t.start(1) as u32;
+                    req.keys_end = line.len() as u32;
+                }
+                Line::Done(req)
+            }
+            b"shutdown" => Line::Reply(reply::SHUTDOWN_DISABLED),
+            _ => error,
+        },
+        b'a' => match word {
+            b"add" => storage(Command::Add, &t, limits),
+            b"append" => storage(Command::Append, &t, limits),
+            _ => error,
+        },
+        b'c' => match word {
+            b"cas" => storage(Command::Cas, &t, limits),
+            b"cache_memlimit" => cache_memlimit(&t),
+            _ => error,
+        },
+        b'i' => match word {
+            b"incr" => arithmetic(Command::Incr, &t),
+            _ => error,
+        },
+        b'd' => match word {
+            b"delete" => delete(&t),
+            b"decr" => arithmetic(Command::Decr, &t),
+            _ => error,
+        },
+        b't' => match word {
+            b"touch" => touch(&t),
+            _ => error,
+        },
+        _ => match word {
+            b"replace" => storage(Command::Replace, &t, limits),
+            b"prepend" => storage(Command::Prepend, &t, limits),
+            // An ancient alias of get that memcached still accepts.
+            b"bget" if n >= 3 => retrieval(Command::Get, &t, 1),
+            b"bget" => error,
+            b"flush_all" => flush_all(&t),
+            b"version" => Line::Done(blank(Command::Version)),
+            b"quit" => Line::Done(blank(Command::Quit)),
+            b"verbosity" => verbosity(&t),
+            // A browser (or an attacker using one) talking to the port: memcached hangs up.
+            _ if t.get(n - 2).starts_with(b"HTTP/") => Line::Close,
+            _ => error,
+        },
+    }
+}
+
+/// `get`/`gets`/`gat`/`gats <exptime>` and their keys (from token `first`); every key of the
+/// line is checked, as memcached answers the whole line with an error for one bad key.
+fn retrieval(command: Command, t: &Tokens<'_>, first: usize) -> Line {
+    let mut req = blank(command);
+    if first == 2 {
+        match safe_strtol(t.get(1)) {
+            Some(e) => req.exptime = e as i64,
+            None => return Line::Reply(reply::INVALID_EXPTIME),
         }
-        Line::TooLarge(len, _) if noreply_silences(line) => Line::TooLarge(len, SILENT),
-        other => other,
+        if t.n() == 3 {
+            // No keys: memcached answers an empty result.
+            return Line::Reply(reply::END);
+        }
     }
+    let start = t.start(first);
+    let mut nkeys = 0u32;
+    for key in t.line[start..]
+        .split(|b| *b == b' ')
+        .filter(|k| !k.is_empty())
+    {
+        if key.len() > MAX_KEY_LEN {
+            return Line::Reply(reply::BAD_FORMAT);
+        }
+        nkeys += 1;
+    }
+    req.keys_start = start as u32;
+    req.keys_end = t.line.len() as u32;
+    req.nkeys = nkeys;
+    Line::Done(req)
 }
 
-/// Whether memcached would have seen `noreply` on this (invalid) line before rejecting it:
-/// the last of at most `MAX_TOKENS` tokens is `noreply` and the command is no retrieval.
-fn noreply_silences(line: &[u8]) -> bool {
-    let mut toks = [(0u32, 0u32); MAX_TOKENS];
-    let n = tokenize(line, &mut toks);
-    let tok = |i: usize| &line[toks[i].0 as usize..toks[i].1 as usize];
-    n > 1
-        && n <= MAX_TOKENS
-        && tok(n - 1) == b"noreply"
-        && !matches!(tok(0), b"get" | b"gets" | b"gat" | b"gats")
+/// The reply to an error found after memcached looked for `noreply`: silence if it found it.
+fn answer(noreply: bool, msg: &'static [u8]) -> Line {
+    Line::Reply(if noreply { SILENT } else { msg })
 }
 
-fn parse_fields(line: &[u8], limits: &CodecLimits) -> Line {
-    let mut toks = [(0u32, 0u32); MAX_TOKENS];
-    let n = tokenize(line, &mut toks);
-    if n == 0 {
-        return Line::Invalid(reply::ERROR);
+fn set_key(req: &mut Request, t: &Tokens<'_>, i: usize) {
+    req.keys_start = t.ranges[i].0;
+    req.keys_end = t.ranges[i].1;
+    req.nkeys = 1;
+}
+
+/// `set`/`add`/`replace`/`append`/`prepend <key> <flags> <exptime> <bytes> [noreply]` and
+/// `cas <key> <flags> <exptime> <bytes> <cas unique> [noreply]`.
+fn storage(command: Command, t: &Tokens<'_>, limits: &CodecLimits) -> Line {
+    let cas = command == Command::Cas;
+    let base = if cas { 7 } else { 6 };
+    if t.n() != base && t.n() != base + 1 {
+        return Line::Reply(reply::ERROR);
     }
-    let tok = |i: usize| &line[toks[i].0 as usize..toks[i].1 as usize];
-    let command = match tok(0) {
-        b"get" => Command::Get,
-        b"gets" => Command::Gets,
-        b"gat" => Command::Gat,
-        b"gats" => Command::Gats,
-        b"set" => Command::Set,
-        b"add" => Command::Add,
-        b"replace" => Command::Replace,
-        b"append" => Command::Append,
-        b"prepend" => Command::Prepend,
-        b"cas" => Command::Cas,
-        b"delete" => Command::Delete,
-        b"incr" => Command::Incr,
-        b"decr" => Command::Decr,
-        b"touch" => Command::Touch,
-        b"flush_all" => Command::FlushAll,
-        b"version" => Command::Version,
-        b"stats" => Command::Stats,
-        b"verbosity" => Command::Verbosity,
-        b"quit" => Command::Quit,
-        _ => return Line::Invalid(reply::ERROR),
+    let noreply = t.noreply();
+    let key = t.get(1);
+    if key.len() > MAX_KEY_LEN {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let (Some(flags), Some(exptime), Some(len)) = (
+        safe_strtoul(t.get(2)),
+        safe_strtol(t.get(3)),
+        safe_strtol(t.get(4)),
+    ) else {
+        return answer(noreply, reply::BAD_FORMAT);
     };
     let mut req = blank(command);
-    // memcached treats a last token of exactly "noreply" as the flag.
-    let last_is_noreply = n <= MAX_TOKENS && n > 1 && tok(n - 1) == b"noreply";
-    let set_noreply = |req: &mut Request| {
-        if last_is_noreply {
-            // The space before the token: tokens are separated by at least one.
-            let mut at = toks[n - 1].0 as usize;
-            while at > 0 && line[at - 1] == b' ' {
-                at -= 1;
-            }
-            req.noreply_at = Some(at as u32);
-        }
-    };
-    let set_key = |req: &mut Request, i: usize| -> bool {
-        req.keys_start = toks[i].0;
-        req.keys_end = toks[i].1;
-        valid_key(tok(i))
-    };
-    match command {
-        Command::Get | Command::Gets | Command::Gat | Command::Gats => {
-            let first = if matches!(command, Command::Gat | Command::Gats) {
-                if n < 2 {
-                    return Line::Invalid(reply::ERROR);
-                }
-                match parse_i32(tok(1)) {
-                    Some(e) => req.exptime = e,
-                    None => return Line::Invalid(reply::INVALID_EXPTIME),
-                }
-                if n == 2 {
-                    // memcached answers a gat with no keys with an empty result.
-                    return Line::Invalid(reply::END);
-                }
-                2
-            } else {
-                if n < 2 {
-                    return Line::Invalid(reply::ERROR);
-                }
-                1
-            };
-            // Keys run from the first key token to the end of the line; every key is checked.
-            let start = if first < MAX_TOKENS {
-                toks[first].0 as usize
-            } else {
-                unreachable!()
-            };
-            let keys = &line[start..];
-            if !keys
-                .split(|b| *b == b' ')
-                .filter(|k| !k.is_empty())
-                .all(valid_key)
-            {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            req.keys_start = start as u32;
-            req.keys_end = line.len() as u32;
-            Line::Done(req)
-        }
-        Command::Set
-        | Command::Add
-        | Command::Replace
-        | Command::Append
-        | Command::Prepend
-        | Command::Cas => {
-            let cas = command == Command::Cas;
-            let base = if cas { 6 } else { 5 };
-            if n != base && n != base + 1 {
-                return Line::Invalid(reply::ERROR);
-            }
-            if !set_key(&mut req, 1) {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            let flags = parse_u64(tok(2));
-            let exptime = parse_i32(tok(3));
-            let len = parse_i32(tok(4));
-            let unique = if cas { parse_u64(tok(5)) } else { Some(0) };
-            let (Some(flags), Some(exptime), Some(len), Some(unique)) =
-                (flags, exptime, len, unique)
-            else {
-                return Line::Invalid(reply::BAD_FORMAT);
-            };
-            if len < 0 {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            req.flags = flags as u32;
-            req.exptime = exptime;
-            req.number = unique;
-            if n == base + 1 {
-                set_noreply(&mut req);
-            }
-            let len = len as usize;
-            if len > limits.item_size_max {
-                return Line::TooLarge(len, reply::TOO_LARGE);
-            }
-            Line::NeedsData(req, len)
-        }
-        Command::Delete => {
-            // delete <key> [0] [noreply]
-            if !(2..=4).contains(&n) {
-                return Line::Invalid(reply::ERROR);
-            }
-            // memcached checks the arguments before the key.
-            let ok = match n {
-                2 => true,
-                3 => tok(2) == b"0" || last_is_noreply,
-                _ => tok(2) == b"0" && last_is_noreply,
-            };
-            if !ok {
-                return Line::Invalid(reply::DELETE_USAGE);
-            }
-            if !set_key(&mut req, 1) {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            // memcached looks for the flag only after the key: `delete noreply` deletes the
-            // key `noreply` and answers.
-            if n > 2 {
-                set_noreply(&mut req);
-            }
-            if n == 3 && last_is_noreply && tok(1) == b"noreply" {
-                // `delete noreply noreply` forwarded without its flag would still end in
-                // `noreply` and the backend would not answer; `delete noreply 0` is answered.
-                req.zero_arg = true;
-            }
-            Line::Done(req)
-        }
-        Command::Incr | Command::Decr | Command::Touch => {
-            if n != 3 && n != 4 {
-                return Line::Invalid(reply::ERROR);
-            }
-            if !set_key(&mut req, 1) {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            if command == Command::Touch {
-                match parse_i32(tok(2)) {
-                    Some(e) => req.exptime = e,
-                    None => return Line::Invalid(reply::INVALID_EXPTIME),
-                }
-            } else {
-                match parse_u64(tok(2)) {
-                    Some(d) => req.number = d,
-                    None => return Line::Invalid(reply::INVALID_DELTA),
-                }
-            }
-            if n == 4 {
-                set_noreply(&mut req);
-            }
-            Line::Done(req)
-        }
-        Command::FlushAll => {
-            if n > 3 {
-                return Line::Invalid(reply::ERROR);
-            }
-            set_noreply(&mut req);
-            // Like memcached: any line with more than `flush_all [noreply]` has its first
-            // argument read as the delay; a further argument is ignored.
-            if n != if last_is_noreply { 2 } else { 1 } {
-                match parse_i32(tok(1)) {
-                    Some(e) => req.exptime = e,
-                    None => return Line::Invalid(reply::INVALID_EXPTIME),
-                }
-            }
-            Line::Done(req)
-        }
-        Command::Verbosity => {
-            if n != 2 && n != 3 {
-                return Line::Invalid(reply::ERROR);
-            }
-            set_noreply(&mut req);
-            // memcached requires a numeric level (and ignores a second argument).
-            if parse_u64(tok(1)).is_none() {
-                return Line::Invalid(reply::BAD_FORMAT);
-            }
-            Line::Done(req)
-        }
-        Command::Version | Command::Quit => Line::Done(req),
-        Command::Stats => {
-            // Arguments (if any) are read from the line by whoever answers it.
-            if n > 1 {
-                req.keys_start = toks[1].0;
-                req.keys_end = line.len() as u32;
-            }
-            Line::Done(req)
+    if cas {
+        match safe_strtoull(t.get(5)) {
+            Some(unique) => req.number = unique,
+            None => return answer(noreply, reply::BAD_FORMAT),
         }
     }
+    // memcached adds the data block's \r\n to the length as an int.
+    if !(0..=i32::MAX - 2).contains(&len) {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let len = len as usize;
+    if len > limits.item_size_max {
+        let (a, b) = t.ranges[1];
+        return Line::TooLarge {
+            len,
+            reply: if noreply { SILENT } else { reply::TOO_LARGE },
+            unlink: (command == Command::Set).then_some((a as usize, b as usize)),
+        };
+    }
+    set_key(&mut req, t, 1);
+    req.flags = flags;
+    req.exptime = exptime as i64;
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::NeedsData(req, len)
+}
+
+/// `delete <key> [0] [noreply]`: memcached checks the optional arguments before the key.
+fn delete(t: &Tokens<'_>) -> Line {
+    let n = t.n();
+    if !(3..=5).contains(&n) {
+        return Line::Reply(reply::ERROR);
+    }
+    let mut noreply = false;
+    if n > 3 {
+        let hold_is_zero = t.get(2) == b"0";
+        noreply = t.noreply();
+        let valid = (n == 4 && (hold_is_zero || noreply)) || (n == 5 && hold_is_zero && noreply);
+        if !valid {
+            return answer(noreply, reply::DELETE_USAGE);
+        }
+    }
+    if t.get(1).len() > MAX_KEY_LEN {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let mut req = blank(Command::Delete);
+    set_key(&mut req, t, 1);
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+        // `delete noreply noreply` forwarded as `delete noreply` would end in `noreply`: the
+        // optional `0` keeps every line memroute sends free of a trailing flag.
+        req.zero_arg = n == 4 && t.get(1) == b"noreply";
+    }
+    Line::Done(req)
+}
+
+/// `incr`/`decr <key> <delta> [noreply]`.
+fn arithmetic(command: Command, t: &Tokens<'_>) -> Line {
+    if t.n() != 4 && t.n() != 5 {
+        return Line::Reply(reply::ERROR);
+    }
+    let noreply = t.noreply();
+    if t.get(1).len() > MAX_KEY_LEN {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let Some(delta) = safe_strtoull(t.get(2)) else {
+        return answer(noreply, reply::INVALID_DELTA);
+    };
+    let mut req = blank(command);
+    set_key(&mut req, t, 1);
+    req.number = delta;
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::Done(req)
+}
+
+/// `touch <key> <exptime> [noreply]`.
+fn touch(t: &Tokens<'_>) -> Line {
+    if t.n() != 4 && t.n() != 5 {
+        return Line::Reply(reply::ERROR);
+    }
+    let noreply = t.noreply();
+    if t.get(1).len() > MAX_KEY_LEN {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let Some(exptime) = safe_strtol(t.get(2)) else {
+        return answer(noreply, reply::INVALID_EXPTIME);
+    };
+    let mut req = blank(Command::Touch);
+    set_key(&mut req, t, 1);
+    req.exptime = exptime as i64;
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::Done(req)
+}
+
+/// `flush_all [delay] [noreply]`: any argument that is not the flag is read as the delay.
+fn flush_all(t: &Tokens<'_>) -> Line {
+    let n = t.n();
+    if !(2..=4).contains(&n) {
+        return Line::Reply(reply::ERROR);
+    }
+    let noreply = t.noreply();
+    let mut req = blank(Command::FlushAll);
+    if n != if noreply { 3 } else { 2 } {
+        match safe_strtol(t.get(1)) {
+            Some(e) => req.exptime = e as i64,
+            None => return answer(noreply, reply::INVALID_EXPTIME),
+        }
+    }
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::Done(req)
+}
+
+/// `verbosity <level> [noreply]` (answered by memroute itself).
+fn verbosity(t: &Tokens<'_>) -> Line {
+    if t.n() != 3 && t.n() != 4 {
+        return Line::Reply(reply::ERROR);
+    }
+    let noreply = t.noreply();
+    if safe_strtoul(t.get(1)).is_none() {
+        return answer(noreply, reply::BAD_FORMAT);
+    }
+    let mut req = blank(Command::Verbosity);
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::Done(req)
+}
+
+/// `cache_memlimit <megabytes> [noreply]` (sent to every backend).
+fn cache_memlimit(t: &Tokens<'_>) -> Line {
+    if t.n() != 3 && t.n() != 4 {
+        return Line::Reply(reply::ERROR);
+    }
+    let noreply = t.noreply();
+    let Some(mb) = safe_strtoul(t.get(1)) else {
+        return answer(noreply, reply::ERROR);
+    };
+    let mut req = blank(Command::CacheMemlimit);
+    req.number = mb as u64;
+    if noreply {
+        req.noreply_at = Some(t.noreply_at());
+    }
+    Line::Done(req)
 }
 
 #[cfg(test)]

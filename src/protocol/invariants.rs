@@ -4,7 +4,8 @@
 
 use bytes::BytesMut;
 
-use super::codec::{ClientCodec, CodecLimits, Decoded};
+use super::codec::{ClientCodec, CodecLimits, Decoded, Stream};
+use super::numbers::safe_strtol;
 use super::reply::{self, frame_reply, FrameState, ReplyKind};
 use super::request::{Command, Request, MAX_KEY_LEN};
 
@@ -13,10 +14,15 @@ use super::request::{Command, Request, MAX_KEY_LEN};
 pub enum Item {
     /// A request: the bytes that would be forwarded upstream, and its `noreply` flag.
     Request(Vec<u8>, bool),
-    /// An error reply; the stream continues.
-    Invalid(&'static [u8]),
-    /// An error reply that closes the connection.
-    Fatal(&'static [u8]),
+    /// A retrieval, decoded whole or handed out in batches: the text before its keys, and
+    /// its keys.
+    Retrieval(Vec<u8>, Vec<Vec<u8>>),
+    /// A reply; the stream continues.
+    Reply(&'static [u8]),
+    /// A refused value: the reply, and the key whose old value goes.
+    TooLarge(&'static [u8], Option<Vec<u8>>),
+    /// The connection closes (silently, or after a binary answer).
+    Close,
 }
 
 /// The `client_codec` fuzz target: the first byte picks the chunk size, the rest is the
@@ -40,19 +46,20 @@ pub fn fuzz_reply_framing(data: &[u8]) {
 
 /// Small limits, so that the too-large and too-long paths are reachable by a fuzzer.
 pub fn fuzz_limits() -> CodecLimits {
-    CodecLimits {
-        item_size_max: 64,
-        max_retrieval_line: 512,
-    }
+    CodecLimits { item_size_max: 64 }
 }
 
 /// Decodes `input` fed in pieces of `chunk` bytes, checking every request and that no more
-/// bytes are consumed than were fed. Stops after a fatal item, as the connection would.
+/// bytes are consumed than were fed. A retrieval handed out in batches is summarised like one
+/// decoded whole (where the batches fall depends on how the bytes arrive), and one that fails
+/// part-way like the error memcached gives the whole line. Stops where the connection would
+/// close.
 pub fn decode_stream(input: &[u8], chunk: usize, limits: CodecLimits) -> Vec<Item> {
     let mut codec = ClientCodec::new(limits);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let (mut fed, mut consumed) = (0, 0);
+    let mut streaming: Option<(Vec<u8>, Vec<Vec<u8>>)> = None;
     for piece in input.chunks(chunk.max(1)) {
         buf.extend_from_slice(piece);
         fed += piece.len();
@@ -65,21 +72,65 @@ pub fn decode_stream(input: &[u8], chunk: usize, limits: CodecLimits) -> Vec<Ite
             let item = match item {
                 Decoded::Request(r) => {
                     check_request(&r, limits);
-                    let (a, b) = r.upstream_bytes();
-                    let mut up = a.to_vec();
-                    up.extend_from_slice(b.as_deref().unwrap_or_default());
-                    Item::Request(up, r.noreply())
+                    if r.command.is_retrieval() {
+                        let prefix = r.line()[..r.keys_start as usize].to_vec();
+                        Item::Retrieval(prefix, r.keys().map(<[u8]>::to_vec).collect())
+                    } else {
+                        let (a, b) = r.upstream_bytes();
+                        let mut up = a.to_vec();
+                        up.extend_from_slice(b.as_deref().unwrap_or_default());
+                        Item::Request(up, r.noreply())
+                    }
                 }
-                Decoded::Invalid(m) => Item::Invalid(m),
-                Decoded::Fatal(m) => {
-                    out.push(Item::Fatal(m));
+                Decoded::Reply(m) => Item::Reply(m),
+                Decoded::TooLarge { reply, unlink } => {
+                    Item::TooLarge(reply, unlink.map(|k| k.to_vec()))
+                }
+                Decoded::Close | Decoded::Binary { .. } => {
+                    out.push(Item::Close);
                     return out;
                 }
+                Decoded::Stream(part) => match part {
+                    Stream::Start { prefix, .. } => {
+                        assert!(streaming.is_none(), "one retrieval streams at a time");
+                        streaming = Some((prefix.to_vec(), Vec::new()));
+                        continue;
+                    }
+                    Stream::Keys(keys) => {
+                        let s = streaming.as_mut().expect("keys follow a start");
+                        assert!(!keys.is_empty(), "a batch has keys");
+                        for k in keys {
+                            check_key(&k);
+                            s.1.push(k.to_vec());
+                        }
+                        continue;
+                    }
+                    Stream::End => {
+                        let (prefix, keys) = streaming.take().expect("an end follows a start");
+                        Item::Retrieval(prefix, keys)
+                    }
+                    Stream::Failed(m) => {
+                        streaming.take().expect("a failure follows a start");
+                        Item::Reply(m)
+                    }
+                },
             };
             out.push(item);
         }
     }
     out
+}
+
+fn check_key(k: &[u8]) {
+    assert!(
+        (1..=MAX_KEY_LEN).contains(&k.len()),
+        "key length {}",
+        k.len()
+    );
+    assert!(
+        !k.iter().any(|b| matches!(b, b' ' | b'\n' | 0)),
+        "key byte in {k:?}"
+    );
 }
 
 /// The client-codec invariants for one input: each request is well formed (see
@@ -90,7 +141,7 @@ pub fn check_client_input(input: &[u8], chunk: usize, limits: CodecLimits) {
     assert_eq!(whole, pieces, "decoding in pieces of {chunk} differs");
 }
 
-/// One decoded request: keys of 1..=250 bytes with no space or control byte, a data block of
+/// One decoded request: keys of 1..=250 bytes with no space, newline or NUL, a data block of
 /// exactly its declared length within the limit, and forwarded bytes that are themselves one
 /// valid request with the same fields (without `noreply`), as is a canonical re-encoding.
 pub fn check_request(r: &Request, limits: CodecLimits) {
@@ -98,22 +149,18 @@ pub fn check_request(r: &Request, limits: CodecLimits) {
     if r.command.is_retrieval() || r.command.is_single_key() {
         assert!(r.keys().next().is_some(), "a keyed command has a key");
         for k in r.keys() {
-            assert!(
-                (1..=MAX_KEY_LEN).contains(&k.len()),
-                "key length {}",
-                k.len()
-            );
-            assert!(k.iter().all(|b| *b > b' ' && *b != 0x7f), "key byte");
+            check_key(k);
         }
+        assert_eq!(r.keys().count(), r.key_count(), "key count");
     }
     if r.command.is_single_key() {
         assert!(!r.key().contains(&b' '), "one key");
     }
     if r.command.is_storage() {
-        // As memcached reads it: a signed number, so `-0` is a length of 0.
-        let declared: i64 = tokens(r.line())
+        // As memcached reads it (`-0`, `+5`, `5\t`, the low 32 bits of a longer number).
+        let declared = tokens(r.line())
             .nth(4)
-            .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+            .and_then(safe_strtol)
             .expect("a storage line declares a length");
         let declared = usize::try_from(declared).expect("a length of at least 0");
         assert_eq!(
@@ -183,7 +230,10 @@ fn assert_same(a: &Request, b: &Request) {
             (b.flags, b.exptime, b.number)
         );
     }
-    if matches!(a.command, Command::Incr | Command::Decr | Command::Cas) {
+    if matches!(
+        a.command,
+        Command::Incr | Command::Decr | Command::Cas | Command::CacheMemlimit
+    ) {
         assert_eq!(a.number, b.number);
     }
     if matches!(
@@ -221,7 +271,9 @@ fn encode(r: &Request) -> Vec<u8> {
                 field(&mut out, r.number.to_string().as_bytes());
             }
         }
-        Command::Incr | Command::Decr => field(&mut out, r.number.to_string().as_bytes()),
+        Command::Incr | Command::Decr | Command::CacheMemlimit => {
+            field(&mut out, r.number.to_string().as_bytes())
+        }
         Command::Touch => field(&mut out, r.exptime.to_string().as_bytes()),
         Command::FlushAll if r.exptime != 0 => field(&mut out, r.exptime.to_string().as_bytes()),
         Command::Stats | Command::Verbosity => {
@@ -245,7 +297,9 @@ fn args(r: &Request) -> impl Iterator<Item = &[u8]> {
     tokens(r.line()).take(n).skip(1)
 }
 
+/// The tokens memcached sees: split on spaces, up to a NUL byte.
 fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let line = &line[..memchr::memchr(0, line).unwrap_or(line.len())];
     line.split(|b| *b == b' ').filter(|t| !t.is_empty())
 }
 

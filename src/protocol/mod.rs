@@ -2,8 +2,9 @@
 
 pub mod codec;
 pub mod invariants;
+pub mod numbers;
 pub mod reply;
 pub mod request;
 
-pub use codec::{ClientCodec, CodecLimits, Decoded};
+pub use codec::{ClientCodec, CodecLimits, Decoded, Stream};
 pub use request::{Command, Request};

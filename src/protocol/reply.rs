@@ -15,8 +15,11 @@ pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 pub const BAD_DATA_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
 /// A value above the item size limit; its data block is discarded.
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
-/// A command line longer than memroute accepts; the connection is then closed.
-pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+/// memcached's answer to `shutdown` unless started with `-A` (never enabled through memroute).
+pub const SHUTDOWN_DISABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
+/// A reply that would take a client beyond its memory budget (memcached's answer when it
+/// cannot allocate a get response).
+pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
 /// `delete` with an argument memcached refuses.
 pub const DELETE_USAGE: &[u8] =
     b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
@@ -35,6 +38,31 @@ pub const BACKEND_PROTOCOL: &[u8] = b"SERVER_ERROR backend protocol error\r\n";
 /// Too many client connections.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many open connections\r\n";
 
+/// The memcached version memroute speaks and is tested against (clients such as libmemcached
+/// read features from the major and minor numbers and refuse a major of 0), followed by
+/// memroute's own version.
+pub const VERSION_STRING: &str = concat!("1.6.18-memroute-", env!("CARGO_PKG_VERSION"));
+/// memroute's answer to `version`.
+pub const VERSION: &[u8] = concat!(
+    "VERSION 1.6.18-memroute-",
+    env!("CARGO_PKG_VERSION"),
+    "\r\n"
+)
+.as_bytes();
+
+/// memcached's binary answer to an opcode it does not know: a response header with status
+/// 0x81 ("Unknown command") and that text as its body, echoing the opcode and opaque.
+pub fn binary_unknown_command(opcode: u8, opaque: [u8; 4]) -> bytes::Bytes {
+    const BODY: &[u8] = b"Unknown command";
+    let mut out = Vec::with_capacity(24 + BODY.len());
+    out.extend_from_slice(&[0x81, opcode, 0, 0, 0, 0, 0x00, 0x81]);
+    out.extend_from_slice(&(BODY.len() as u32).to_be_bytes());
+    out.extend_from_slice(&opaque);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(BODY);
+    out.into()
+}
+
 /// The shape of reply a forwarded request expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyKind {
@@ -45,7 +73,13 @@ pub enum ReplyKind {
     /// A retrieval whose values carry their flags in a prefix (Tokyo Tyrant pools with
     /// `preserve_flags`); framed like [`ReplyKind::Retrieval`], then rewritten.
     RetrievalFlagsInValue,
+    /// A `stats` subcommand's answer: `STAT`/`ITEM`/`PREFIX` lines ended by `END`, or one
+    /// line (`RESET`, `OK`, an error).
+    Stats,
 }
+
+/// Largest `stats` answer accepted from a backend (memcached caps a cachedump at 2 MB).
+pub const MAX_STATS_REPLY: usize = 16 * 1024 * 1024;
 
 /// The backend sent bytes that fit no reply: the connection can no longer be trusted.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +102,8 @@ pub struct FrameState {
     max_items: usize,
     /// Largest `VALUE` data block accepted; a larger one is a malformed reply.
     max_value: usize,
+    /// Largest `VALUE` data block framed since [`FrameState::take_largest`].
+    largest: usize,
 }
 
 impl FrameState {
@@ -78,7 +114,13 @@ impl FrameState {
             items: 0,
             max_items: usize::MAX,
             max_value,
+            largest: 0,
         }
+    }
+
+    /// The largest value framed since the last call (0 if none).
+    pub fn take_largest(&mut self) -> usize {
+        std::mem::take(&mut self.largest)
     }
 
     /// Caps the `VALUE` items of the reply being framed (a retrieval of `n` keys has at most
@@ -109,6 +151,33 @@ pub fn frame_reply(
             Some(i) if is_line_reply(&buf[..i]) => Ok(Some(i + 1)),
             Some(_) => Err(MalformedReply),
         },
+        ReplyKind::Stats => {
+            let mut pos = state.pos;
+            loop {
+                let rest = &buf[pos..];
+                let Some(nl) = memchr::memchr(b'\n', rest) else {
+                    if rest.len() > MAX_REPLY_LINE || pos > MAX_STATS_REPLY {
+                        return Err(MalformedReply);
+                    }
+                    state.pos = pos;
+                    return Ok(None);
+                };
+                let line = strip_cr(&rest[..nl]);
+                let listed = [&b"STAT "[..], b"ITEM ", b"PREFIX "]
+                    .iter()
+                    .any(|p| line.starts_with(p));
+                if listed {
+                    pos += nl + 1;
+                    continue;
+                }
+                // `END` ends a list; anything else may only be a one-line answer.
+                if line != b"END" && pos != 0 {
+                    return Err(MalformedReply);
+                }
+                state.pos = 0;
+                return Ok(Some(pos + nl + 1));
+            }
+        }
         ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue => {
             let mut pos = state.pos;
             loop {
@@ -135,6 +204,7 @@ pub fn frame_reply(
                         return Err(MalformedReply);
                     }
                     state.items += 1;
+                    state.largest = state.largest.max(len);
                     pos = item_end;
                 } else if strip_cr(line) == b"END" || is_error_line(line) {
                     state.pos = 0;
@@ -162,6 +232,8 @@ fn is_line_reply(line: &[u8]) -> bool {
         b"STORED" | b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" | b"DELETED" | b"TOUCHED" | b"OK"
     ) || (!line.is_empty() && line.iter().all(u8::is_ascii_digit))
         || line.starts_with(b"VERSION ")
+        // cache_memlimit's refusals.
+        || line.starts_with(b"MEMLIMIT_")
         || is_error_line(line)
 }
 

@@ -46,6 +46,8 @@ pub enum Command {
     Verbosity,
     /// `quit`
     Quit,
+    /// `cache_memlimit` (sent to every backend).
+    CacheMemlimit,
 }
 
 impl Command {
@@ -71,6 +73,7 @@ impl Command {
             Command::Stats => "stats",
             Command::Verbosity => "verbosity",
             Command::Quit => "quit",
+            Command::CacheMemlimit => "cache_memlimit",
         }
     }
 
@@ -116,6 +119,8 @@ pub struct Request {
     /// Single-key commands: the key. Retrievals: the span holding all keys.
     pub(crate) keys_start: u32,
     pub(crate) keys_end: u32,
+    /// How many keys (retrievals: in the span; single-key commands: 1).
+    pub(crate) nkeys: u32,
     /// Where the command line's text ends (before `\r\n` or `\n`).
     pub(crate) line_end: u32,
     /// Offset of the space before a trailing `noreply`, when present.
@@ -125,9 +130,10 @@ pub struct Request {
     pub(crate) zero_arg: bool,
     /// Storage: item flags. Client flags are 32 bits in memcached.
     pub flags: u32,
-    /// Storage, touch, gat: expiration time as sent. flush_all: the delay.
+    /// Storage, touch, gat: expiration time as memcached reads it (a 32-bit number).
+    /// flush_all: the delay.
     pub exptime: i64,
-    /// cas: the unique. incr/decr: the delta.
+    /// cas: the unique. incr/decr: the delta. cache_memlimit: megabytes.
     pub number: u64,
     /// Storage: the data block's range in `frame` (without its `\r\n`).
     pub(crate) data_start: u32,
@@ -151,6 +157,11 @@ impl Request {
             let start = k.as_ptr() as usize - base;
             self.frame.slice(start..start + k.len())
         })
+    }
+
+    /// How many keys the request names.
+    pub fn key_count(&self) -> usize {
+        self.nkeys as usize
     }
 
     /// Whether the client asked for no reply.

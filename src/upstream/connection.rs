@@ -69,8 +69,6 @@ pub struct UpstreamRequest {
     pub kind: ReplyKind,
     /// Who gets the reply.
     pub target: ReplyTarget,
-    /// When the request fails with a timeout if no reply has come.
-    pub deadline: Instant,
 }
 
 /// A cheap, cloneable handle to a connection task.
@@ -267,15 +265,18 @@ impl Connection {
                         rx_closed = true;
                         continue;
                     }
+                    // A request's time starts when it is written: time spent queued behind
+                    // others is memroute's, not the backend's.
+                    let deadline = Instant::now() + self.timeout;
                     for req in batch.drain(..) {
-                        self.enqueue(req);
+                        self.enqueue(req, deadline);
                     }
                     // Let the other tasks that are ready run first: what they send joins
                     // this write, so one system call carries many clients' requests.
                     tokio::task::yield_now().await;
                     while self.in_flight.len() < self.max_in_flight {
                         match self.rx.try_recv() {
-                            Ok(req) => self.enqueue(req),
+                            Ok(req) => self.enqueue(req, deadline),
                             Err(_) => break,
                         }
                     }
@@ -297,10 +298,10 @@ impl Connection {
         }
     }
 
-    /// Queues a request's bytes for writing and records it as in flight.
-    fn enqueue(&mut self, req: UpstreamRequest) {
+    /// Queues a request's bytes for writing and records it as in flight until `deadline`.
+    fn enqueue(&mut self, req: UpstreamRequest, deadline: Instant) {
         let max_items = match req.kind {
-            ReplyKind::Line => 0,
+            ReplyKind::Line | ReplyKind::Stats => 0,
             // Each key follows a space, so a line has no more keys than spaces.
             _ => {
                 let line_end = memchr::memchr(b'\n', &req.bytes.0).unwrap_or(req.bytes.0.len());
@@ -316,7 +317,7 @@ impl Connection {
             kind: req.kind,
             max_items,
             target: req.target,
-            deadline: req.deadline,
+            deadline,
         });
     }
 
@@ -331,9 +332,13 @@ impl Connection {
                     if done.kind == ReplyKind::RetrievalFlagsInValue {
                         bytes = crate::tyrant::decode_flags(bytes);
                     }
-                    if done.kind != ReplyKind::Line {
+                    if matches!(
+                        done.kind,
+                        ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue
+                    ) {
                         let hits = crate::protocol::reply::value_items(&bytes).count();
                         self.backend.stats.get_hits.add(hits as u64);
+                        self.backend.value_sizes.record(self.frame.take_largest());
                     }
                     let stats = &self.backend.stats;
                     stats.replies.inc();

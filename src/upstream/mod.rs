@@ -38,6 +38,8 @@ pub struct BackendState {
     pub kind: BackendKind,
     /// Counters.
     pub stats: BackendStats,
+    /// The largest values it was recently seen to store or return (reply room estimates).
+    pub value_sizes: crate::budget::ValueSizes,
     /// Whether the last connection attempt (from any worker) succeeded.
     up: AtomicBool,
     /// Consecutive failures (for ejection).
@@ -58,6 +60,7 @@ impl BackendState {
             name,
             kind,
             stats: BackendStats::default(),
+            value_sizes: Default::default(),
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),

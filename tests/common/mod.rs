@@ -600,8 +600,24 @@ impl Proxy {
 
 // ---- Small helpers shared by the tests: protocol text, test data, polling, memory. ----
 
-/// memroute's reply to `version`.
-pub const VERSION_REPLY: &str = concat!("VERSION ", env!("CARGO_PKG_VERSION"), "\r\n");
+/// Asserts a peak RSS (KiB) is within `baseline + allowance`, and reports it.
+pub fn assert_rss(what: &str, peak: u64, baseline: u64, allowance_kib: u64) {
+    eprintln!(
+        "{what}: RSS peak {peak} KiB = baseline {baseline} KiB + {} KiB (bound + {allowance_kib} KiB)",
+        peak.saturating_sub(baseline)
+    );
+    assert!(
+        peak <= baseline + allowance_kib,
+        "{what}: memroute RSS peaked at {peak} KiB, above baseline {baseline} KiB + {allowance_kib} KiB"
+    );
+}
+
+/// memroute's reply to `version`: the memcached version it speaks, then its own.
+pub const VERSION_REPLY: &str = concat!(
+    "VERSION 1.6.18-memroute-",
+    env!("CARGO_PKG_VERSION"),
+    "\r\n"
+);
 
 /// Bytes as text, invalid UTF-8 replaced (for comparing and printing replies).
 pub fn text(bytes: &[u8]) -> String {

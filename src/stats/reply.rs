@@ -1,127 +1,26 @@
-//! Counters: per-worker client statistics and per-backend statistics, summed on demand.
-//!
-//! Client-side counters belong to one worker thread each. Backend counters are shared by the
-//! workers that use the backend (relaxed atomics; with several workers they share cache
-//! lines). [`stats_reply`] renders them as memcached's `stats` reply.
+//! memroute's own answers to `stats` and its local subcommands, in memcached's
+//! `STAT <name> <value>` format.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::WorkerStats;
+use crate::config::PoolConfig;
 use crate::protocol::reply;
 use crate::reply_queue::Reply;
 use crate::server::Shared;
 use crate::upstream::BackendKind;
 
-/// A monotonically increasing counter (or, with `dec`, a gauge).
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// A counter at zero (usable in statics).
-    pub const fn new() -> Self {
-        Counter(AtomicU64::new(0))
-    }
-
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Subtracts one (gauges).
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Configuration reloads that took effect.
-pub static RELOADS_OK: Counter = Counter::new();
-/// Configuration reloads rejected (the running configuration stayed).
-pub static RELOADS_FAILED: Counter = Counter::new();
-
-/// Copies the reload counters into the `metrics` registry.
-pub fn export_reload_metrics() {
-    metrics::counter!("memroute_reloads_total", "result" => "ok").absolute(RELOADS_OK.get());
-    metrics::counter!("memroute_reloads_total", "result" => "error").absolute(RELOADS_FAILED.get());
-}
-
-/// Client-side counters of one worker, named as memcached names them.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Open client connections.
-    pub curr_connections: Counter,
-    /// Signalled whenever a client connection ends (shutdown waits on it).
-    pub client_left: tokio::sync::Notify,
-    /// Client connections accepted.
-    pub total_connections: Counter,
-    /// Connections refused because `max_clients` or a listener's `max_client_connections`
-    /// was reached.
-    pub rejected_connections: Counter,
-    /// Connections refused by a listener's `client_allow` / `client_deny`.
-    pub denied_connections: Counter,
-    /// Idle connections closed by `client_timeout` (memcached's name).
-    pub idle_kicks: Counter,
-    /// Keys requested by retrieval commands.
-    pub cmd_get: Counter,
-    /// Storage commands.
-    pub cmd_set: Counter,
-    /// Other keyed commands (delete, incr, decr, touch).
-    pub cmd_other: Counter,
-    /// flush_all commands.
-    pub cmd_flush: Counter,
-    /// Requests answered with a protocol error by memroute itself.
-    pub protocol_errors: Counter,
-    /// Multi-key retrievals split over several backends.
-    pub split_retrievals: Counter,
-    /// Bytes read from clients.
-    pub bytes_read: Counter,
-    /// Bytes written to clients.
-    pub bytes_written: Counter,
-}
-
-/// Counters of one backend, shared by every worker.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    /// Requests sent.
-    pub requests: Counter,
-    /// Replies received.
-    pub replies: Counter,
-    /// Requests answered with an error because the backend failed.
-    pub errors: Counter,
-    /// Deadlines missed.
-    pub timeouts: Counter,
-    /// Upstream connections that broke.
-    pub connection_failures: Counter,
-    /// Connection attempts that failed.
-    pub connect_failures: Counter,
-    /// `noreply` requests whose (dropped) answer was an error.
-    pub noreply_errors: Counter,
-    /// Times the backend was taken off the ring.
-    pub ejections: Counter,
-    /// Requests in flight (gauge).
-    pub in_flight: Counter,
-    /// Sum of reply latencies, microseconds (with `replies`, the mean).
-    pub latency_us_total: Counter,
-    /// Warm-up: misses on the new owner answered by the previous owner.
-    pub warmup_hits: Counter,
-    /// `VALUE` items returned by retrievals.
-    pub get_hits: Counter,
-}
-
-/// The reply to `stats [args]`, in memcached's `STAT name value` format.
-pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
+/// The reply to `stats [args]` asked on a listener of `pool`, in memcached's
+/// `STAT name value` format; subcommands memroute does not answer itself get `ERROR`, as
+/// memcached answers an unknown one.
+pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
+    let sub = args
+        .split(|b| *b == b' ')
+        .find(|t| !t.is_empty())
+        .unwrap_or_default();
     let generation = shared.generation();
     let sum =
         |f: &dyn Fn(&WorkerStats) -> u64| -> u64 { shared.workers().iter().map(|w| f(w)).sum() };
@@ -129,7 +28,7 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
     let mut stat = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(out, "STAT {name} {value}\r\n");
     };
-    match args {
+    match sub {
         b"" => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -137,7 +36,8 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
             stat("pid", &std::process::id());
             stat("uptime", &shared.uptime().as_secs());
             stat("time", &now.as_secs());
-            stat("version", &env!("CARGO_PKG_VERSION"));
+            stat("version", &reply::VERSION_STRING);
+            stat("memroute_version", &env!("CARGO_PKG_VERSION"));
             stat("threads", &shared.workers().len());
             stat("curr_connections", &sum(&|w| w.curr_connections.get()));
             stat("total_connections", &sum(&|w| w.total_connections.get()));
@@ -169,6 +69,12 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
             stat("protocol_errors", &sum(&|w| w.protocol_errors.get()));
             stat("bytes_read", &sum(&|w| w.bytes_read.get()));
             stat("bytes_written", &sum(&|w| w.bytes_written.get()));
+            stat("client_memory", &shared.budget().charged());
+            stat("client_memory_limit", &generation.config.max_client_memory);
+            stat(
+                "replies_refused_for_memory",
+                &crate::reply_queue::REFUSED_REPLIES.load(std::sync::atomic::Ordering::Relaxed),
+            );
             stat("generation", &generation.id);
             let n: usize = generation.pools.iter().map(|p| p.backends.len()).sum();
             stat("backends", &n);
@@ -239,8 +145,95 @@ pub fn stats_reply(shared: &Shared, args: &[u8]) -> Reply {
                 }
             }
         }
+        b"settings" => settings(shared, pool, &mut stat),
+        b"conns" => shared.connections().render(&generation, &mut stat),
         _ => return Reply::Static(reply::ERROR),
     }
     out.push_str("END\r\n");
     Reply::Data(Bytes::from(out))
+}
+
+/// `stats settings`: memroute's settings under memcached's names where one applies (those a
+/// client or monitoring tool reads: limits, ports, the protocol, what is enabled), then the
+/// pool's own.
+fn settings(
+    shared: &Shared,
+    pool: &PoolConfig,
+    stat: &mut dyn FnMut(&str, &dyn std::fmt::Display),
+) {
+    let generation = shared.generation();
+    let config = &generation.config;
+    let embedded: usize = pool
+        .servers
+        .iter()
+        .filter_map(|s| match s.endpoint {
+            crate::config::Endpoint::Memory { limit, .. } => Some(limit),
+            crate::config::Endpoint::Tcp { .. } => None,
+        })
+        .sum();
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    stat("maxbytes", &embedded);
+    stat("maxconns", &config.max_clients);
+    stat("tcpport", &pool.listen.port());
+    stat("udpport", &0);
+    stat("inter", &pool.listen.ip());
+    stat("verbosity", &0);
+    stat("evictions", &if pool.memory_evict { "on" } else { "off" });
+    stat("domain_socket", &"NULL");
+    stat("shutdown_command", &"no");
+    stat("num_threads", &config.threads);
+    stat("cas_enabled", &"yes");
+    stat("tcp_backlog", &4096);
+    stat("binding_protocol", &"ascii");
+    stat("auth_enabled_sasl", &"no");
+    stat("auth_enabled_ascii", &"no");
+    stat("item_size_max", &pool.item_size_max);
+    stat("maxconns_fast", &"yes");
+    stat("flush_enabled", &"yes");
+    stat("dump_enabled", &"yes");
+    stat(
+        "idle_timeout",
+        &pool.client_timeout.map_or(0, |d| d.as_secs()),
+    );
+    stat("ssl_enabled", &"no");
+    stat("memroute_pool", &pool.name);
+    stat("memroute_servers", &pool.servers.len());
+    stat("memroute_hash", &pool.hash);
+    stat("memroute_distribution", &pool.distribution);
+    stat(
+        "memroute_hash_tag",
+        &pool.hash_tag.map_or("none".to_string(), |t| t.to_string()),
+    );
+    stat("memroute_timeout_ms", &pool.timeout.as_millis());
+    stat(
+        "memroute_connect_timeout_ms",
+        &pool.connect_timeout.as_millis(),
+    );
+    stat("memroute_server_connections", &pool.server_connections);
+    stat("memroute_max_client_inflight", &pool.max_client_inflight);
+    stat("memroute_max_client_buffer", &pool.max_client_buffer);
+    stat("memroute_max_client_memory", &config.max_client_memory);
+    stat(
+        "memroute_max_client_connections",
+        &pool.max_client_connections.unwrap_or(0),
+    );
+    stat(
+        "memroute_retrieval_failure",
+        &match pool.retrieval_failure {
+            crate::reply_queue::RetrievalFailure::Miss => "miss",
+            crate::reply_queue::RetrievalFailure::Error => "error",
+        },
+    );
+    stat(
+        "memroute_protocol",
+        &match pool.protocol {
+            crate::config::BackendProtocol::Memcached => "memcached",
+            crate::config::BackendProtocol::TokyoTyrant => "tokyotyrant",
+        },
+    );
+    stat("memroute_warmup_secs", &pool.warmup.as_secs());
+    stat(
+        "memroute_auto_eject_hosts",
+        &yes_no(pool.ejection.is_some()),
+    );
 }
