@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 need=()
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+# The real client libraries tests/real_clients.rs drives (tests/clients/): libmemcached's
+# tools, PHP's Memcached, Perl's Cache::Memcached::Fast, and python-memcached, pymemcache and
+# pylibmc for the Debian python at /usr/bin/python3.
+for pkg in libmemcached-tools php-cli php-memcached libcache-memcached-fast-perl \
+    python3-pylibmc python3-memcache python3-pymemcache; do
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
+done
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing ${need[*]}: run as root or install them (apt-get install ${need[*]})" >&2
