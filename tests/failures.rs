@@ -4,16 +4,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::bad_backend::{BadBackend, Behaviour, Garbage};
 use common::config::proxy_with_pool;
 use common::{
-    free_port, mix, poll_until_every, set_request, text, value_item, value_reply, Memcached, Proxy,
+    assert_bytes, free_port, mix, poll_until_every, set_request, text, value_item, value_reply,
+    Memcached, Proxy,
 };
 
 const UNAVAILABLE: &str = "SERVER_ERROR backend unavailable\r\n";
@@ -39,52 +40,6 @@ fn owners(backends: &[Memcached], keys: &[String]) -> HashMap<String, usize> {
         }
     }
     owner
-}
-
-/// A tiny fake backend: accepts connections and runs `handler` on each in its own thread.
-/// The threads live until the test process ends.
-fn fake_backend(handler: fn(TcpStream)) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            thread::spawn(move || handler(stream));
-        }
-    });
-    port
-}
-
-/// Reads and discards everything, never answers.
-fn stall(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-}
-
-/// Answers `HELLO\r\n` to every line it receives.
-fn garbage(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                let lines = buf[..n].iter().filter(|b| **b == b'\n').count();
-                if s.write_all(&b"HELLO\r\n".repeat(lines)).is_err() {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
-}
-
-/// Starts a value, then closes the connection halfway through it.
-fn half_value(mut s: TcpStream) {
-    let mut buf = [0u8; 4096];
-    if matches!(s.read(&mut buf), Ok(n) if n > 0) {
-        let _ = s.write_all(b"VALUE k 0 10\r\nabc");
-        let _ = s.flush();
-    }
-    // Dropping the stream closes it.
 }
 
 #[test]
@@ -339,8 +294,8 @@ fn backend_down_from_the_start_errors_with_retrieval_failure_error() {
 #[test]
 fn stalled_backend_times_out_without_blocking_later_replies() {
     let healthy = Memcached::start();
-    let stalled = fake_backend(stall);
-    let servers = vec![healthy.server(1), format!("127.0.0.1:{stalled}:1")];
+    let stalled = BadBackend::start(Behaviour::Stall);
+    let servers = vec![healthy.server(1), format!("{}:1", stalled.address())];
     let proxy = Proxy::start(
         &servers,
         &[
@@ -405,8 +360,8 @@ fn stalled_backend_times_out_without_blocking_later_replies() {
 #[test]
 fn garbage_from_a_backend_is_a_protocol_error() {
     let healthy = Memcached::start();
-    let bad = fake_backend(garbage);
-    let servers = vec![healthy.server(1), format!("127.0.0.1:{bad}:1")];
+    let bad = BadBackend::start(Behaviour::Garbage(Garbage::UnknownReply));
+    let servers = vec![healthy.server(1), format!("{}:1", bad.address())];
     let mut proxy = Proxy::start(
         &servers,
         &[
@@ -446,9 +401,9 @@ fn garbage_from_a_backend_is_a_protocol_error() {
 
 #[test]
 fn backend_closing_mid_value_is_an_error_not_a_hang() {
-    let port = fake_backend(half_value);
+    let bad = BadBackend::start(Behaviour::HalfValue);
     let mut proxy = Proxy::start(
-        &[format!("127.0.0.1:{port}:1")],
+        &[format!("{}:1", bad.address())],
         &["--threads", "1", "--timeout", "5000"],
     );
     let mut c = proxy.client();
@@ -674,7 +629,7 @@ fn stalled_reader_stays_bounded(proxy: &Proxy, count: usize, bound_mib: u64) {
     let expected = value_reply("big", &value);
     for i in 0..count {
         let reply = c.read_retrieval();
-        assert!(reply == expected.as_bytes(), "reply {i} differs");
+        assert_bytes(&reply, expected.as_bytes(), &format!("reply {i}"));
     }
     writer_thread.join().unwrap();
     assert_eq!(written.load(Ordering::Relaxed), count);

@@ -14,13 +14,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::bad_backend::{BadBackend, Behaviour, Garbage};
-use common::config::{config_toml, pool_toml, route_owners, TempFiles};
+use common::config::{config_toml, md5_pool_toml, route_owners, TempFiles};
+use common::traffic::{CheckedTraffic, Traffic};
 use common::{
     free_port, num_stat, set_request, text, value_item, value_reply, Client, Memcached, Proxy,
     RssPeak, VERSION_REPLY,
@@ -93,15 +91,12 @@ fn rig(bad: BadBackend, prefix: &str, timeout_ms: u64, policy: &str) -> Rig {
         format!("{} h1", healthy[0].server(1)),
         format!("{} h2", healthy[1].server(1)),
     ];
-    let pool_keys = format!(
-        "hash = \"md5\"\ndistribution = \"ketama\"\ntimeout = {timeout_ms}\n\
-         retrieval_failure = \"{policy}\""
-    );
+    let pool_keys = format!("timeout = {timeout_ms}\nretrieval_failure = \"{policy}\"");
     let config = dir.write(
         "memroute.toml",
         &config_toml(
             "threads = 1",
-            &[pool_toml("main", port, &servers, &pool_keys)],
+            &[md5_pool_toml("main", port, &servers, &pool_keys)],
         ),
     );
     let keys: Vec<String> = (0..300).map(|i| format!("{prefix}:{i}")).collect();
@@ -132,87 +127,24 @@ fn backend_stat(c: &mut Client, addr: &str, name: &str) -> u64 {
     num_stat(&c.stats_map("backends"), &format!("main:{addr}:{name}"))
 }
 
-/// A second client using only healthy keys, from its own thread, for the whole test: every
-/// reply is checked byte for byte, and its slowest request is reported.
-struct Bystander {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<(usize, Duration, Duration)>>,
-    /// The keys' prefix, naming the test in its report.
-    label: String,
+/// Checked traffic from a second client using only healthy keys (`good_keys[40..60]`; the
+/// tests use the first 40 themselves), from its own thread, for the whole test: every reply
+/// checked byte for byte, its slowest batch reported.
+fn bystander(r: &Rig) -> CheckedTraffic {
+    Traffic::clients(vec![r.good_keys[40..60].to_vec()])
+        .pause(Duration::from_millis(2))
+        .start(&r.proxy)
 }
 
-impl Drop for Bystander {
-    /// A test failing elsewhere stops it before memroute and the backends go.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Bystander {
-    fn start(port: u16, keys: Vec<String>) -> Bystander {
-        let label = keys[0].split(':').next().unwrap_or("").to_string();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = thread::spawn(move || {
-            let mut c = Client::connect(port);
-            let mut ops = 0;
-            let mut slowest = Duration::ZERO;
-            let mut slowest_at = Duration::ZERO;
-            let started = Instant::now();
-            let mut round = 0usize;
-            while !flag.load(Ordering::Relaxed) || ops == 0 {
-                let a = &keys[round % keys.len()];
-                let b = &keys[(round + 1) % keys.len()];
-                let (va, vb) = (format!("{a}@{round}"), format!("{b}@{round}+"));
-                let steps = [
-                    step(set_request(a, &va), &["STORED\r\n"]),
-                    step(set_request(b, &vb), &["STORED\r\n"]),
-                    step(format!("get {a}\r\n"), &[&value_reply(a, &va)]),
-                    step(
-                        format!("get {a} {b}\r\n"),
-                        &[&format!(
-                            "{}{}END\r\n",
-                            value_item(a, &va),
-                            value_item(b, &vb)
-                        )],
-                    ),
-                ];
-                let (_, took) = pipeline(&mut c, &steps);
-                if took > slowest {
-                    slowest = took;
-                    slowest_at = started.elapsed();
-                }
-                ops += steps.len();
-                round += 1;
-                thread::sleep(Duration::from_millis(2));
-            }
-            (ops, slowest, slowest_at)
-        });
-        Bystander {
-            stop,
-            thread: Some(thread),
-            label,
-        }
-    }
-
-    /// Stops it; asserts it did work and was never held up for as long as `limit`.
-    fn finish(mut self, limit: Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.take().expect("running");
-        let (ops, slowest, at) = thread.join().expect("bystander client failed");
-        eprintln!(
-            "bystander ({}): {ops} requests, slowest pipeline {slowest:?} at {at:?}",
-            self.label
-        );
-        assert!(ops >= 40, "bystander made only {ops} requests");
-        assert!(
-            slowest < limit,
-            "a client using only healthy backends waited {slowest:?}"
-        );
-    }
+/// Stops the bystander; asserts it did work and was never held up for as long as `limit`.
+fn finish_bystander(bystander: CheckedTraffic, what: &str, limit: Duration) {
+    let report = bystander.finish();
+    report.assert_served(&format!("bystander ({what})"), limit);
+    assert!(
+        report.batches >= 10,
+        "bystander ran only {} batches",
+        report.batches
+    );
 }
 
 /// Asserts the RSS measured now is within the bound of `base`.
@@ -232,7 +164,7 @@ fn assert_rss_flat(proxy: &Proxy, base: u64, what: &str) {
 fn stalled_backend_times_out_and_its_connection_is_replaced() {
     let r = rig(BadBackend::start(Behaviour::Stall), "stall", 800, "miss");
     let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let bystander = bystander(&r);
     let mut c = r.proxy.client();
     for k in &g[..4] {
         c.set(k, format!("{k}-old").as_bytes());
@@ -337,7 +269,7 @@ fn stalled_backend_times_out_and_its_connection_is_replaced() {
         backend_stat(&mut c, &addr, "timeouts"),
         (total - before) as u64
     );
-    bystander.finish(r.timeout);
+    finish_bystander(bystander, "stall", r.timeout);
 }
 
 /// Fixture 2: a backend that closes in the middle of a VALUE block (half-close on even
@@ -351,7 +283,7 @@ fn backend_closing_mid_value_fails_fast_and_is_reconnected() {
         "miss",
     );
     let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let bystander = bystander(&r);
     let mut c = r.proxy.client();
     c.set(&g[1], b"one");
     let before = r.bad.accepted();
@@ -437,7 +369,7 @@ fn backend_closing_mid_value_fails_fast_and_is_reconnected() {
         backend_stat(&mut c, &addr, "connection_failures"),
         total as u64
     );
-    bystander.finish(Duration::from_secs(1));
+    finish_bystander(bystander, "half", Duration::from_secs(1));
 }
 
 /// Fixture 3: a backend that fronts a real memcached and trickles its replies one byte at a
@@ -452,7 +384,7 @@ fn trickling_backend_small_replies_complete_large_ones_time_out() {
     });
     let r = rig(bad, "trickle", 1500, "error");
     let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let bystander = bystander(&r);
     let mut c = r.proxy.client();
     c.set(&g[1], b"one");
     let before = r.bad.accepted();
@@ -577,7 +509,7 @@ fn trickling_backend_small_replies_complete_large_ones_time_out() {
         backend_stat(&mut c, &addr, "timeouts"),
         (total - before) as u64
     );
-    bystander.finish(r.timeout);
+    finish_bystander(bystander, "trickle", r.timeout);
 }
 
 /// Fixture 4: a backend that answers garbage: the wrong reply, random bytes, an endless line,
@@ -591,7 +523,7 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
         "error",
     );
     let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let bystander = bystander(&r);
     let mut c = r.proxy.client();
     c.set(&g[1], b"one");
     let base = r.proxy.rss_kib();
@@ -714,7 +646,7 @@ fn garbage_answers_are_protocol_errors_and_the_connection_is_dropped() {
         backend_stat(&mut c, &addr, "connection_failures"),
         r.bad.accepted() as u64
     );
-    bystander.finish(r.timeout);
+    finish_bystander(bystander, "garbage", r.timeout);
 }
 
 /// Fixture 4b: garbage that frames: well-formed one-byte `VALUE` items of the requested key,
@@ -732,8 +664,8 @@ fn endless_value_items_are_not_buffered_without_bound() {
         400,
         "error",
     );
-    let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let b = &r.bad_keys;
+    let bystander = bystander(&r);
     let base = r.proxy.rss_kib();
     let peak = RssPeak::start(r.proxy.pid(), Duration::from_millis(1));
     let mut outcomes = Vec::new();
@@ -785,7 +717,7 @@ fn endless_value_items_are_not_buffered_without_bound() {
         peak < base + RSS_BOUND_KIB,
         "memroute buffered a never-ending reply: RSS peaked at {peak} KiB (base {base} KiB)"
     );
-    bystander.finish(r.timeout);
+    finish_bystander(bystander, "items", r.timeout);
 }
 
 /// Fixture 5: a backend that fronts a real memcached and resets each connection (SO_LINGER 0)
@@ -800,7 +732,7 @@ fn resetting_backend_fails_only_what_was_in_flight() {
     });
     let r = rig(bad, "reset", 2000, "miss");
     let (b, g) = (&r.bad_keys, &r.good_keys);
-    let bystander = Bystander::start(r.proxy.port, g[40..60].to_vec());
+    let bystander = bystander(&r);
     let mut c = r.proxy.client();
     // Every bad key has a value from the start, so a miss can only be a failure.
     let mut direct = real.client();
@@ -933,5 +865,5 @@ fn resetting_backend_fails_only_what_was_in_flight() {
     for (k, v) in &good_values {
         assert_eq!(c.get(k).as_deref(), Some(v.as_bytes()), "{k}");
     }
-    bystander.finish(Duration::from_secs(1));
+    finish_bystander(bystander, "reset", Duration::from_secs(1));
 }

@@ -11,15 +11,15 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::panic;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::config::{proxy_with_pool, TempFiles};
+use common::traffic::Traffic;
 use common::{
-    assert_rss, first_difference, mix, poll_until, set_request_bytes, text, value_item_bytes,
+    assert_bytes, assert_rss, mix, pattern, poll_until, set_request_bytes, text, value_item_bytes,
     Client, Memcached, Proxy, RssPeak, VERSION_REPLY,
 };
 
@@ -27,33 +27,8 @@ const TOO_LARGE: &str = "SERVER_ERROR object too large for cache\r\n";
 const TOO_MANY: &str = "SERVER_ERROR too many open connections\r\n";
 const KIB: u64 = 1024;
 const MIB: usize = 1024 * 1024;
-
-/// `len` printable bytes determined by `seed` (a misplaced or corrupted byte shows).
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x = seed;
-    while out.len() < len {
-        x = mix(x);
-        out.extend(x.to_le_bytes().iter().map(|b| b'a' + b % 26));
-    }
-    out.truncate(len);
-    out
-}
-
-/// Panics with where `got` first differs from `expected`.
-fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
-    if got == expected {
-        return;
-    }
-    let at = first_difference(got, expected);
-    let from = at.saturating_sub(60);
-    panic!(
-        "{what}: reply differs at byte {at} of {}: got {:?}, expected {:?}",
-        expected.len(),
-        text(&got[from..got.len().min(at + 60)]),
-        text(&expected[from..expected.len().min(at + 60)]),
-    );
-}
+/// The checked traffic kept up: no batch of it took this long.
+const SERVED_WITHIN: Duration = Duration::from_secs(3);
 
 /// memroute from a config file: top-level keys `top`, one pool `main` over `servers` with
 /// extra pool keys. The upstream timeout is 10 s: these tests are about clients, and on a
@@ -76,265 +51,6 @@ fn backend_stats(c: &mut Client) -> Vec<(String, u64)> {
 /// Peak RSS of `proxy`, sampled every 5 ms.
 fn rss_peak(proxy: &Proxy) -> RssPeak {
     RssPeak::start(proxy.pid(), Duration::from_millis(5))
-}
-
-/// What a checked client saw.
-#[derive(Debug)]
-struct CheckReport {
-    batches: u64,
-    worst: Duration,
-}
-
-/// A well-behaved client in its own thread: pipelined batches of sets, gets, a multi-get
-/// (spanning backends), a miss and a `version`, every reply compared byte for byte and in
-/// order, until stopped. Its keys start with `name:`.
-struct Checker {
-    stop: Arc<AtomicBool>,
-    pause: Arc<AtomicBool>,
-    parked: Arc<AtomicBool>,
-    batches: Arc<AtomicU64>,
-    thread: Option<thread::JoinHandle<CheckReport>>,
-}
-
-/// Keys one checked batch retrieves (memroute's `cmd_get` counts keys).
-const CHECKER_KEYS: u64 = 18;
-
-/// One checked batch: the pipelined request and its exact expected reply.
-fn checker_batch(name: &str, round: u64) -> (Vec<u8>, Vec<u8>) {
-    let (mut req, mut exp) = (Vec::new(), Vec::new());
-    let mut items = Vec::new();
-    for i in 0..6u64 {
-        let key = format!("{name}:{i}");
-        // One value spans several socket reads; the others vary in size every round.
-        let len = if i == 0 {
-            30_000 + (round % 7) as usize * 1000
-        } else {
-            1 + (mix(round * 8 + i) % 2000) as usize
-        };
-        let value = pattern(mix(round) ^ i, len);
-        let flags = (round * 10 + i) as u32;
-        req.extend(set_request_bytes(&key, flags, &value));
-        exp.extend_from_slice(b"STORED\r\n");
-        items.push(value_item_bytes(&key, flags, &value));
-    }
-    for (i, item) in items.iter().enumerate() {
-        req.extend(format!("get {name}:{i}\r\n").into_bytes());
-        exp.extend_from_slice(item);
-        exp.extend_from_slice(b"END\r\n");
-    }
-    req.extend_from_slice(b"get");
-    for i in (0..items.len()).rev() {
-        req.extend(format!(" {name}:{i} {name}:missing{i}").into_bytes());
-        exp.extend_from_slice(&items[i]);
-    }
-    req.extend_from_slice(b"\r\n");
-    exp.extend_from_slice(b"END\r\n");
-    req.extend(format!("delete {name}:missing\r\nversion\r\n").into_bytes());
-    exp.extend_from_slice(b"NOT_FOUND\r\n");
-    exp.extend_from_slice(VERSION_REPLY.as_bytes());
-    (req, exp)
-}
-
-/// Reads exactly `n` bytes for the checked client; when they do not come within 10 s, fails
-/// with what memroute looks like then (does it answer a fresh client, what is in flight,
-/// what are its threads doing).
-fn checked_read(s: &mut TcpStream, n: usize, port: u16, pid: u32, what: &str) -> Vec<u8> {
-    let mut got = vec![0u8; n];
-    let mut have = 0;
-    let t = Instant::now();
-    while have < n {
-        match s.read(&mut got[have..]) {
-            Ok(0) => panic!("{what}: connection closed after {have} of {n} bytes"),
-            Ok(k) => have += k,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!(
-                    "{what}: {have} of {n} bytes after {:?}; memroute then: {}",
-                    t.elapsed(),
-                    diagnose(port, pid)
-                )
-            }
-            Err(e) => panic!("{what}: read: {e} after {have} of {n} bytes"),
-        }
-    }
-    got
-}
-
-fn diagnose(port: u16, pid: u32) -> String {
-    let threads = || -> Vec<String> {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return vec!["(no /proc entry)".into()];
-        };
-        dir.flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-            .map(|st| {
-                // pid (comm) state ... utime stime at fields 14, 15
-                let close = st.rfind(')').unwrap_or(0);
-                let f: Vec<&str> = st[close + 1..].split_whitespace().collect();
-                format!(
-                    "{} {} cpu={}",
-                    &st[st.find('(').unwrap_or(0)..=close],
-                    f.first().unwrap_or(&"?"),
-                    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-                        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-                )
-            })
-            .collect()
-    };
-    let before = threads();
-    let fresh = TcpStream::connect(("127.0.0.1", port)).and_then(|mut f| {
-        f.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let t = Instant::now();
-        f.write_all(b"version\r\nstats backends\r\nstats\r\n")?;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65536];
-        while !out.ends_with(b"END\r\n") || out.windows(5).filter(|w| w == b"END\r\n").count() < 2 {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..k]);
-        }
-        Ok(format!("answered in {:?}: {}", t.elapsed(), text(&out)))
-    });
-    thread::sleep(Duration::from_millis(200));
-    format!(
-        "threads {before:?}, 200 ms later {:?}; a fresh client: {fresh:?}",
-        threads()
-    )
-}
-
-impl Checker {
-    fn start(proxy: &Proxy, name: &str) -> Checker {
-        let (port, pid) = (proxy.port, proxy.pid());
-        let mut c = Client::connect(port);
-        let stop = Arc::new(AtomicBool::new(false));
-        let pause = Arc::new(AtomicBool::new(false));
-        let parked = Arc::new(AtomicBool::new(false));
-        let batches = Arc::new(AtomicU64::new(0));
-        let name = name.to_string();
-        let (s, p, pk, b) = (stop.clone(), pause.clone(), parked.clone(), batches.clone());
-        let thread = thread::spawn(move || {
-            let mut worst = Duration::ZERO;
-            let mut round = 0;
-            while !s.load(Ordering::Relaxed) {
-                if p.load(Ordering::Relaxed) {
-                    pk.store(true, Ordering::Relaxed);
-                    thread::sleep(Duration::from_millis(2));
-                    continue;
-                }
-                pk.store(false, Ordering::Relaxed);
-                let (req, exp) = checker_batch(&name, round);
-                let t = Instant::now();
-                c.send(&req);
-                let what = format!("checked client {name}, batch {round}");
-                let got = checked_read(&mut c.stream, exp.len(), port, pid, &what);
-                assert_bytes(&got, &exp, &what);
-                worst = worst.max(t.elapsed());
-                round += 1;
-                b.store(round, Ordering::Relaxed);
-            }
-            // Nothing more than expected was sent.
-            c.expect("version\r\n", VERSION_REPLY);
-            CheckReport {
-                batches: round,
-                worst,
-            }
-        });
-        let checker = Checker {
-            stop,
-            pause,
-            parked,
-            batches,
-            thread: Some(thread),
-        };
-        checker.progress(2, "the checked client to start");
-        checker
-    }
-
-    fn rethrow_if_failed(&mut self) {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Err(e) = self.thread.take().unwrap().join() {
-                panic::resume_unwind(e);
-            }
-            panic!("checked client stopped early");
-        }
-    }
-
-    /// Waits until `n` more checked batches complete (a failed check fails here).
-    fn progress(&self, n: u64, what: &str) {
-        let start = self.batches.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.batches.load(Ordering::Relaxed) < start + n {
-            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
-                // Its panic message is the useful one.
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "checked client made no progress: {what}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// The count of completed batches, to read from another thread.
-    fn counter(&self) -> Arc<AtomicU64> {
-        self.batches.clone()
-    }
-
-    /// Batches completed so far.
-    fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
-    }
-
-    /// Like `progress`, and surfaces the checker's own failure.
-    fn serves(&mut self, n: u64, what: &str) {
-        self.progress(n, what);
-        self.rethrow_if_failed();
-    }
-
-    /// Parks the checker between batches (so counters only the attack moves can be read).
-    fn park(&mut self) {
-        self.pause.store(true, Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.parked.load(Ordering::Relaxed) {
-            self.rethrow_if_failed();
-            assert!(Instant::now() < deadline, "checked client did not park");
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn unpark(&self) {
-        self.pause.store(false, Ordering::Relaxed);
-    }
-
-    fn finish(mut self) -> CheckReport {
-        self.unpark();
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take().unwrap().join() {
-            Ok(report) => report,
-            Err(e) => panic::resume_unwind(e),
-        }
-    }
-}
-
-impl Drop for Checker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The checker kept up: it ran during the attack and no batch stalled.
-fn assert_served(what: &str, report: &CheckReport) {
-    eprintln!(
-        "{what}: checked client ran {} batches, slowest {:?}",
-        report.batches, report.worst
-    );
-    assert!(
-        report.worst < Duration::from_secs(3),
-        "{what}: a checked batch took {:?}",
-        report.worst
-    );
 }
 
 /// What a non-blocking read found.
@@ -409,7 +125,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
     let m = Memcached::start();
     let (proxy, _dir) = proxy_with("threads = 2", &[m.server(1)], "");
     let mut stats = proxy.client();
-    let mut checker = Checker::start(&proxy, "chk");
+    let checker = Traffic::named("chk").start(&proxy);
     let baseline = proxy.rss_kib();
     let rss = rss_peak(&proxy);
 
@@ -469,7 +185,7 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
     }
     assert_eq!(stats.stat_num("curr_connections"), ATTACKERS as u64 + 2);
     // The checked client is served while 200 lines hang.
-    checker.serves(5, "while 200 slowloris lines hang");
+    checker.wait_batches(5, "while 200 slowloris lines hang");
     // Each hanging connection holds its partial line (< 2 KiB) in a read buffer that grows
     // by doubling (<= 4 KiB) plus its task, socket and reply queue (~3 KiB): 200 x 16 KiB
     // allowed, plus 4 MiB for the allocator and runtime.
@@ -544,10 +260,9 @@ fn slowloris_lines_are_cut_at_the_line_limit_while_others_are_served() {
     poll_until(Duration::from_secs(10), "attackers to be gone", || {
         stats.stat_num("curr_connections") == 2
     });
-    checker.serves(3, "after the slowloris attack");
+    checker.wait_batches(3, "after the slowloris attack");
     let peak = rss.finish();
-    let report = checker.finish();
-    assert_served("slowloris", &report);
+    checker.finish().assert_served("slowloris", SERVED_WITHIN);
     // Phase 2 adds, per get-line attacker, a read buffer (64 KiB of room, doubled at most)
     // and its batch of keys on their way, per command-line attacker a 2 KiB line plus one
     // read: 50 x 128 + 150 x 66 KiB, plus the phase-1 allowance: 23.6 MiB. Buffering what
@@ -570,7 +285,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     let mut stats = proxy.client();
     let mut observer = proxy.client();
     observer.set("victim", b"good");
-    let mut checker = Checker::start(&proxy, "chk");
+    let checker = Traffic::named("chk").start(&proxy);
     let baseline = proxy.rss_kib();
     let rss = rss_peak(&proxy);
 
@@ -583,7 +298,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
         .collect();
     let mut attacker = proxy.client();
     let mut writer = attacker.stream.try_clone().unwrap();
-    let checked = checker.counter();
+    let checked = checker.batch_counter();
     let stream = thread::spawn(move || {
         writer
             .write_all(format!("set endless 0 0 {DECLARED}\r\n").as_bytes())
@@ -605,7 +320,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
     assert_eq!(text(&attacker.read_line()), TOO_LARGE);
     // (How many checked batches ran meanwhile is reported, not asserted: fairness between
     // clients of one worker is a_client_streaming_flat_out_does_not_starve_its_worker's.)
-    checker.serves(3, "after an endless data block");
+    checker.wait_batches(3, "after an endless data block");
     let expected = format!(
         "VALUE victim 0 4\r\ngood\r\nEND\r\nSTORED\r\nVALUE after 0 2\r\nok\r\nEND\r\n{VERSION_REPLY}"
     );
@@ -651,7 +366,7 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
         "memroute to read the blocks",
         || stats.stat_num("bytes_read") >= before + (STALLED * SENT) as u64,
     );
-    checker.serves(5, "while 20 data blocks hang unfinished");
+    checker.wait_batches(5, "while 20 data blocks hang unfinished");
     assert_eq!(observer.get("stall:0"), None);
     assert_eq!(observer.get("victim").as_deref(), Some(&b"good"[..]));
     // One finishes late: it is stored whole, and its stream goes on.
@@ -688,8 +403,9 @@ fn an_endless_data_block_is_discarded_as_it_streams() {
         assert_eq!(observer.get(&format!("stall:{i}")), None, "stall:{i}");
     }
     rss.finish();
-    let report = checker.finish();
-    assert_served("endless and unfinished data blocks", &report);
+    checker
+        .finish()
+        .assert_served("endless and unfinished data blocks", SERVED_WITHIN);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -797,7 +513,7 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     let reply_len = mg_reply(0).len() as u64;
     let mut stats = proxy.client();
     let mut backend = m.client();
-    let mut checker = Checker::start(&proxy, "chk");
+    let checker = Traffic::named("chk").start(&proxy);
     let baseline = proxy.rss_kib();
     let rss = rss_peak(&proxy);
 
@@ -855,8 +571,8 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     }
     let (queued, gets_taken, backend_gets) = last;
     let sent = pipe.sent;
-    // memroute counts keys; the checked client asked for CHECKER_KEYS per batch.
-    let taken = (gets_taken - CHECKER_KEYS * checker.batches()) / 10;
+    // memroute counts keys, the checked client's too.
+    let taken = (gets_taken - checker.keys_read()) / 10;
     eprintln!(
         "non-reading pipeliner: {sent} multi-gets written, {taken} taken by memroute, \
          {queued} bytes left in memroute's receive queue, backend cmd_get {backend_gets}"
@@ -867,7 +583,7 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     // The checked client is served meanwhile over the same upstream connection, and memroute
     // still does not read from the attacker.
     checker.unpark();
-    checker.serves(5, "while a pipeliner is held back");
+    checker.wait_batches(5, "while a pipeliner is held back");
     assert!(
         !pipe.write_more(&mut attacker.stream),
         "memroute read from the attacker again"
@@ -907,7 +623,7 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     // Every request was taken exactly once, by memroute and by the backend (which counts
     // the checked client's keys too).
     checker.park();
-    let expected_gets = 10 * sent as u64 + CHECKER_KEYS * checker.batches();
+    let expected_gets = 10 * sent as u64 + checker.keys_read();
     assert_eq!(stats.stat_num("cmd_get"), expected_gets, "memroute cmd_get");
     assert_eq!(
         backend.stat_num("cmd_get"),
@@ -916,8 +632,9 @@ fn a_pipeliner_that_never_reads_is_stopped_at_its_buffer_cap_and_loses_nothing()
     );
     checker.unpark();
     let peak = rss.finish();
-    let report = checker.finish();
-    assert_served("non-reading pipeliner", &report);
+    checker
+        .finish()
+        .assert_served("non-reading pipeliner", SERVED_WITHIN);
     assert_rss("non-reading pipeliner, drained", peak, baseline, allowance);
 }
 
@@ -942,7 +659,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     }
     drop(setup);
     let mut stats = proxy.client();
-    let mut checker = Checker::start(&proxy, "chk");
+    let checker = Traffic::named("chk").start(&proxy);
     let upstream_before: Vec<u64> = backends
         .iter()
         .map(|m| m.client().stat_num("total_connections"))
@@ -983,10 +700,10 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
         }
         drop(c);
         if round % 10 == 9 {
-            checker.serves(1, "while clients vanish");
+            checker.wait_batches(1, "while clients vanish");
         }
     }
-    checker.serves(3, "after the vanishing clients");
+    checker.wait_batches(3, "after the vanishing clients");
     // Every vanished client is gone and nothing is left in flight.
     poll_until(
         Duration::from_secs(10),
@@ -1005,7 +722,7 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
     // client only while the reply room its requests may need is free (the checked client's
     // 30 KB values make each 10-key get reserve about 300 KB), so a client that vanishes
     // leaves much of what it sent unread.
-    let dispatched_sets = stats.stat_num("cmd_set") - 40 - 6 * checker.batches();
+    let dispatched_sets = stats.stat_num("cmd_set") - 40 - checker.sets();
     let forwarded: u64 = backend_stats(&mut stats)
         .iter()
         .filter(|(n, _)| n.ends_with(":requests"))
@@ -1042,8 +759,9 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
             m.port
         );
     }
-    let report = checker.finish();
-    assert_served("vanishing clients", &report);
+    checker
+        .finish()
+        .assert_served("vanishing clients", SERVED_WITHIN);
     assert_eq!(stats.stat_num("curr_connections"), 1);
 }
 
@@ -1063,7 +781,7 @@ fn ten_thousand_idle_connections_and_max_clients() {
         "",
     );
     let mut stats = proxy.client();
-    let mut checker = Checker::start(&proxy, "chk");
+    let checker = Traffic::named("chk").start(&proxy);
     let baseline = proxy.rss_kib();
 
     let connect = || {
@@ -1090,7 +808,7 @@ fn ten_thousand_idle_connections_and_max_clients() {
     poll_until(Duration::from_secs(10), "every connection counted", || {
         stats.stat_num("curr_connections") == IDLE as u64 + 2
     });
-    checker.serves(5, "with 10,000 idle connections open");
+    checker.wait_batches(5, "with 10,000 idle connections open");
     let with_idle = proxy.rss_kib();
     let per_conn = (with_idle.saturating_sub(baseline)) * 1024 / IDLE as u64;
     eprintln!(
@@ -1139,7 +857,7 @@ fn ten_thousand_idle_connections_and_max_clients() {
     }
     refused(connect());
     assert_eq!(stats.stat_num("rejected_connections"), 6);
-    checker.serves(3, "at max_clients");
+    checker.wait_batches(3, "at max_clients");
 
     drop(idle);
     drop(extra);
@@ -1147,8 +865,9 @@ fn ten_thousand_idle_connections_and_max_clients() {
         stats.stat_num("curr_connections") == 2
     });
     eprintln!("after they closed: RSS {} KiB", proxy.rss_kib());
-    let report = checker.finish();
-    assert_served("10,000 idle connections", &report);
+    checker
+        .finish()
+        .assert_served("10,000 idle connections", SERVED_WITHIN);
 }
 
 /// Requests left in the read buffer when the in-flight cap stopped decoding must wait for

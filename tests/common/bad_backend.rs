@@ -1,9 +1,10 @@
 //! Misbehaving memcached backends, run in-process on loopback with std threads: one that
 //! never answers, one that closes in the middle of a value, one that trickles a real
 //! memcached's replies a byte at a time, one that answers garbage, and one that resets its
-//! connections at random. Each records every connection it accepted: the request lines it
-//! received (data blocks skipped), whether memroute closed it (EOF or an error on the
-//! fixture's side), and whether the fixture closed it itself.
+//! connections at random (used by tests/hostile_backends.rs and tests/failures.rs). Each
+//! records every connection it accepted: the request lines it received (data blocks
+//! skipped), whether memroute closed it (EOF or an error on the fixture's side), and whether
+//! the fixture closed it itself.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -31,6 +32,8 @@ pub enum Garbage {
     /// Well-formed one-byte `VALUE` items of the requested key, written as fast as memroute
     /// takes them, never followed by `END`.
     EndlessItems = 4,
+    /// A line that is no memcached reply at all: `HELLO`.
+    UnknownReply = 5,
 }
 
 impl Garbage {
@@ -40,7 +43,8 @@ impl Garbage {
             1 => Garbage::RandomBytes,
             2 => Garbage::EndlessLine,
             3 => Garbage::HugeValue,
-            _ => Garbage::EndlessItems,
+            4 => Garbage::EndlessItems,
+            _ => Garbage::UnknownReply,
         }
     }
 }
@@ -109,7 +113,7 @@ impl ConnLog {
         self.we_closed.load(Ordering::SeqCst)
     }
 
-    /// Bytes the fixture wrote to memroute on this connection.
+    /// Bytes the fixture wrote (or is writing) to memroute on this connection.
     pub fn bytes_written(&self) -> usize {
         self.bytes_written.load(Ordering::SeqCst)
     }
@@ -397,11 +401,11 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8], log: &ConnLog) -> Option<us
 }
 
 fn write_logged(stream: &mut TcpStream, bytes: &[u8], log: &ConnLog) -> io::Result<()> {
+    // Counted before the write: memroute may forward the bytes and the test read the count
+    // before this thread runs again, and the count must already include them then.
+    log.wrote(bytes.len());
     match stream.write_all(bytes) {
-        Ok(()) => {
-            log.wrote(bytes.len());
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         Err(e) => {
             // The only way a write fails here is memroute's side being gone.
             log.mark_peer_closed();
@@ -518,6 +522,7 @@ fn garbage(mut s: TcpStream, log: &ConnLog, shared: &Shared, kind: Garbage) {
             let answer: Vec<u8> = match kind {
                 Garbage::WrongReply if req.is_retrieval() => b"STORED\r\n".to_vec(),
                 Garbage::WrongReply => b"END\r\n".to_vec(),
+                Garbage::UnknownReply => b"HELLO\r\n".to_vec(),
                 Garbage::RandomBytes => {
                     let mut out = vec![0x01];
                     while out.len() < 64 {

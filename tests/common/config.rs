@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{free_port, text, Proxy};
+use super::{free_port, text, Memcached, Proxy};
 
 /// One `[pools.<name>]` table listening on 127.0.0.1:`port` over `servers` (entries as
 /// written in the file, e.g. `127.0.0.1:11211:1 a`); `keys` are further lines of the same
@@ -16,6 +16,21 @@ pub fn pool_toml(name: &str, port: u16, servers: &[String], keys: &str) -> Strin
         "[pools.{name}]\nlisten = \"127.0.0.1:{port}\"\nservers = [{}]\n{keys}\n",
         list.join(", ")
     )
+}
+
+/// One `[pools.<name>]` table like [`pool_toml`], hashed md5 on a ketama ring.
+pub fn md5_pool_toml(name: &str, port: u16, servers: &[String], extra: &str) -> String {
+    let keys = format!("hash = \"md5\"\ndistribution = \"ketama\"\n{extra}");
+    pool_toml(name, port, servers, &keys)
+}
+
+/// `servers` entries for `mcs`, named `a`, `b`, `c`… in order, so that ring positions do not
+/// depend on random ports.
+pub fn named(mcs: &[Memcached]) -> Vec<String> {
+    mcs.iter()
+        .zip('a'..='z')
+        .map(|(m, name)| format!("{} {name}", m.server(1)))
+        .collect()
 }
 
 /// A whole file: top-level keys `top` (lines, or empty), then the pool tables.

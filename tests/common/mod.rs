@@ -112,6 +112,11 @@ impl Memcached {
         Client::connect(self.port)
     }
 
+    /// `127.0.0.1:port`, its name in memroute's stats, metrics and route output.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Kills the process now.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -528,8 +533,10 @@ pub fn num_stat(map: &HashMap<String, String>, name: &str) -> u64 {
         .unwrap_or_else(|_| panic!("stat {name} = {v:?} is not a number"))
 }
 
+pub mod admin;
 pub mod bad_backend;
 pub mod config;
+pub mod traffic;
 pub mod tyrant;
 
 /// Waits until something accepts connections on `port` (a listener of a process already
@@ -686,6 +693,101 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// How `got` differs from `expected`: where, and the bytes around it.
+pub fn describe_difference(got: &[u8], expected: &[u8]) -> String {
+    let at = first_difference(got, expected);
+    let from = at.saturating_sub(60);
+    format!(
+        "reply differs at byte {at} of {}: got {:?}, expected {:?}",
+        expected.len(),
+        text(&got[from..got.len().min(at + 60)]),
+        text(&expected[from..expected.len().min(at + 60)]),
+    )
+}
+
+/// Panics with where `got` first differs from `expected`.
+pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
+    if got != expected {
+        panic!("{what}: {}", describe_difference(got, expected));
+    }
+}
+
+/// `len` printable bytes determined by `seed` (a misplaced or corrupted byte shows).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed;
+    while out.len() < len {
+        x = mix(x);
+        out.extend(x.to_le_bytes().iter().map(|b| b'a' + b % 26));
+    }
+    out.truncate(len);
+    out
+}
+
+/// `s`, cut after 200 bytes (for messages).
+pub fn truncate(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `n` keys with values of varied length, deterministic for a given `prefix`.
+pub fn key_values(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n as u64)
+        .map(|i| {
+            let h = mix(i ^ 0x5eed);
+            let key = format!("{prefix}:{:08x}:{i}", h & 0xffff_ffff);
+            let value = format!("{prefix}-value-{i}-{}", "x".repeat((h % 60) as usize));
+            (key, value)
+        })
+        .collect()
+}
+
+/// Writes every pair through `port` with pipelined sets, checking each `STORED`.
+pub fn write_all(port: u16, pairs: &[(String, String)]) {
+    let mut c = Client::connect(port);
+    for chunk in pairs.chunks(200) {
+        let mut req = String::new();
+        for (k, v) in chunk {
+            req.push_str(&set_request(k, v));
+        }
+        c.send(req);
+        for (k, _) in chunk {
+            let line = c.read_line();
+            assert_eq!(text(&line), "STORED\r\n", "set {k} through memroute");
+        }
+    }
+}
+
+/// Reads every pair through `port` with multi-gets of 40 keys; returns the keys that did not
+/// come back with their value (misses or wrong values), with what came back.
+pub fn read_all(port: u16, pairs: &[(String, String)]) -> Vec<String> {
+    let mut c = Client::connect(port);
+    let mut bad = Vec::new();
+    for chunk in pairs.chunks(40) {
+        let keys: Vec<&str> = chunk.iter().map(|(k, _)| k.as_str()).collect();
+        c.send(format!("get {}\r\n", keys.join(" ")));
+        let got = text(&c.read_retrieval());
+        let mut expected = String::new();
+        for (k, v) in chunk {
+            expected.push_str(&value_item(k, v));
+        }
+        expected.push_str("END\r\n");
+        if got != expected {
+            for (k, v) in chunk {
+                if !got.contains(&value_item(k, v)) {
+                    bad.push(format!("{k} (reply {:?})", truncate(&got)));
+                }
+            }
+            if bad.is_empty() {
+                bad.push(format!("malformed reply {:?}", truncate(&got)));
+            }
+        }
+    }
+    bad
+}
+
 /// Calls `f` every `every` until it returns `Ok` (its value); once `within` has passed, the
 /// last `Err` instead.
 pub fn try_poll<T>(
@@ -702,6 +804,20 @@ pub fn try_poll<T>(
         }
         std::thread::sleep(every);
     }
+}
+
+/// How long the operations tests wait for something to happen.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How often [`poll`] calls its check.
+pub const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Polls `f` every 10 ms until it returns `Ok` (its value), failing with its last `Err` after
+/// `within`.
+pub fn poll<T>(what: &str, within: Duration, f: impl FnMut() -> Result<T, String>) -> T {
+    try_poll(within, POLL_EVERY, f).unwrap_or_else(|last| {
+        panic!("timed out after {within:?} waiting for {what}; last: {last}")
+    })
 }
 
 /// Polls `check` every 10 ms until it returns true; panics with "timed out waiting for

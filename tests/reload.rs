@@ -1,0 +1,582 @@
+//! Reloading the config while clients keep talking: a backend added or removed under load
+//! (keys move, warm-up keeps them readable, copies land on the new owners), an invalid file
+//! rejected and logged, SIGHUP, an edit made right after start, and a get line read in
+//! batches during warm-up — against real memcached processes and the memroute binary.
+//!
+//! Every wait polls with a deadline; the checked traffic (tests/common/traffic.rs) checks
+//! every reply it gets.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::admin::{
+    backend_num, backend_stat, generation, metric, metric_sum, scrape, wait_generation,
+};
+use common::config::{
+    config_toml, md5_pool_toml, named, parse_route, replace_file, route_owners, run_route,
+    TempFiles,
+};
+use common::traffic::Traffic;
+use common::{
+    free_port, key_values, num_stat, poll, read_all, text, truncate, try_poll, value_item,
+    wait_for_port_only, write_all, Client, Memcached, Proxy, POLL_EVERY, WAIT,
+};
+
+/// Sum of `<field>` over every backend in `stats backends`.
+fn backends_sum(map: &HashMap<String, String>, field: &str) -> u64 {
+    let suffix = format!(":{field}");
+    map.iter()
+        .filter(|(k, _)| k.ends_with(&suffix))
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// `threads` × `per` own keys for checked traffic.
+fn own_keys(tag: &str, threads: usize, per: usize) -> Vec<Vec<String>> {
+    (0..threads)
+        .map(|t| (0..per).map(|i| format!("{tag}:t{t}:{i}")).collect())
+        .collect()
+}
+
+/// Keys from `pairs` whose owner is in `allowed`.
+fn keys_owned_by(
+    pairs: &[(String, String)],
+    owners: &HashMap<String, String>,
+    allowed: &[String],
+) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .filter(|(k, _)| allowed.contains(&owners[k]))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Add a backend under load
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses() {
+    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let admin = free_port();
+    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
+    let extra = "timeout = 3000\nwarmup = \"30s\"\nwarmup_ttl = 300";
+    let three = named(&mcs[..3]);
+    let four = named(&mcs[..4]);
+    let old_text = config_toml(&top, &[md5_pool_toml("main", port, &three, extra)]);
+    let new_text = config_toml(&top, &[md5_pool_toml("main", port, &four, extra)]);
+    let path = files.write("memroute.toml", &old_text);
+    let new_copy = files.write("new-copy.toml", &new_text);
+    let mut proxy = Proxy::start_config(&path, port, &[]);
+    wait_for_port_only(admin);
+
+    let pre = Arc::new(key_values("add", 2000));
+    write_all(port, &pre);
+    let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
+    let old_owner = route_owners(&path, &keys);
+    let new_owner = route_owners(&new_copy, &keys);
+
+    let mut sc = proxy.client();
+    let g0 = generation(&mut sc);
+    let load = Traffic::clients(own_keys("add-own", 4, 48))
+        .reading(pre.clone())
+        .start(&proxy);
+    load.wait_replies(2000, "before the reload");
+
+    replace_file(&path, &new_text);
+    let g1 = wait_generation(&mut sc, g0);
+    assert_eq!(g1, g0 + 1, "one file change, one generation");
+    let at_change = load.replies();
+
+    // Where keys went: about a quarter moved, all of them to the new backend.
+    let moved: Vec<&(String, String)> = pre
+        .iter()
+        .filter(|(k, _)| old_owner[k] != new_owner[k])
+        .collect();
+    let share = moved.len() as f64 / pre.len() as f64;
+    assert!(
+        (share - 0.25).abs() <= 0.04,
+        "{} of {} keys moved ({share:.3}), expected about 1/4",
+        moved.len(),
+        pre.len()
+    );
+    for (k, _) in &moved {
+        assert_eq!(
+            new_owner[k],
+            mcs[3].address(),
+            "{k} moved, but not to the new backend"
+        );
+    }
+
+    // The running proxy agrees, and knows where moved keys were before.
+    let sample: Vec<&str> = pre.iter().take(200).map(|(k, _)| k.as_str()).collect();
+    let live = parse_route(&run_route(
+        &["--admin", &format!("127.0.0.1:{admin}")],
+        &sample,
+    ));
+    assert_eq!(live.len(), sample.len());
+    let mut saw_previous = 0;
+    for l in &live {
+        assert_eq!(
+            l.owner, new_owner[&l.key],
+            "route --admin owner of {}",
+            l.key
+        );
+        if old_owner[&l.key] != new_owner[&l.key] {
+            assert_eq!(
+                l.previous.as_deref(),
+                Some(old_owner[&l.key].as_str()),
+                "route --admin for a moved key during warm-up: {l:?}"
+            );
+            saw_previous += 1;
+        } else {
+            assert_eq!(
+                l.previous, None,
+                "unmoved key shows a previous owner: {l:?}"
+            );
+        }
+    }
+    assert!(saw_previous > 0, "no moved key among the first 200");
+
+    // Every key written before the change reads back (hits, right values) during warm-up,
+    // while the load keeps running.
+    load.wait_replies(3000, "during warm-up");
+    let bad = read_all(port, &pre);
+    assert!(
+        bad.is_empty(),
+        "{} pre-written keys did not read back through memroute during warm-up, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    load.wait_replies(1000, "after reading every key back");
+    load.finish().assert_replies(at_change + 4000);
+
+    // The copies land on the new owner (asynchronously), and only moved keys are copied.
+    let mut direct = mcs[3].client();
+    let mut pending: Vec<&(String, String)> = moved.clone();
+    poll("moved keys copied to the new backend", WAIT, || {
+        pending.retain(|(k, v)| direct.get(k).as_deref() != Some(v.as_bytes()));
+        match pending.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} moved keys not on the new backend yet, e.g. {}",
+                pending[0].0
+            )),
+        }
+    });
+    let stray = pre
+        .iter()
+        .filter(|(k, _)| old_owner[k] == new_owner[k])
+        .filter(|(k, _)| direct.get(k).is_some())
+        .count();
+    assert_eq!(
+        stray, 0,
+        "keys that did not move were copied to the new backend"
+    );
+
+    let b = sc.stats_map("backends");
+    let hits = backends_sum(&b, "warmup_hits");
+    assert!(
+        hits >= moved.len() as u64,
+        "warmup_hits {hits} < {} moved keys each read at least once",
+        moved.len()
+    );
+    for m in &mcs[..3] {
+        assert_eq!(backend_stat(&b, "main", m.port, "state"), "up");
+        assert_eq!(backend_num(&b, "main", m.port, "errors"), 0);
+    }
+    assert_eq!(backend_stat(&b, "main", mcs[3].port, "state"), "up");
+    assert!(backend_num(&b, "main", mcs[3].port, "requests") > 0);
+    let m = scrape(admin);
+    assert!(metric_sum(&m, "memroute_backend_warmup_hits_total") >= moved.len() as f64);
+    assert_eq!(
+        metric(&m, "memroute_config_generation", &[]),
+        Some(g1 as f64)
+    );
+    assert!(metric(&m, "memroute_reloads_total", &[("result", "ok")]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        generation(&mut sc),
+        g1,
+        "no further generation after the reload"
+    );
+    assert!(proxy.is_running());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Remove a backend under load
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
+    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let admin = free_port();
+    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
+    let extra = "timeout = 3000\nwarmup = \"30s\"";
+    let four = named(&mcs[..4]);
+    let three = named(&mcs[..3]);
+    let old_text = config_toml(&top, &[md5_pool_toml("main", port, &four, extra)]);
+    let new_text = config_toml(&top, &[md5_pool_toml("main", port, &three, extra)]);
+    let path = files.write("memroute.toml", &old_text);
+    let new_copy = files.write("new-copy.toml", &new_text);
+    let proxy = Proxy::start_config(&path, port, &[]);
+    wait_for_port_only(admin);
+
+    let pre = Arc::new(key_values("rm", 2000));
+    write_all(port, &pre);
+    let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
+    let old_owner = route_owners(&path, &keys);
+    let new_owner = route_owners(&new_copy, &keys);
+    let removed = mcs[3].address();
+    let on_removed: Vec<(String, String)> =
+        keys_owned_by(&pre, &old_owner, std::slice::from_ref(&removed));
+    assert!(
+        on_removed.len() > 300,
+        "only {} keys on the backend to remove",
+        on_removed.len()
+    );
+    // Unmoved keys keep their owner; the removed backend's keys spread over the others.
+    for (k, _) in pre.iter() {
+        if old_owner[k] != removed {
+            assert_eq!(
+                old_owner[k], new_owner[k],
+                "{k} moved though its owner stayed"
+            );
+        } else {
+            assert_ne!(new_owner[k], removed);
+        }
+    }
+
+    let mut sc = Client::connect(port);
+    let g0 = generation(&mut sc);
+    let removed_gets_before = num_stat(&mcs[3].client().stats_map(""), "cmd_get");
+    let load = Traffic::clients(own_keys("rm-own", 4, 48))
+        .reading(pre.clone())
+        .start(&proxy);
+    load.wait_replies(2000, "before the reload");
+
+    replace_file(&path, &new_text);
+    let g1 = wait_generation(&mut sc, g0);
+    assert_eq!(g1, g0 + 1);
+    let at_change = load.replies();
+
+    // During warm-up the proxy still knows where the removed backend's keys were.
+    let sample: Vec<&str> = on_removed
+        .iter()
+        .take(20)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    for l in parse_route(&run_route(
+        &["--admin", &format!("127.0.0.1:{admin}")],
+        &sample,
+    )) {
+        assert_eq!(l.owner, new_owner[&l.key]);
+        assert_eq!(l.previous.as_deref(), Some(removed.as_str()), "{l:?}");
+    }
+
+    load.wait_replies(3000, "during warm-up");
+    // Keys that lived on the removed backend are still readable (its copy is retained);
+    // so is everything else.
+    let bad = read_all(port, &on_removed);
+    assert!(
+        bad.is_empty(),
+        "{} keys of the removed backend missed during warm-up, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    let bad = read_all(port, &pre);
+    assert!(
+        bad.is_empty(),
+        "{} keys missed after removing a backend, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    load.wait_replies(1000, "after reading every key back");
+    load.finish().assert_replies(at_change + 4000);
+
+    // Warm-up read from the removed backend, and copied its keys to their new owners.
+    let removed_gets_after = num_stat(&mcs[3].client().stats_map(""), "cmd_get");
+    assert!(
+        removed_gets_after > removed_gets_before,
+        "the removed backend was never asked during warm-up"
+    );
+    let by_addr: HashMap<String, &Memcached> = mcs.iter().map(|m| (m.address(), m)).collect();
+    let mut clients: HashMap<String, Client> = HashMap::new();
+    let mut pending = on_removed.clone();
+    poll(
+        "removed backend's keys copied to their new owners",
+        WAIT,
+        || {
+            pending.retain(|(k, v)| {
+                let owner = &new_owner[k];
+                let c = clients
+                    .entry(owner.clone())
+                    .or_insert_with(|| by_addr[owner].client());
+                c.get(k).as_deref() != Some(v.as_bytes())
+            });
+            match pending.len() {
+                0 => Ok(()),
+                n => Err(format!("{n} keys not copied yet, e.g. {}", pending[0].0)),
+            }
+        },
+    );
+    // Each of the removed backend's keys was read after the change and answered by the
+    // removed backend (its previous owner): those warm-up hits must be visible somewhere.
+    let b = sc.stats_map("backends");
+    let hits = backends_sum(&b, "warmup_hits");
+    let listed: Vec<&String> = b.keys().filter(|k| k.ends_with(":state")).collect();
+    assert!(
+        hits >= on_removed.len() as u64,
+        "stats backends shows {hits} warmup_hits for {} keys answered by the removed \
+         backend during warm-up; backends listed: {listed:?}",
+        on_removed.len()
+    );
+    let m = scrape(admin);
+    let metric_hits = metric_sum(&m, "memroute_backend_warmup_hits_total");
+    assert!(
+        metric_hits >= on_removed.len() as f64,
+        "memroute_backend_warmup_hits_total sums to {metric_hits} for {} warm-up hits",
+        on_removed.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. An invalid config written during load
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
+    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let admin = free_port();
+    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
+    let servers = named(&mcs[..3]);
+    let good = config_toml(
+        &top,
+        &[md5_pool_toml("main", port, &servers, "timeout = 2000")],
+    );
+    let bad = good.replace("hash = \"md5\"", "hash = \"sha1\"");
+    assert_ne!(good, bad);
+    let path = files.write("memroute.toml", &good);
+    let log = files.path("memroute.log");
+    let proxy = Proxy::start_config_logged(&path, port, &[], &log);
+    wait_for_port_only(admin);
+
+    let pre = Arc::new(key_values("inv", 500));
+    write_all(port, &pre);
+    let mut sc = Client::connect(port);
+    let g0 = generation(&mut sc);
+    let errors_before = metric(
+        &scrape(admin),
+        "memroute_reloads_total",
+        &[("result", "error")],
+    )
+    .unwrap_or(0.0);
+    let load = Traffic::clients(own_keys("inv-own", 3, 32))
+        .reading(pre.clone())
+        .start(&proxy);
+    load.wait_replies(1000, "before the invalid file");
+
+    replace_file(&path, &bad);
+    let errors_after = poll(
+        "reloads_total{result=\"error\"} to rise",
+        WAIT,
+        || match metric(
+            &scrape(admin),
+            "memroute_reloads_total",
+            &[("result", "error")],
+        ) {
+            Some(v) if v > errors_before => Ok(v),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(errors_after >= 1.0);
+    assert_eq!(
+        generation(&mut sc),
+        g0,
+        "an invalid file changed the generation"
+    );
+    let logged = poll("the rejection to be logged", WAIT, || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        match l
+            .lines()
+            .find(|line| line.contains("rejected") || line.contains("invalid"))
+        {
+            Some(line) => Ok(line.to_string()),
+            None => Err(format!("log so far: {l:?}")),
+        }
+    });
+    assert!(
+        logged.contains("hash"),
+        "the rejection does not name the field: {logged:?}"
+    );
+    load.wait_replies(1000, "after the invalid file");
+    assert_eq!(read_all(port, &pre), Vec::<String>::new());
+
+    // A valid file afterwards is applied.
+    let fixed = good.replace("timeout = 2000", "timeout = 2500");
+    replace_file(&path, &fixed);
+    let g1 = wait_generation(&mut sc, g0);
+    assert_eq!(g1, g0 + 1);
+    load.wait_replies(1000, "after the fixed file");
+    load.finish().assert_replies(3000);
+    let m = scrape(admin);
+    assert_eq!(
+        metric(&m, "memroute_config_generation", &[]),
+        Some(g1 as f64)
+    );
+    assert!(metric(&m, "memroute_reloads_total", &[("result", "ok")]).unwrap_or(0.0) >= 1.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. SIGHUP
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sighup_reloads_an_edited_file() {
+    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
+    // memroute watches the folder of the path it is given; the file it names is a symlink
+    // to a file in another folder, so editing the target is seen only through SIGHUP.
+    let watched = TempFiles::new();
+    let real = TempFiles::new();
+    let port = free_port();
+    let admin = free_port();
+    // The admin listener starts with the control loop that handles signals: waiting for it
+    // keeps this test clear of the startup race covered by the next test.
+    let top = format!("threads = 1\nadmin = \"127.0.0.1:{admin}\"");
+    let two = named(&mcs[..2]);
+    let three = named(&mcs[..3]);
+    let target = real.write(
+        "real.toml",
+        &config_toml(&top, &[md5_pool_toml("main", port, &two, "")]),
+    );
+    let link = watched.path("memroute.toml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let proxy = Proxy::start_config(&link, port, &[]);
+    wait_for_port_only(admin);
+    let mut sc = proxy.client();
+    let g0 = generation(&mut sc);
+    assert!(!sc
+        .stats_map("backends")
+        .contains_key(&format!("main:{}:state", mcs[2].address())));
+
+    replace_file(
+        &target,
+        &config_toml(&top, &[md5_pool_toml("main", port, &three, "")]),
+    );
+    proxy.signal("HUP");
+    let g1 = wait_generation(&mut sc, g0);
+    assert_eq!(g1, g0 + 1);
+    let b = sc.stats_map("backends");
+    assert_eq!(backend_stat(&b, "main", mcs[2].port, "state"), "up");
+    // The same client connection kept working across the reload; the new ring is in use.
+    let pairs = key_values("hup", 300);
+    write_all(port, &pairs);
+    let mut direct = mcs[2].client();
+    assert!(
+        pairs.iter().any(|(k, _)| direct.get(k).is_some()),
+        "no key reached the backend added by SIGHUP"
+    );
+}
+
+/// Starts memroute on a 2-backend file and, as soon as it accepts clients, lets `act` change
+/// things; returns the proxy.
+fn started_then(
+    files: &TempFiles,
+    servers: &[String],
+    act: impl FnOnce(&Path, &Proxy, &str),
+) -> Proxy {
+    let port = free_port();
+    let before = config_toml(
+        "threads = 1",
+        &[md5_pool_toml("main", port, &servers[..2], "")],
+    );
+    let after = config_toml("threads = 1", &[md5_pool_toml("main", port, servers, "")]);
+    let path = files.write("memroute.toml", &before);
+    let proxy = Proxy::start_config(&path, port, &[]);
+    act(&path, &proxy, &after);
+    proxy
+}
+
+#[test]
+fn a_config_edit_right_after_start_is_applied() {
+    // An edit made while memroute starts (between reading the file and watching it) must not
+    // be lost: memroute must end up running the file as it is on disk.
+    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
+    let servers = named(&mcs[..3]);
+    for round in 0..20 {
+        let files = TempFiles::new();
+        let proxy = started_then(&files, &servers, |path, _, after| replace_file(path, after));
+        let mut sc = proxy.client();
+        let applied = try_poll(Duration::from_secs(3), POLL_EVERY, || {
+            let b = sc.stats_map("backends");
+            match b.contains_key(&format!("main:{}:state", mcs[2].address())) {
+                true => Ok(()),
+                false => Err(format!("generation {}", generation(&mut sc))),
+            }
+        });
+        assert_eq!(
+            applied,
+            Ok(()),
+            "round {round}: the file on disk lists 3 backends, memroute still runs 2 \
+             (edit made right after it started listening was never applied)"
+        );
+    }
+}
+
+#[test]
+fn a_get_line_read_in_batches_during_warm_up_finds_the_moved_keys() {
+    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let extra = "warmup = \"30s\"";
+    let three = named(&mcs[..3]);
+    let four = named(&mcs[..4]);
+    let path = files.write(
+        "memroute.toml",
+        &config_toml("threads = 1", &[md5_pool_toml("main", port, &three, extra)]),
+    );
+    let proxy = Proxy::start_config(&path, port, &[]);
+    let pairs = key_values("stream", 1000);
+    write_all(port, &pairs);
+    let mut sc = proxy.client();
+    let g0 = generation(&mut sc);
+    replace_file(
+        &path,
+        &config_toml("threads = 1", &[md5_pool_toml("main", port, &four, extra)]),
+    );
+    wait_generation(&mut sc, g0);
+
+    // One get of every key (about 30 KB), sent in pieces so that memroute reads it in
+    // batches of keys while it arrives: the moved keys come from their previous owner.
+    let mut line = String::from("get");
+    let mut expected = String::new();
+    for (k, v) in &pairs {
+        line.push(' ');
+        line.push_str(k);
+        expected.push_str(&value_item(k, v));
+    }
+    line.push_str("\r\n");
+    expected.push_str("END\r\n");
+    let mut c = proxy.client();
+    for piece in line.as_bytes().chunks(4000) {
+        c.send(piece);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let got = text(&c.read_n(expected.len()));
+    assert!(got == expected, "{}", truncate(&got));
+    let stats = sc.stats_map("backends");
+    assert!(
+        backends_sum(&stats, "warmup_hits") > 100,
+        "moved keys were read from their previous owner"
+    );
+}
