@@ -12,8 +12,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::counters::{Kind, WorkerStats, BACKEND_ROWS, CLIENT_ROWS, RELOADS_FAILED, RELOADS_OK};
 use crate::generation::Generation;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Installs the Prometheus recorder; call before building the server so backend latency
 /// histograms register with it.
@@ -179,39 +180,33 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
         return "# metrics recorder not installed\n".into();
     };
     let generation = shared.generation();
-    let sum = |f: &dyn Fn(&crate::stats::WorkerStats) -> u64| -> u64 {
-        shared.workers().iter().map(|w| f(w)).sum()
-    };
+    let sum =
+        |f: &dyn Fn(&WorkerStats) -> u64| -> u64 { shared.workers().iter().map(|w| f(w)).sum() };
     metrics::gauge!("memroute_config_generation").set(generation.id as f64);
-    metrics::gauge!("memroute_client_connections").set(shared.clients() as f64);
-    metrics::counter!("memroute_client_connections_total")
-        .absolute(sum(&|w| w.total_connections.get()));
-    metrics::counter!("memroute_client_refused_total", "reason" => "limit")
-        .absolute(sum(&|w| w.rejected_connections.get()));
-    metrics::counter!("memroute_client_refused_total", "reason" => "denied")
-        .absolute(sum(&|w| w.denied_connections.get()));
-    metrics::counter!("memroute_client_idle_kicks_total").absolute(sum(&|w| w.idle_kicks.get()));
-    metrics::counter!("memroute_cmd_get_total").absolute(sum(&|w| w.cmd_get.get()));
-    metrics::counter!("memroute_cmd_set_total").absolute(sum(&|w| w.cmd_set.get()));
-    metrics::counter!("memroute_protocol_errors_total").absolute(sum(&|w| w.protocol_errors.get()));
+    for row in CLIENT_ROWS {
+        let value = sum(&|w| (row.get)(w));
+        export(
+            row.metric,
+            row.kind,
+            row.labels.iter().map(|(k, v)| (*k, v.to_string())),
+            value,
+        );
+    }
     for pool in &generation.pools {
         for (b, _) in pool.all_backends() {
-            let labels = [
-                ("pool", pool.config.name.clone()),
-                ("backend", b.name.clone()),
-            ];
-            let st = &b.stats;
-            metrics::counter!("memroute_backend_requests_total", &labels)
-                .absolute(st.requests.get());
-            metrics::counter!("memroute_backend_errors_total", &labels).absolute(st.errors.get());
-            metrics::counter!("memroute_backend_timeouts_total", &labels)
-                .absolute(st.timeouts.get());
-            metrics::counter!("memroute_backend_ejections_total", &labels)
-                .absolute(st.ejections.get());
-            metrics::counter!("memroute_backend_warmup_hits_total", &labels)
-                .absolute(st.warmup_hits.get());
-            metrics::gauge!("memroute_backend_in_flight", &labels).set(st.in_flight.get() as f64);
-            metrics::gauge!("memroute_backend_up", &labels).set(if b.is_up() && !b.is_ejected() {
+            let labels = || {
+                [
+                    ("pool", pool.config.name.clone()),
+                    ("backend", b.name.clone()),
+                ]
+                .into_iter()
+            };
+            for row in BACKEND_ROWS {
+                let labels = labels().chain(row.labels.iter().map(|(k, v)| (*k, v.to_string())));
+                export(row.metric, row.kind, labels, (row.get)(&b.stats));
+            }
+            let up = b.is_up() && !b.is_ejected();
+            metrics::gauge!("memroute_backend_up", &labels().collect::<Vec<_>>()).set(if up {
                 1.0
             } else {
                 0.0
@@ -220,7 +215,7 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
     }
     for pool in &generation.pools {
         for (b, _) in pool.all_backends() {
-            let crate::upstream::BackendKind::Embedded(store) = &b.kind else {
+            let Some(store) = b.store() else {
                 continue;
             };
             let st = store.stats();
@@ -239,9 +234,24 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
                 .absolute(st.get_expired);
         }
     }
-    crate::stats::export_reload_metrics();
+    metrics::counter!("memroute_reloads_total", "result" => "ok").absolute(RELOADS_OK.get());
+    metrics::counter!("memroute_reloads_total", "result" => "error").absolute(RELOADS_FAILED.get());
     handle.run_upkeep();
     handle.render()
+}
+
+/// Sets one metric from a counters table row.
+fn export(
+    name: &'static str,
+    kind: Kind,
+    labels: impl Iterator<Item = (&'static str, String)>,
+    value: u64,
+) {
+    let labels: Vec<(&'static str, String)> = labels.collect();
+    match kind {
+        Kind::Counter => metrics::counter!(name, &labels).absolute(value),
+        Kind::Gauge => metrics::gauge!(name, &labels).set(value as f64),
+    }
 }
 
 #[cfg(test)]

@@ -170,8 +170,9 @@ impl RateLimitedLog {
         }
     }
 
-    /// Events counted but not logged since the last line (for tests).
-    pub fn suppressed(&self) -> u64 {
+    /// Events counted but not logged since the last line.
+    #[cfg(test)]
+    fn suppressed(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 }

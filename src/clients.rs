@@ -1,6 +1,7 @@
-//! The client connections `stats conns` lists, as memcached lists its own: each one's
-//! address, the listener it came in on, and how long ago it last sent a command. memroute's
-//! connections to its backends are not listed; they are counted in `stats backends`.
+//! The registry of open client connections that `stats conns` lists, as memcached lists
+//! its own: each one's address, the listener it came in on, and how long ago it last sent a
+//! command. memroute's connections to its backends are not listed; they are counted in
+//! `stats backends`.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -13,24 +14,24 @@ use crate::generation::Generation;
 
 /// Every open client connection, by id.
 #[derive(Debug)]
-pub struct Connections {
+pub struct Clients {
     started: Instant,
     next: AtomicU64,
-    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+    open: Mutex<BTreeMap<u64, Arc<ClientInfo>>>,
 }
 
 /// One client connection.
 #[derive(Debug)]
-pub struct Connection {
+pub struct ClientInfo {
     peer: SocketAddr,
     listen: SocketAddr,
     /// Seconds after the registry started when the client last sent a command.
     last_command: AtomicU64,
 }
 
-impl Connection {
+impl ClientInfo {
     /// Notes that the client sent a command now.
-    pub fn touch(&self, registry: &Connections) {
+    pub fn touch(&self, registry: &Clients) {
         let now = registry.started.elapsed().as_secs();
         if self.last_command.load(Ordering::Relaxed) != now {
             self.last_command.store(now, Ordering::Relaxed);
@@ -42,14 +43,14 @@ impl Connection {
 #[derive(Debug)]
 pub struct Registration {
     id: u64,
-    registry: Arc<Connections>,
-    connection: Arc<Connection>,
+    registry: Arc<Clients>,
+    info: Arc<ClientInfo>,
 }
 
 impl Registration {
     /// Notes that the client sent a command now.
     pub fn touch(&self) {
-        self.connection.touch(&self.registry);
+        self.info.touch(&self.registry);
     }
 }
 
@@ -63,9 +64,9 @@ impl Drop for Registration {
     }
 }
 
-impl Default for Connections {
+impl Default for Clients {
     fn default() -> Self {
-        Connections {
+        Clients {
             started: Instant::now(),
             // Numbers below are the listeners'.
             next: AtomicU64::new(1000),
@@ -82,11 +83,11 @@ fn address(a: &SocketAddr) -> String {
     }
 }
 
-impl Connections {
+impl Clients {
     /// Registers a client connection from `peer` on the listener at `listen`.
     pub fn register(self: &Arc<Self>, peer: SocketAddr, listen: SocketAddr) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connection = Arc::new(Connection {
+        let info = Arc::new(ClientInfo {
             peer,
             listen,
             last_command: AtomicU64::new(self.started.elapsed().as_secs()),
@@ -94,11 +95,11 @@ impl Connections {
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, connection.clone());
+            .insert(id, info.clone());
         Registration {
             id,
             registry: self.clone(),
-            connection,
+            info,
         }
     }
 
@@ -109,7 +110,7 @@ impl Connections {
             stat(&format!("{i}:state"), &"conn_listening");
         }
         let now = self.started.elapsed().as_secs();
-        let open: Vec<(u64, Arc<Connection>)> = self
+        let open: Vec<(u64, Arc<ClientInfo>)> = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -132,7 +133,7 @@ mod tests {
 
     #[test]
     fn connections_are_listed_while_open() {
-        let registry = Arc::new(Connections::default());
+        let registry = Arc::new(Clients::default());
         let a = registry.register(
             "10.0.0.1:5000".parse().unwrap(),
             "127.0.0.1:11211".parse().unwrap(),
@@ -142,7 +143,7 @@ mod tests {
             "[::1]:11211".parse().unwrap(),
         );
         a.touch();
-        let render = |r: &Connections| {
+        let render = |r: &Clients| {
             let mut out = Vec::new();
             let generation_free =
                 |name: &str, value: &dyn Display| out.push(format!("{name} {value}"));

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backend::{Backend, Kind};
 use crate::config::{Config, Endpoint, PoolConfig, ServerConfig};
 use crate::embedded::{Store, StoreConfig, SystemClock};
 use crate::ring::{Ring, RingError, RingServer};
-use crate::upstream::{BackendKind, BackendState};
 
 /// One pool's routing state.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub struct PoolState {
     /// The pool's settings.
     pub config: PoolConfig,
     /// Every backend of the pool, in config order.
-    pub backends: Vec<Arc<BackendState>>,
+    pub backends: Vec<Arc<Backend>>,
     /// The ring over the live backends.
     pub ring: Arc<Ring>,
     /// Ring index → index in `backends`.
@@ -31,7 +31,7 @@ pub struct PoolState {
 impl PoolState {
     /// The pool's backends, then previous owners that are no longer in it but are kept for
     /// warm-up (with whether each is retained that way).
-    pub fn all_backends(&self) -> impl Iterator<Item = (&Arc<BackendState>, bool)> {
+    pub fn all_backends(&self) -> impl Iterator<Item = (&Arc<Backend>, bool)> {
         let current = self.backends.iter().map(|b| (b, false));
         let retained = self.previous.iter().flat_map(move |p| {
             p.backends
@@ -39,7 +39,7 @@ impl PoolState {
                 .filter(move |b| !self.backends.iter().any(|c| Arc::ptr_eq(c, b)))
                 .map(|b| (b, true))
         });
-        let mut seen: Vec<*const BackendState> = Vec::new();
+        let mut seen: Vec<*const Backend> = Vec::new();
         current.chain(retained).filter(move |(b, _)| {
             let ptr = Arc::as_ptr(b);
             let new = !seen.contains(&ptr);
@@ -55,7 +55,7 @@ pub struct Previous {
     /// The old ring.
     pub ring: Arc<Ring>,
     /// Old ring index → backend.
-    pub backends: Vec<Arc<BackendState>>,
+    pub backends: Vec<Arc<Backend>>,
     /// When warm-up ends.
     pub until: Instant,
 }
@@ -81,21 +81,21 @@ pub struct GenerationError {
     pub source: RingError,
 }
 
-fn same_endpoint(a: &ServerConfig, b: &BackendState) -> bool {
-    a.address() == b.name
-        && match (&a.endpoint, &b.kind) {
-            (Endpoint::Tcp { addr, .. }, BackendKind::Remote(other)) => addr == other,
-            (Endpoint::Memory { limit, .. }, BackendKind::Embedded(store)) => {
-                store.stats().limit_maxbytes == *limit as u64
-            }
+/// Whether `b` is the backend `server` describes (same address, same kind), so that a new
+/// generation keeps it: its connections, counters and embedded store.
+fn same_endpoint(server: &ServerConfig, b: &Backend) -> bool {
+    server.address() == b.name
+        && match (&server.endpoint, &b.kind) {
+            (Endpoint::Tcp { addr, .. }, Kind::Remote(other)) => addr == other,
+            (Endpoint::Memory { .. }, Kind::Embedded(_)) => true,
             _ => false,
         }
 }
 
-fn new_backend(pool: &PoolConfig, server: &ServerConfig) -> Arc<BackendState> {
-    let kind = match &server.endpoint {
-        Endpoint::Tcp { addr, .. } => BackendKind::Remote(*addr),
-        Endpoint::Memory { limit, .. } => BackendKind::Embedded(Arc::new(Store::new(
+fn new_backend(pool: &PoolConfig, server: &ServerConfig, workers: usize) -> Arc<Backend> {
+    let store = match &server.endpoint {
+        Endpoint::Tcp { .. } => None,
+        Endpoint::Memory { limit, .. } => Some(Arc::new(Store::new(
             StoreConfig {
                 memory_limit: *limit,
                 evict: pool.memory_evict,
@@ -104,13 +104,13 @@ fn new_backend(pool: &PoolConfig, server: &ServerConfig) -> Arc<BackendState> {
             Arc::new(SystemClock),
         ))),
     };
-    Arc::new(BackendState::new(server.address(), kind))
+    Arc::new(Backend::new(server, store, workers))
 }
 
 /// Builds the ring over the backends not ejected (all of them if every one is).
 fn live_ring(
     config: &PoolConfig,
-    backends: &[Arc<BackendState>],
+    backends: &[Arc<Backend>],
 ) -> Result<(Ring, Vec<usize>), RingError> {
     let mut live: Vec<usize> = (0..backends.len())
         .filter(|&i| !backends[i].is_ejected())
@@ -134,7 +134,7 @@ impl Generation {
         let now = Instant::now();
         let mut pools = Vec::new();
         for pool in &config.pools {
-            let backends: Vec<Arc<BackendState>> = pool
+            let backends: Vec<Arc<Backend>> = pool
                 .servers
                 .iter()
                 .map(|s| {
@@ -142,7 +142,7 @@ impl Generation {
                         .flat_map(|g| g.pools.iter().flat_map(|p| p.backends.iter()))
                         .find(|b| same_endpoint(s, b))
                         .cloned()
-                        .unwrap_or_else(|| new_backend(pool, s))
+                        .unwrap_or_else(|| new_backend(pool, s, config.threads))
                 })
                 .collect();
             for b in &backends {
@@ -153,7 +153,7 @@ impl Generation {
                     pool: pool.name.clone(),
                     source,
                 })?;
-            let ring_owners: Vec<Arc<BackendState>> =
+            let ring_owners: Vec<Arc<Backend>> =
                 ring_backends.iter().map(|&i| backends[i].clone()).collect();
             let before = old.and_then(|g| g.pools.iter().find(|p| p.config.name == pool.name));
             let previous = match before {
@@ -191,8 +191,8 @@ impl Generation {
 
 /// Whether the new ring maps keys differently from the old one: a different set of owners,
 /// weights, names or hashing.
-fn moved(before: &PoolState, ring: &Ring, owners: &[Arc<BackendState>]) -> bool {
-    let old_owners: Vec<&Arc<BackendState>> = before
+fn moved(before: &PoolState, ring: &Ring, owners: &[Arc<Backend>]) -> bool {
+    let old_owners: Vec<&Arc<Backend>> = before
         .ring_backends
         .iter()
         .map(|&i| &before.backends[i])
@@ -211,12 +211,12 @@ fn moved(before: &PoolState, ring: &Ring, owners: &[Arc<BackendState>]) -> bool 
 pub const EJECTION_CHECK: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::RawConfig;
-    use crate::router::Router;
 
-    fn config(servers: usize, extra: &str) -> Config {
+    /// A pool of `servers` servers (ports from 40000) with further pool keys `extra`.
+    pub(crate) fn config(servers: usize, extra: &str) -> Config {
         let list: Vec<String> = (0..servers)
             .map(|i| format!("\"127.0.0.1:{}:1\"", 40000 + i))
             .collect();
@@ -225,34 +225,6 @@ mod tests {
             list.join(", ")
         );
         RawConfig::parse(&text).unwrap().validate().unwrap()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn warm_up_lasts_exactly_its_period() {
-        let first = Generation::build(config(3, "warmup = \"30s\""), None).unwrap();
-        let second = Generation::build(config(4, "warmup = \"30s\""), Some(&first)).unwrap();
-        assert_eq!(second.id, 2);
-        // Backends present in both generations are the same objects.
-        assert!(Arc::ptr_eq(
-            &first.pools[0].backends[0],
-            &second.pools[0].backends[0]
-        ));
-        let router = Router::new(&second.pools[0], second.id, None);
-        let keys: Vec<String> = (0..400).map(|i| format!("key:{i}")).collect();
-        let moved: Vec<&String> = keys
-            .iter()
-            .filter(|k| router.previous_owner(k.as_bytes()).is_some())
-            .collect();
-        // About a quarter moved, all to the new backend.
-        assert!((60..140).contains(&moved.len()), "{}", moved.len());
-        assert!(moved.iter().all(|k| router.owner(k.as_bytes()) == 3));
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(router.warming());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!router.warming());
-        assert!(keys
-            .iter()
-            .all(|k| router.previous_owner(k.as_bytes()).is_none()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backend::{Backend, Kind};
 use crate::generation::{Generation, EJECTION_CHECK};
-use crate::server::Shared;
-use crate::upstream::{BackendKind, BackendState};
+use crate::shared::Shared;
 
 /// How long a large value keeps raising reply room estimates after it was last seen (one
 /// to two periods).
@@ -79,8 +79,8 @@ fn rings_out_of_date(generation: &Generation) -> bool {
 }
 
 /// Sends `version` and expects `VERSION …` back.
-async fn probe(backend: &Arc<BackendState>, timeout: Duration) -> bool {
-    let BackendKind::Remote(addr) = backend.kind else {
+async fn probe(backend: &Arc<Backend>, timeout: Duration) -> bool {
+    let Kind::Remote(addr) = backend.kind else {
         return true;
     };
     let attempt = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {

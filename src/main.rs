@@ -7,9 +7,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
-use memroute::config::{Config, RawConfig, RawPool, RawSize};
+use memroute::config::{
+    parse_name, BackendProtocol, Config, RawConfig, RawPool, RawSize, RetrievalFailure,
+};
 use memroute::generation::Generation;
-use memroute::server::{Server, Shared};
+use memroute::ring::{Distribution, HashFunction};
+use memroute::server::Server;
+use memroute::shared::Shared;
 
 /// A key-routing memcached proxy.
 ///
@@ -55,14 +59,14 @@ struct Cli {
     #[arg(long = "server", value_name = "SERVER")]
     servers: Vec<String>,
     /// Flag-defined pool: key hash (fnv1a_64, md5, crc32, murmur, …).
-    #[arg(long)]
-    hash: Option<String>,
+    #[arg(long, value_parser = parse_name::<HashFunction>)]
+    hash: Option<HashFunction>,
     /// Flag-defined pool: two characters delimiting the hashed part of keys, e.g. "{}".
     #[arg(long)]
     hash_tag: Option<String>,
     /// Flag-defined pool: ketama, modula or random.
-    #[arg(long)]
-    distribution: Option<String>,
+    #[arg(long, value_parser = parse_name::<Distribution>)]
+    distribution: Option<Distribution>,
     /// Flag-defined pool: upstream request timeout (ms).
     #[arg(long, value_name = "MS")]
     timeout: Option<u64>,
@@ -76,11 +80,11 @@ struct Cli {
     #[arg(long, value_name = "SIZE")]
     item_size_max: Option<String>,
     /// Flag-defined pool: answer a failed backend's part of a retrieval as `miss` or `error`.
-    #[arg(long, value_name = "POLICY")]
-    retrieval_failure: Option<String>,
+    #[arg(long, value_name = "POLICY", value_parser = parse_name::<RetrievalFailure>)]
+    retrieval_failure: Option<RetrievalFailure>,
     /// Flag-defined pool: what the servers speak: memcached or tokyotyrant.
-    #[arg(long)]
-    protocol: Option<String>,
+    #[arg(long, value_parser = parse_name::<BackendProtocol>)]
+    protocol: Option<BackendProtocol>,
     /// Flag-defined pool (tokyotyrant): keep client flags by storing them in values.
     #[arg(long)]
     preserve_flags: bool,
@@ -131,16 +135,16 @@ impl Cli {
                 };
                 let pool = RawPool {
                     listen: Some(self.listen.clone().unwrap_or_else(|| default_listen.into())),
-                    hash: self.hash.clone(),
+                    hash: self.hash,
                     hash_tag: self.hash_tag.clone(),
-                    distribution: self.distribution.clone(),
+                    distribution: self.distribution,
                     timeout: self.timeout,
                     connect_timeout: self.connect_timeout,
                     server_connections: self.server_connections,
                     servers,
                     item_size_max: self.item_size_max.clone().map(RawSize::Text),
-                    retrieval_failure: self.retrieval_failure.clone(),
-                    protocol: self.protocol.clone(),
+                    retrieval_failure: self.retrieval_failure,
+                    protocol: self.protocol,
                     preserve_flags: self.preserve_flags.then_some(true),
                     ..RawPool::default()
                 };
@@ -198,7 +202,7 @@ fn reload(cli: &Cli, shared: &Shared, why: &str, last: &mut String) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            memroute::stats::RELOADS_FAILED.inc();
+            memroute::counters::RELOADS_FAILED.inc();
             tracing::error!(
                 "{why}: cannot read {}: {e}; keeping the running configuration",
                 path.display()
@@ -219,12 +223,12 @@ fn reload(cli: &Cli, shared: &Shared, why: &str, last: &mut String) {
         .and_then(|config| shared.reload(config).map_err(|e| e.to_string()));
     match result {
         Ok(id) => {
-            memroute::stats::RELOADS_OK.inc();
+            memroute::counters::RELOADS_OK.inc();
             *last = text;
             tracing::info!("{why}: configuration reloaded (generation {id})");
         }
         Err(e) => {
-            memroute::stats::RELOADS_FAILED.inc();
+            memroute::counters::RELOADS_FAILED.inc();
             tracing::error!("{why}: configuration rejected, keeping the running one: {e}");
         }
     }

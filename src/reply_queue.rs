@@ -8,36 +8,23 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::protocol::reply::{self, value_items};
-use crate::stats::merge::{combine, Merge};
+use crate::error::{self, UpstreamError};
+use crate::gather::Gather;
+use crate::protocol::meta::Quiet;
+use crate::protocol::reply;
 use crate::write_queue::WriteQueue;
 
-/// A reply ready to be written to the client.
-#[derive(Debug)]
-pub enum Reply {
-    /// A fixed reply line.
-    Static(&'static [u8]),
-    /// Bytes received from a backend (a slice of its read buffer) or built locally.
-    Data(Bytes),
-    /// A reply assembled from several pieces (a merged multi-get, a batch of a streamed one).
-    Parts(Vec<Bytes>),
-    /// A streamed retrieval failed: this line ends its reply, its later batches are dropped.
-    StreamError(&'static [u8]),
-    /// A streamed retrieval is complete: `END`, unless it failed.
-    StreamEnd,
-}
+pub use crate::error::Answer;
+pub use crate::protocol::reply::Reply;
 
-impl Reply {
-    /// Bytes the reply will write.
-    #[allow(clippy::len_without_is_empty)]
-    pub fn len(&self) -> usize {
-        match self {
-            Reply::Static(s) | Reply::StreamError(s) => s.len(),
-            Reply::Data(b) => b.len(),
-            Reply::Parts(p) => p.iter().map(Bytes::len).sum(),
-            Reply::StreamEnd => reply::END.len(),
-        }
-    }
+/// How a backend's answer fills a client's slot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fill {
+    /// What stands in for a backend failure (a retrieval's failed keys are misses), instead
+    /// of the failure's own error line.
+    pub on_failure: Option<&'static [u8]>,
+    /// Which answers the client asked not to get (meta `q`): the slot completes empty.
+    pub quiet: Quiet,
 }
 
 /// What is left in a queue after the ready head was taken.
@@ -49,205 +36,6 @@ pub struct Outstanding {
     pub held: usize,
     /// Bytes reserved for replies still on their way.
     pub reserved: usize,
-}
-
-/// What an answer from a backend was: its bytes, or the error line to use instead.
-pub type Answer = Result<Bytes, &'static [u8]>;
-
-/// What to do with a retrieval fragment whose backend failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RetrievalFailure {
-    /// Answer the failed keys as misses (safe for a cache; counted as errors).
-    Miss,
-    /// Answer the whole retrieval with the backend's error.
-    Error,
-}
-
-/// A reply assembled from several backend answers.
-#[derive(Debug)]
-pub enum Gather {
-    /// A multi-key retrieval split over backends, merged back in the client's key order.
-    MultiGet {
-        /// The client's keys, in order.
-        keys: Vec<Bytes>,
-        /// For each fragment, the positions (in `keys`) of the keys it asked for, in order.
-        fragments: Vec<Vec<u16>>,
-        /// The `VALUE` item found for each key position.
-        items: Vec<Option<Bytes>>,
-        /// The first error seen, when failures are errors.
-        error: Option<&'static [u8]>,
-        /// Fragments still outstanding.
-        remaining: usize,
-        /// How a failed fragment is answered.
-        policy: RetrievalFailure,
-        /// One batch of a streamed retrieval: no `END` of its own, and a failure ends the
-        /// whole reply.
-        batch: bool,
-    },
-    /// A command sent to every backend: `OK` only if every backend said `OK`.
-    Broadcast {
-        /// The first non-`OK` answer.
-        error: Option<Reply>,
-        /// Backends still outstanding.
-        remaining: usize,
-    },
-    /// A `stats` subcommand sent to every backend, its answers combined.
-    Stats {
-        /// How the answers combine.
-        merge: Merge,
-        /// Each backend's answer, in pool order.
-        answers: Vec<Answer>,
-        /// Backends still outstanding.
-        remaining: usize,
-    },
-}
-
-impl Gather {
-    /// A gather for a multi-get split into `fragments`.
-    pub fn multi_get(keys: Vec<Bytes>, fragments: Vec<Vec<u16>>, policy: RetrievalFailure) -> Self {
-        let n = keys.len();
-        Gather::MultiGet {
-            keys,
-            remaining: fragments.len(),
-            fragments,
-            items: vec![None; n],
-            error: None,
-            policy,
-            batch: false,
-        }
-    }
-
-    /// A gather for one batch of keys of a streamed retrieval.
-    pub fn batch(keys: Vec<Bytes>, fragments: Vec<Vec<u16>>, policy: RetrievalFailure) -> Self {
-        let mut g = Self::multi_get(keys, fragments, policy);
-        if let Gather::MultiGet { batch, .. } = &mut g {
-            *batch = true;
-        }
-        g
-    }
-
-    /// A gather for a `stats` subcommand sent to `n` backends.
-    pub fn stats(n: usize, merge: Merge) -> Self {
-        Gather::Stats {
-            merge,
-            answers: vec![Err(reply::BACKEND_CLOSED); n],
-            remaining: n,
-        }
-    }
-
-    /// A gather for a broadcast to `n` backends.
-    pub fn broadcast(n: usize) -> Self {
-        Gather::Broadcast {
-            error: None,
-            remaining: n,
-        }
-    }
-
-    /// Adds one fragment's answer; true when the gather is complete.
-    fn add(&mut self, part: usize, answer: Answer) -> bool {
-        match self {
-            Gather::MultiGet {
-                keys,
-                fragments,
-                items,
-                error,
-                remaining,
-                policy,
-                ..
-            } => {
-                match answer {
-                    Ok(bytes) if !reply::is_error_line(&bytes) => {
-                        place_values(&bytes, &fragments[part], |p| &keys[p], items);
-                    }
-                    // A reply refused for the client's memory fails the retrieval whatever
-                    // the policy, as memcached fails a get it has no memory for.
-                    Err(e) if e == reply::OUT_OF_MEMORY_GET => *error = Some(e),
-                    Ok(_) | Err(_) => {
-                        if *policy == RetrievalFailure::Error && error.is_none() {
-                            *error = Some(answer_error(&answer));
-                        }
-                    }
-                }
-                *remaining -= 1;
-                *remaining == 0
-            }
-            Gather::Broadcast { error, remaining } => {
-                match answer {
-                    Ok(bytes) if bytes.as_ref() == reply::OK => {}
-                    Ok(bytes) => {
-                        error.get_or_insert(Reply::Data(bytes));
-                    }
-                    Err(msg) => {
-                        error.get_or_insert(Reply::Static(msg));
-                    }
-                }
-                *remaining -= 1;
-                *remaining == 0
-            }
-            Gather::Stats {
-                answers, remaining, ..
-            } => {
-                answers[part] = answer;
-                *remaining -= 1;
-                *remaining == 0
-            }
-        }
-    }
-
-    fn finish(self) -> Reply {
-        match self {
-            Gather::MultiGet {
-                items,
-                error: None,
-                batch,
-                ..
-            } => {
-                let mut parts: Vec<Bytes> = items.into_iter().flatten().collect();
-                if !batch {
-                    parts.push(Bytes::from_static(reply::END));
-                }
-                Reply::Parts(parts)
-            }
-            Gather::MultiGet {
-                error: Some(e),
-                batch: true,
-                ..
-            } => Reply::StreamError(e),
-            Gather::MultiGet { error: Some(e), .. } => Reply::Static(e),
-            Gather::Broadcast { error, .. } => error.unwrap_or(Reply::Static(reply::OK)),
-            Gather::Stats { merge, answers, .. } => Reply::Data(combine(merge, &answers)),
-        }
-    }
-}
-
-/// Puts each `VALUE` item of `reply` (an answer to a request for the keys at `positions`,
-/// in that order) into `items` at its key's position. Hits come back in request order and
-/// misses are skipped, so one pass over both matches them.
-pub fn place_values<'k>(
-    reply: &Bytes,
-    positions: &[u16],
-    key_at: impl Fn(usize) -> &'k [u8],
-    items: &mut [Option<Bytes>],
-) {
-    let mut cursor = 0;
-    for item in value_items(reply) {
-        while cursor < positions.len() && key_at(positions[cursor] as usize) != item.key {
-            cursor += 1;
-        }
-        if cursor == positions.len() {
-            break;
-        }
-        items[positions[cursor] as usize] = Some(reply.slice(item.range));
-        cursor += 1;
-    }
-}
-
-fn answer_error(answer: &Answer) -> &'static [u8] {
-    match answer {
-        Err(msg) => msg,
-        Ok(_) => reply::BACKEND_PROTOCOL,
-    }
 }
 
 #[derive(Debug)]
@@ -359,19 +147,22 @@ impl ReplyQueue {
         self.unwritten.store(n, Ordering::Relaxed);
     }
 
-    /// Whether a retrieval reply of `bytes` would take the client beyond its cap.
+    /// Whether a retrieval reply of `bytes` would take the client beyond its cap (memcached
+    /// answers a get it has no memory for with an error).
     fn over_cap(&self, inner: &Inner, bytes: &[u8]) -> bool {
         let holding = inner.held + self.unwritten.load(Ordering::Relaxed);
-        let over =
-            holding > 0 && holding + bytes.len() > self.hard_cap && bytes.starts_with(b"VALUE ");
+        let value = bytes.starts_with(b"VALUE ") || bytes.starts_with(b"VA ");
+        let over = holding > 0 && holding + bytes.len() > self.hard_cap && value;
         if over {
             REFUSED_REPLIES.fetch_add(1, Ordering::Relaxed);
         }
         over
     }
 
-    /// Completes slot `seq` with a backend's answer.
-    pub fn complete(&self, seq: u64, answer: Answer) {
+    /// Completes slot `seq` with a backend's answer, as `fill` says: a failure is answered
+    /// with its stand-in if given (a retrieval's miss), else with its own error line; an
+    /// answer the client asked not to get leaves the slot empty.
+    pub fn complete(&self, seq: u64, answer: Answer, fill: Fill) {
         let mut inner = self.lock();
         if inner.closed {
             return;
@@ -380,9 +171,12 @@ impl ReplyQueue {
             return;
         };
         let reply = match answer {
-            Ok(bytes) if self.over_cap(&inner, &bytes) => Reply::Static(reply::OUT_OF_MEMORY_GET),
+            Ok(bytes) if self.over_cap(&inner, &bytes) => {
+                Reply::Static(error::reply(UpstreamError::ClientMemory))
+            }
+            Ok(bytes) if fill.quiet.drops(&bytes) => Reply::Static(b""),
             Ok(bytes) => Reply::Data(bytes),
-            Err(msg) => Reply::Static(msg),
+            Err(e) => Reply::Static(fill.on_failure.unwrap_or(error::reply(e))),
         };
         let len = reply.len();
         let Some(entry) = inner.slots.get_mut(idx as usize) else {
@@ -410,7 +204,7 @@ impl ReplyQueue {
         };
         let idx = idx as usize;
         let answer = match answer {
-            Ok(bytes) if self.over_cap(inner, &bytes) => Err(reply::OUT_OF_MEMORY_GET),
+            Ok(bytes) if self.over_cap(inner, &bytes) => Err(UpstreamError::ClientMemory),
             other => other,
         };
         let len = answer.as_ref().map_or(0, Bytes::len);
@@ -520,6 +314,8 @@ impl ReplyQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RetrievalFailure;
+    use crate::gather::Gather;
 
     fn drain(q: &ReplyQueue) -> Vec<u8> {
         let mut wq = WriteQueue::new();
@@ -533,9 +329,9 @@ mod tests {
         let a = q.reserve(0);
         let b = q.reserve(0);
         q.push_ready(Reply::Static(b"C\r\n"));
-        q.complete(b, Ok(Bytes::from_static(b"B\r\n")));
+        q.complete(b, Ok(Bytes::from_static(b"B\r\n")), Fill::default());
         assert_eq!(drain(&q), b"");
-        q.complete(a, Ok(Bytes::from_static(b"A\r\n")));
+        q.complete(a, Ok(Bytes::from_static(b"A\r\n")), Fill::default());
         assert_eq!(drain(&q), b"A\r\nB\r\nC\r\n");
         assert!(q.is_empty());
         let left = q.take_ready(&mut WriteQueue::new());
@@ -584,12 +380,15 @@ mod tests {
     fn failed_fragment_is_misses_or_error_by_policy() {
         for (policy, expect) in [
             (RetrievalFailure::Miss, &b"VALUE b 0 1\r\n2\r\nEND\r\n"[..]),
-            (RetrievalFailure::Error, reply::BACKEND_TIMEOUT),
+            (
+                RetrievalFailure::Error,
+                error::reply(UpstreamError::Timeout),
+            ),
         ] {
             let q = ReplyQueue::default();
             let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
             let seq = q.reserve_gather(Gather::multi_get(keys, vec![vec![0], vec![1]], policy), 0);
-            q.complete_part(seq, 0, Err(reply::BACKEND_TIMEOUT));
+            q.complete_part(seq, 0, Err(UpstreamError::Timeout));
             q.complete_part(
                 seq,
                 1,
@@ -607,8 +406,11 @@ mod tests {
         q.complete_part(s, 1, Ok(Bytes::from_static(b"OK\r\n")));
         let t = q.reserve_gather(Gather::broadcast(2), 0);
         q.complete_part(t, 0, Ok(Bytes::from_static(b"OK\r\n")));
-        q.complete_part(t, 1, Err(reply::BACKEND_UNAVAILABLE));
-        assert_eq!(drain(&q), [reply::OK, reply::BACKEND_UNAVAILABLE].concat());
+        q.complete_part(t, 1, Err(UpstreamError::Unavailable));
+        assert_eq!(
+            drain(&q),
+            [reply::OK, error::reply(UpstreamError::Unavailable)].concat()
+        );
     }
 
     #[test]
@@ -633,7 +435,7 @@ mod tests {
             (4, 100),
             "the gather became one OK"
         );
-        q.complete(a, Ok(Bytes::from_static(b"STORED\r\n")));
+        q.complete(a, Ok(Bytes::from_static(b"STORED\r\n")), Fill::default());
         let left = q.take_ready(&mut wq);
         assert_eq!((left.requests, left.held, left.reserved), (0, 0, 0));
         assert_eq!(wq.concat(), b"STORED\r\nOK\r\n");
@@ -657,7 +459,7 @@ mod tests {
             0,
             Ok(Bytes::from_static(b"VALUE b 0 1\r\n2\r\nEND\r\n")),
         );
-        q.complete_part(b1, 0, Err(reply::BACKEND_TIMEOUT));
+        q.complete_part(b1, 0, Err(UpstreamError::Timeout));
         q.push_ready(Reply::Static(b"STORED\r\n"));
         assert_eq!(drain(&q), b"VALUE b 0 1\r\n2\r\nEND\r\nSTORED\r\n");
 
@@ -672,7 +474,7 @@ mod tests {
         );
         q.push_ready(Reply::StreamEnd);
         q.push_ready(Reply::Static(b"STORED\r\n"));
-        q.complete_part(b1, 0, Err(reply::BACKEND_TIMEOUT));
+        q.complete_part(b1, 0, Err(UpstreamError::Timeout));
         q.complete_part(
             b2,
             0,
@@ -680,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             drain(&q),
-            [reply::BACKEND_TIMEOUT, b"STORED\r\n"].concat(),
+            [error::reply(UpstreamError::Timeout), b"STORED\r\n"].concat(),
             "the error ends the retrieval; the next request is answered"
         );
     }
@@ -692,12 +494,17 @@ mod tests {
         let a = q.reserve(0);
         let b = q.reserve(0);
         let c = q.reserve(0);
-        q.complete(a, Ok(big.clone()));
-        q.complete(b, Ok(big.clone()));
-        q.complete(c, Ok(Bytes::from_static(b"STORED\r\n")));
+        q.complete(a, Ok(big.clone()), Fill::default());
+        q.complete(b, Ok(big.clone()), Fill::default());
+        q.complete(c, Ok(Bytes::from_static(b"STORED\r\n")), Fill::default());
         assert_eq!(
             drain(&q),
-            [&big[..], reply::OUT_OF_MEMORY_GET, b"STORED\r\n"].concat()
+            [
+                &big[..],
+                error::reply(UpstreamError::ClientMemory),
+                b"STORED\r\n"
+            ]
+            .concat()
         );
     }
 }

@@ -1,52 +1,22 @@
-//! The router: decides, for each request, which backend(s) of a pool answer it.
-//!
-//! Single-key commands go to the key's owner on the ring; a multi-key retrieval goes whole to
-//! one backend when all its keys live there, and is otherwise split into one request per
-//! backend; flush_all goes to every backend; the rest is answered locally.
+//! The router: one pool's routing state in one worker, built from a
+//! [`Generation`](crate::generation::Generation)'s pool: the ring, the backends (and, during
+//! warm-up, where keys lived before the last ring change), and how this worker reaches them.
+//! Immutable; a change builds a new one. Its decisions about each request (`plan`) are in
+//! their own module.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
-
+use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::config::PoolConfig;
-use crate::embedded::Store;
+use crate::backend::message::Dialect;
+use crate::backend::{Backend, ConnSettings, Connections, Kind};
+use crate::config::{BackendProtocol, PoolConfig};
 use crate::generation::PoolState;
-use crate::protocol::request::{Command, Request};
 use crate::ring::Ring;
-use crate::upstream::{BackendKind, BackendPool, BackendState, ConnSettings};
 
-/// Where a request goes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// To one backend, as received.
-    One(usize),
-    /// Split: per backend, the positions of the client's keys it owns (in client order).
-    Split(Vec<(usize, Vec<u16>)>),
-    /// To every backend.
-    All,
-    /// Answered by memroute itself.
-    Local,
-}
-
-/// One backend as a worker sees it.
-pub enum Backend {
-    /// A server over TCP, through this worker's connection pool.
-    Remote(Arc<BackendPool>),
-    /// The embedded cache, executed inline.
-    Embedded(Arc<BackendState>, Arc<Store>),
-}
-
-impl Backend {
-    /// The shared state of the backend.
-    pub fn state(&self) -> &Arc<BackendState> {
-        match self {
-            Backend::Remote(pool) => pool.backend(),
-            Backend::Embedded(state, _) => state,
-        }
-    }
-}
+/// The router slot of one pool in one worker: clients load it per request; reloads swap it.
+pub type RouterSlot = Arc<ArcSwap<Router>>;
 
 /// Warm-up: where keys lived before the last ring change, until when.
 struct PreviousRing {
@@ -56,25 +26,26 @@ struct PreviousRing {
     until: Instant,
 }
 
-/// One pool's routing state in one worker, built from a [`Generation`]'s pool: the ring and
-/// this worker's connection pools. Immutable; a change builds a new one.
+/// One pool's routing state in one worker.
 pub struct Router {
     /// The pool's settings.
     pub config: PoolConfig,
-    /// The generation it was built from.
-    pub generation: u64,
+    /// The worker it serves.
+    worker: usize,
     ring: Arc<Ring>,
     /// Ring index → index in `backends`.
     ring_backends: Vec<usize>,
     /// The pool's backends in config order, then any previous owners kept for warm-up.
-    backends: Vec<Backend>,
+    backends: Vec<Arc<Backend>>,
     previous: Option<PreviousRing>,
+    /// What the pool's servers speak.
+    pub dialect: Dialect,
+    settings: ConnSettings,
 }
 
 impl Router {
-    /// Builds this worker's router for `pool`, reusing `old`'s connection pools for backends
-    /// present in both (so their connections stay open).
-    pub fn new(pool: &PoolState, generation: u64, old: Option<&Router>) -> Router {
+    /// Worker `worker`'s router for `pool`.
+    pub fn new(pool: &PoolState, worker: usize) -> Router {
         let config = pool.config.clone();
         let settings = ConnSettings {
             connect_timeout: config.connect_timeout,
@@ -85,42 +56,18 @@ impl Router {
             // with preserved flags add a 4-byte prefix.
             max_value: config.item_size_max + 4,
         };
-        let make = |s: &Arc<BackendState>| -> Backend {
-            let reused = old.and_then(|o| {
-                o.backends
-                    .iter()
-                    .find(|b| Arc::ptr_eq(b.state(), s))
-                    .map(|b| match b {
-                        Backend::Remote(p) => Backend::Remote(p.clone()),
-                        Backend::Embedded(st, store) => {
-                            Backend::Embedded(st.clone(), store.clone())
-                        }
-                    })
-            });
-            reused.unwrap_or_else(|| match &s.kind {
-                BackendKind::Remote(addr) => Backend::Remote(Arc::new(BackendPool::new(
-                    *addr,
-                    s.clone(),
-                    settings,
-                    config.server_connections,
-                ))),
-                BackendKind::Embedded(store) => Backend::Embedded(s.clone(), store.clone()),
-            })
-        };
-        let mut backends: Vec<Backend> = pool.backends.iter().map(make).collect();
+        let mut backends: Vec<Arc<Backend>> = pool.backends.clone();
         let previous = pool.previous.as_ref().map(|p| {
             let owners = p
                 .backends
                 .iter()
-                .map(
-                    |s| match backends.iter().position(|b| Arc::ptr_eq(b.state(), s)) {
-                        Some(i) => i,
-                        None => {
-                            backends.push(make(s));
-                            backends.len() - 1
-                        }
-                    },
-                )
+                .map(|s| match backends.iter().position(|b| Arc::ptr_eq(b, s)) {
+                    Some(i) => i,
+                    None => {
+                        backends.push(s.clone());
+                        backends.len() - 1
+                    }
+                })
                 .collect();
             PreviousRing {
                 ring: p.ring.clone(),
@@ -128,18 +75,26 @@ impl Router {
                 until: p.until,
             }
         });
+        let dialect = match config.protocol {
+            BackendProtocol::Memcached => Dialect::Memcached,
+            BackendProtocol::TokyoTyrant => Dialect::Tyrant {
+                preserve_flags: config.preserve_flags,
+            },
+        };
         Router {
             config,
-            generation,
+            worker,
             ring: pool.ring.clone(),
             ring_backends: pool.ring_backends.clone(),
             backends,
             previous,
+            dialect,
+            settings,
         }
     }
 
     /// The backends: the pool's in config order, then previous owners kept for warm-up.
-    pub fn backends(&self) -> &[Backend] {
+    pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 
@@ -148,20 +103,30 @@ impl Router {
         self.config.servers.len()
     }
 
+    /// This worker's connections to remote backend `b` (none for an embedded one).
+    pub fn connections(&self, b: usize) -> Option<&Connections> {
+        let backend = &self.backends[b];
+        let Kind::Remote(addr) = backend.kind else {
+            return None;
+        };
+        let size = self.config.server_connections;
+        Some(backend.connections(self.worker, || (addr, self.settings, size)))
+    }
+
     /// The backend owning `key`.
     pub fn owner(&self, key: &[u8]) -> usize {
         self.ring_backends[self.ring.server_for(key)]
     }
 
     /// During warm-up, the backend that owned `key` before the last ring change, if it
-    /// differs from the owner now.
-    pub fn previous_owner(&self, key: &[u8]) -> Option<usize> {
+    /// differs from `owner` (its owner now).
+    pub fn previous_owner(&self, key: &[u8], owner: usize) -> Option<usize> {
         let p = self.previous.as_ref()?;
         if Instant::now() >= p.until {
             return None;
         }
         let before = p.owners[p.ring.server_for(key)];
-        (before != self.owner(key)).then_some(before)
+        (before != owner).then_some(before)
     }
 
     /// Whether a warm-up period is running.
@@ -171,45 +136,18 @@ impl Router {
             .is_some_and(|p| Instant::now() < p.until)
     }
 
-    /// The value size to assume for a key of this pool when reserving reply room: the
-    /// largest any of its backends was recently seen to hold.
+    /// The value size to assume for a key of this pool when sizing batches: the largest any
+    /// of its backends was recently seen to hold.
     pub fn value_estimate(&self) -> usize {
         self.ring_backends
             .iter()
-            .map(|&b| self.backends[b].state().value_sizes.estimate())
+            .map(|&b| self.backends[b].value_sizes.estimate())
             .max()
             .unwrap_or(0)
     }
 
-    /// Notes the size of a value written through memroute to `key`'s owner.
-    pub fn record_value_size(&self, key: &[u8], len: usize) {
-        self.backends[self.owner(key)]
-            .state()
-            .value_sizes
-            .record(len);
-    }
-
-    /// Decides where `req` goes.
-    pub fn route(&self, req: &Request) -> Route {
-        match req.command {
-            c if c.is_single_key() => Route::One(self.owner(req.key())),
-            c if c.is_retrieval() => self.route_retrieval(req),
-            Command::FlushAll | Command::CacheMemlimit => Route::All,
-            Command::Stats if crate::stats::merge::forwarded(req.key()).is_some() => Route::All,
-            _ => Route::Local,
-        }
-    }
-
-    fn route_retrieval(&self, req: &Request) -> Route {
-        let mut keys = req.keys();
-        let first = self.owner(keys.next().unwrap_or_default());
-        if keys.all(|k| self.owner(k) == first) {
-            return Route::One(first);
-        }
-        Route::Split(self.group_by_owner(req.keys()))
-    }
-
-    /// The positions of `keys` grouped by the backend that owns them, in first-seen order.
+    /// The owners of `keys`, and their positions grouped by owner in first-seen order: each
+    /// key hashed once.
     pub fn group_by_owner<'k>(
         &self,
         keys: impl Iterator<Item = &'k [u8]>,
@@ -226,57 +164,36 @@ impl Router {
     }
 }
 
-/// Builds the request for one fragment of a split retrieval: the command text before the
-/// keys (`get `, `gat 100 `, …) followed by the keys at `positions`.
-pub fn fragment_request<'k>(
-    prefix: &[u8],
-    positions: &[u16],
-    key_at: impl Fn(usize) -> &'k [u8],
-) -> Bytes {
-    let len = prefix.len()
-        + positions
-            .iter()
-            .map(|&p| key_at(p as usize).len() + 1)
-            .sum::<usize>()
-        + 2;
-    let mut out = BytesMut::with_capacity(len);
-    out.put_slice(prefix);
-    for (i, &p) in positions.iter().enumerate() {
-        if i > 0 {
-            out.put_u8(b' ');
-        }
-        out.put_slice(key_at(p as usize));
-    }
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded};
+    use crate::generation::tests::config;
+    use crate::generation::Generation;
 
-    fn request(text: &str) -> Request {
-        let mut codec = ClientCodec::new(CodecLimits::default());
-        let mut buf = BytesMut::from(text);
-        match codec.decode_item(&mut buf) {
-            Some(Decoded::Request(r)) => r,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn fragments_keep_the_command_and_exptime() {
-        let req = request("gat 100 a bb c\r\n");
-        let keys: Vec<Bytes> = req.key_slices().collect();
-        let prefix = &req.line()[..req.keys_start as usize];
-        assert_eq!(
-            fragment_request(prefix, &[0, 2], |p| &keys[p]),
-            "gat 100 a c\r\n"
-        );
-        let req = request("gets   x y\r\n");
-        let keys: Vec<Bytes> = req.key_slices().collect();
-        let prefix = &req.line()[..req.keys_start as usize];
-        assert_eq!(fragment_request(prefix, &[1], |p| &keys[p]), "gets   y\r\n");
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_lasts_exactly_its_period() {
+        let first = Generation::build(config(3, "warmup = \"30s\""), None).unwrap();
+        let second = Generation::build(config(4, "warmup = \"30s\""), Some(&first)).unwrap();
+        assert_eq!(second.id, 2);
+        // Backends present in both generations are the same objects.
+        assert!(Arc::ptr_eq(
+            &first.pools[0].backends[0],
+            &second.pools[0].backends[0]
+        ));
+        let router = Router::new(&second.pools[0], 0);
+        let keys: Vec<String> = (0..400).map(|i| format!("key:{i}")).collect();
+        let moved_from =
+            |k: &String| router.previous_owner(k.as_bytes(), router.owner(k.as_bytes()));
+        let moved: Vec<&String> = keys.iter().filter(|k| moved_from(k).is_some()).collect();
+        // About a quarter moved, all to the new backend.
+        assert!((60..140).contains(&moved.len()), "{}", moved.len());
+        assert!(moved.iter().all(|k| router.owner(k.as_bytes()) == 3));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(router.warming());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!router.warming());
+        assert!(keys.iter().all(|k| moved_from(k).is_none()));
     }
 }

@@ -1,21 +1,16 @@
-//! The server: binds every pool's listener, starts the worker threads, and owns what they
-//! share — counters, the client count, and the current routing [`Generation`] behind one
-//! `ArcSwap`, which [`Shared::reload`] replaces while clients keep talking.
+//! The server: binds every pool's listener and starts the worker threads, which share a
+//! [`Shared`].
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::admission::ClientCount;
-use crate::budget::Budget;
 use crate::config::Config;
 use crate::generation::{Generation, GenerationError};
-use crate::stats::conns::Connections;
-use crate::stats::WorkerStats;
+use crate::shared::Shared;
+use crate::socket::bind_reuseport;
 
 /// Starting the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,131 +33,12 @@ pub enum ServerError {
     Worker(io::Error),
 }
 
-/// What all workers share.
-pub struct Shared {
-    started: std::time::Instant,
-    workers: Vec<Arc<WorkerStats>>,
-    /// Clients of the whole process (`max_clients`).
-    clients: Arc<ClientCount>,
-    /// Clients per pool (listener), by pool name; kept across reloads.
-    listener_clients: Mutex<std::collections::HashMap<String, Arc<ClientCount>>>,
-    generation: ArcSwap<Generation>,
-    /// Tells workers a new generation is in place (its id).
-    changes: watch::Sender<u64>,
-    /// Serialises reloads and rebuilds.
-    reloading: Mutex<()>,
-    /// Reply memory of all clients (`max_client_memory`).
-    budget: Arc<Budget>,
-    /// Client connections, for `stats conns`.
-    connections: Arc<Connections>,
-}
-
-impl Shared {
-    /// The current routing generation.
-    pub fn generation(&self) -> Arc<Generation> {
-        self.generation.load_full()
-    }
-
-    /// Reply memory of all clients.
-    pub fn budget(&self) -> &Arc<Budget> {
-        &self.budget
-    }
-
-    /// The open client connections.
-    pub fn connections(&self) -> &Arc<Connections> {
-        &self.connections
-    }
-
-    /// Per-worker counters.
-    pub fn workers(&self) -> &[Arc<WorkerStats>] {
-        &self.workers
-    }
-
-    /// Seconds since start.
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
-
-    /// Client connections open now, over all workers.
-    pub fn clients(&self) -> usize {
-        self.clients.get()
-    }
-
-    /// The process-wide client count.
-    pub(crate) fn process_clients(&self) -> &Arc<ClientCount> {
-        &self.clients
-    }
-
-    /// The client count of a pool's listener (one per pool name, shared by every worker).
-    pub(crate) fn listener_clients(&self, pool: &str) -> Arc<ClientCount> {
-        let mut map = self
-            .listener_clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(pool.to_owned()).or_default().clone()
-    }
-
-    /// Subscribes to generation changes.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-
-    /// Switches to a new configuration: builds the next generation beside the current one
-    /// (reusing backends present in both) and swaps it in; workers follow. The worker count
-    /// cannot change without a restart; a different `threads` is ignored with a warning.
-    pub fn reload(&self, mut config: Config) -> Result<u64, GenerationError> {
-        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let current = self.generation();
-        if config.threads != current.config.threads {
-            tracing::warn!(
-                "reload: threads = {} needs a restart; keeping {}",
-                config.threads,
-                current.config.threads
-            );
-            config.threads = current.config.threads;
-        }
-        let next = Generation::build(config, Some(&current))?;
-        self.budget.set_limit(next.config.max_client_memory);
-        Ok(self.publish(next))
-    }
-
-    /// Rebuilds the rings over the backends live now (after an ejection or a return).
-    pub fn rebuild(&self) {
-        let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        match self.generation().rebuild() {
-            Ok(next) => {
-                self.publish(next);
-            }
-            Err(e) => tracing::error!("ring rebuild failed: {e}"),
-        }
-    }
-
-    fn publish(&self, next: Generation) -> u64 {
-        let id = next.id;
-        self.generation.store(Arc::new(next));
-        self.changes.send_replace(id);
-        id
-    }
-}
-
 /// A bound server, ready to run.
 pub struct Server {
     shared: Arc<Shared>,
     /// Per worker, per pool: its listening socket.
     listeners: Vec<Vec<std::net::TcpListener>>,
     addrs: Vec<SocketAddr>,
-}
-
-/// A listening socket that other workers may bind too (`SO_REUSEPORT`), so the kernel
-/// spreads connections over workers.
-pub fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }
 
 impl Server {
@@ -196,23 +72,9 @@ impl Server {
             addrs.push(addr);
         }
         let generation = Generation::build(config, None)?;
-        let workers = (0..generation.config.threads)
-            .map(|_| Arc::new(WorkerStats::default()))
-            .collect();
-        let (changes, _) = watch::channel(generation.id);
-        let budget = Arc::new(Budget::new(generation.config.max_client_memory));
+        let workers = generation.config.threads;
         Ok(Server {
-            shared: Arc::new(Shared {
-                started: std::time::Instant::now(),
-                workers,
-                clients: Arc::default(),
-                listener_clients: Mutex::default(),
-                generation: ArcSwap::from_pointee(generation),
-                changes,
-                reloading: Mutex::new(()),
-                budget,
-                connections: Arc::default(),
-            }),
+            shared: Arc::new(Shared::new(generation, workers)),
             listeners,
             addrs,
         })

@@ -13,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
 use crate::write_queue::WriteQueue;
+use socket2::{Domain, Protocol, Type};
 
 /// Bytes offered to one `recv`: at least, and at most.
 const MIN_ROOM: usize = 2048;
@@ -120,6 +121,19 @@ impl Socket {
             }
         }
     }
+}
+
+/// A listening socket that other workers may bind too (`SO_REUSEPORT`), so the kernel
+/// spreads connections over workers.
+pub fn bind_reuseport(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket =
+        socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// Read buffers of idle connections, kept per worker thread. A connection takes one when

@@ -20,6 +20,11 @@ pub const GETS_UNSUPPORTED: &[u8] =
 pub const FLAGS_UNSUPPORTED: &[u8] =
     b"SERVER_ERROR command not supported by tokyotyrant pool with preserve_flags\r\n";
 
+/// The meta protocol: ttserver has none of it, and no item metadata (CAS, TTL, flags) to
+/// translate it faithfully; `mn` needs no backend and is answered.
+pub const META_UNSUPPORTED: &[u8] =
+    b"SERVER_ERROR meta commands not supported by tokyotyrant pool\r\n";
+
 /// Whether `req` may go to a Tokyo Tyrant pool; if not, the error line to answer.
 pub fn admit(req: &Request, preserve_flags: bool) -> Result<(), &'static [u8]> {
     // ttserver splits lines on any whitespace: a key holding some would be misread.
@@ -40,9 +45,15 @@ pub fn admit(req: &Request, preserve_flags: bool) -> Result<(), &'static [u8]> {
         | Command::Delete
         // memroute answers these itself.
         | Command::Version
-        | Command::Quit => Ok(()),
+        | Command::Quit
+        | Command::MetaNoop => Ok(()),
+        Command::MetaGet
+        | Command::MetaSet
+        | Command::MetaDelete
+        | Command::MetaArithmetic
+        | Command::MetaDebug => Err(META_UNSUPPORTED),
         // ttserver answers only a plain `stats`, which memroute answers itself.
-        Command::Stats if crate::stats::merge::forwarded(req.key()).is_some() => Err(UNSUPPORTED),
+        Command::Stats if crate::gather::stats::forwarded(req.key()).is_some() => Err(UNSUPPORTED),
         Command::Stats => Ok(()),
         // The value would be prefixed before the flags, or read as a number with them in it.
         Command::Prepend | Command::Incr | Command::Decr if preserve_flags => Err(FLAGS_UNSUPPORTED),

@@ -14,14 +14,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admission::{admit, ClientCount, Refusal, DENIED_LOG, FULL_LOG};
+use crate::counters::WorkerStats;
 use crate::generation::Generation;
 use crate::protocol::reply;
-use crate::router::{Backend, Router};
-use crate::server::{bind_reuseport, Shared};
-use crate::stats::WorkerStats;
-
-/// The router slot of one pool in this worker: clients load it per request.
-pub type RouterSlot = Arc<ArcSwap<Router>>;
+use crate::router::{Router, RouterSlot};
+use crate::shared::Shared;
+use crate::socket::bind_reuseport;
 
 struct PoolEntry {
     slot: RouterSlot,
@@ -60,11 +58,7 @@ async fn serve(
     let mut generation = shared.generation();
     let mut pools: HashMap<String, PoolEntry> = HashMap::new();
     for (pool, listener) in generation.pools.iter().zip(listeners) {
-        let slot: RouterSlot = Arc::new(ArcSwap::from_pointee(Router::new(
-            pool,
-            generation.id,
-            None,
-        )));
+        let slot: RouterSlot = Arc::new(ArcSwap::from_pointee(Router::new(pool, index)));
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
@@ -93,7 +87,7 @@ async fn serve(
                 }
                 let next = shared.generation();
                 if next.id != generation.id {
-                    apply(&next, &mut pools, &shared, &stats, &stop_for_new);
+                    apply(index, &next, &mut pools, &shared, &stats, &stop_for_new);
                     generation = next;
                 }
             }
@@ -114,8 +108,9 @@ async fn serve(
     }
 }
 
-/// Brings this worker to generation `next`.
+/// Brings worker `index` to generation `next`.
 fn apply(
+    index: usize,
     next: &Generation,
     pools: &mut HashMap<String, PoolEntry>,
     shared: &Arc<Shared>,
@@ -127,16 +122,12 @@ fn apply(
         match pools.get_mut(name) {
             Some(entry) => {
                 let old = entry.slot.load_full();
-                let router = Router::new(pool, next.id, Some(&old));
+                let router = Router::new(pool, index);
                 // Backends this worker no longer routes to (not even for warm-up): their
-                // connections finish what is in flight and close.
+                // connections here finish what is in flight and close.
                 for b in old.backends() {
-                    let gone = !router
-                        .backends()
-                        .iter()
-                        .any(|n| Arc::ptr_eq(n.state(), b.state()));
-                    if let (true, Backend::Remote(p)) = (gone, b) {
-                        p.retire();
+                    if !router.backends().iter().any(|n| Arc::ptr_eq(n, b)) {
+                        b.retire(index);
                     }
                 }
                 entry.slot.store(Arc::new(router));
@@ -159,7 +150,7 @@ fn apply(
             None => match listen(pool.config.listen) {
                 Ok(l) => {
                     let slot: RouterSlot =
-                        Arc::new(ArcSwap::from_pointee(Router::new(pool, next.id, None)));
+                        Arc::new(ArcSwap::from_pointee(Router::new(pool, index)));
                     let accept = spawn_accept(l, &slot, name, shared, stats, stop);
                     pools.insert(
                         name.clone(),
@@ -253,7 +244,7 @@ async fn accept_loop(
         };
         stats.curr_connections.inc();
         stats.total_connections.inc();
-        let registration = shared.connections().register(peer, listen.unwrap_or(peer));
+        let registration = shared.registry().register(peer, listen.unwrap_or(peer));
         let (slot, stats, stop) = (slot.clone(), stats.clone(), stop.clone());
         let shared = shared.clone();
         tokio::spawn(async move {

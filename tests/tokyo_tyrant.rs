@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const UNSUPPORTED: &str = "SERVER_ERROR command not supported by tokyotyrant pool\r\n";
+const META_UNSUPPORTED: &str = "SERVER_ERROR meta commands not supported by tokyotyrant pool\r\n";
 const GETS_UNSUPPORTED: &str =
     "SERVER_ERROR gets not supported by tokyotyrant pool (no cas uniques)\r\n";
 const FLAGS_UNSUPPORTED: &str =
@@ -303,10 +304,18 @@ fn refused_cases(k0: &str, k1: &str) -> Vec<(String, String)> {
         ("flush_all 10\r\n".into(), UNSUPPORTED),
         ("flush_all -1\r\n".into(), UNSUPPORTED),
         ("flush_all 10 noreply\r\n".into(), ""),
-        // Meta commands, unknown words and malformed lines: memroute's own errors.
-        (format!("mg {k0} v\r\n"), "ERROR\r\n"),
-        (format!("md {k1}\r\n"), "ERROR\r\n"),
-        ("mn\r\n".into(), "ERROR\r\n"),
+        // Meta commands: refused (ttserver has none of them), but `mn`, which needs no
+        // backend; malformed meta lines get memcached's errors.
+        (format!("mg {k0} v\r\n"), META_UNSUPPORTED),
+        (format!("mg {k0} v q\r\n"), META_UNSUPPORTED),
+        (format!("ms {k0} 1 T0\r\nx\r\n"), META_UNSUPPORTED),
+        (format!("md {k1}\r\n"), META_UNSUPPORTED),
+        (format!("ma {k1} q\r\n"), META_UNSUPPORTED),
+        (format!("me {k1}\r\n"), META_UNSUPPORTED),
+        ("mn\r\n".into(), "MN\r\n"),
+        (format!("mg {k0} v v\r\n"), "CLIENT_ERROR duplicate flag\r\n"),
+        ("mx\r\n".into(), "ERROR\r\n"),
+        // Unknown words and malformed lines: memroute's own errors.
         ("bogus command\r\n".into(), "ERROR\r\n"),
         ("\r\n".into(), "ERROR\r\n"),
         ("get\r\n".into(), "ERROR\r\n"),
@@ -543,7 +552,7 @@ fn random_request(
         }
         18 => (
             format!("mg {key} v f\r\n").into_bytes(),
-            b"ERROR\r\n".to_vec(),
+            META_UNSUPPORTED.as_bytes().to_vec(),
         ),
         _ => (
             format!("incr {key} lots\r\n").into_bytes(),

@@ -16,19 +16,20 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::protocol::reply::{self, frame_reply, FrameState, ReplyKind};
-use crate::reply_queue::{Answer, ReplyQueue};
+use crate::protocol::meta;
+use crate::protocol::reply::{self, frame_reply, FrameState, MalformedReply, ReplyKind};
+use crate::reply_queue::{Answer, Fill, ReplyQueue};
 use crate::socket::Socket;
 use crate::write_queue::WriteQueue;
 
-use super::BackendState;
+use super::Backend;
+use crate::error::UpstreamError;
 
 /// Where a backend's answer goes.
 #[derive(Debug)]
 pub enum ReplyTarget {
-    /// A client's reply slot, and the reply that stands in for a backend failure (a
-    /// retrieval answered as a miss), if not the failure's own error line.
-    Slot(Arc<ReplyQueue>, u64, Option<&'static [u8]>),
+    /// A client's reply slot, and how the answer fills it.
+    Slot(Arc<ReplyQueue>, u64, Fill),
     /// One fragment of a gathered reply.
     Part(Arc<ReplyQueue>, u64, u16),
     /// Nobody (a `noreply` request); errors are only counted.
@@ -39,14 +40,12 @@ pub enum ReplyTarget {
 
 impl ReplyTarget {
     /// Delivers the answer.
-    pub fn deliver(self, answer: Answer, backend: &BackendState) {
+    pub fn deliver(self, answer: Answer, backend: &Backend) {
         if answer.is_err() {
             backend.stats.errors.inc();
         }
         match self {
-            ReplyTarget::Slot(q, seq, instead) => {
-                q.complete(seq, answer.map_err(|e| instead.unwrap_or(e)))
-            }
+            ReplyTarget::Slot(q, seq, fill) => q.complete(seq, answer, fill),
             ReplyTarget::Part(q, seq, part) => q.complete_part(seq, part as usize, answer),
             ReplyTarget::Oneshot(tx) => {
                 let _ = tx.send(answer);
@@ -67,6 +66,8 @@ pub struct UpstreamRequest {
     pub bytes: (Bytes, Option<Bytes>),
     /// The shape of the expected reply.
     pub kind: ReplyKind,
+    /// Retrievals: the keys asked for, so the most `VALUE` items the reply may hold.
+    pub keys: u32,
     /// Who gets the reply.
     pub target: ReplyTarget,
 }
@@ -130,7 +131,7 @@ impl Retire {
 pub async fn connect(
     addr: SocketAddr,
     settings: ConnSettings,
-    backend: Arc<BackendState>,
+    backend: Arc<Backend>,
     retire: Arc<Retire>,
 ) -> io::Result<ConnHandle> {
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
@@ -173,7 +174,7 @@ struct Connection {
     /// Framing progress inside the head reply.
     frame: FrameState,
     wq: WriteQueue,
-    backend: Arc<BackendState>,
+    backend: Arc<Backend>,
     max_in_flight: usize,
     /// The request timeout, to recover send times from deadlines.
     timeout: Duration,
@@ -186,15 +187,15 @@ enum End {
     /// Every handle was dropped and nothing is in flight.
     Idle,
     /// The connection broke; the reply line given to requests in flight.
-    Failed(&'static [u8], String),
+    Failed(UpstreamError, String),
 }
 
 impl Connection {
     async fn run(mut self) {
         let end = self.serve().await;
-        let (msg, why) = match end {
-            End::Idle => (reply::BACKEND_CLOSED, String::new()),
-            End::Failed(msg, why) => (msg, why),
+        let (err, why) = match end {
+            End::Idle => (UpstreamError::Closed, String::new()),
+            End::Failed(err, why) => (err, why),
         };
         if !why.is_empty() {
             tracing::debug!(backend = %self.backend.name, "upstream connection failed: {why}");
@@ -203,12 +204,12 @@ impl Connection {
         }
         for f in self.in_flight.drain(..) {
             self.backend.stats.in_flight.dec();
-            f.target.deliver(Err(msg), &self.backend);
+            f.target.deliver(Err(err), &self.backend);
         }
         // Requests queued but never written can be told the backend is gone.
         self.rx.close();
         while let Ok(req) = self.rx.try_recv() {
-            req.target.deliver(Err(msg), &self.backend);
+            req.target.deliver(Err(err), &self.backend);
         }
     }
 
@@ -238,7 +239,7 @@ impl Connection {
                 // Watched even when idle, so a backend closing an idle connection is noticed at once.
                 r = self.sock.read(&mut self.rbuf) => {
                     match r {
-                        Ok(0) => return End::Failed(reply::BACKEND_CLOSED, "backend closed the connection".into()),
+                        Ok(0) => return End::Failed(UpstreamError::Closed, "backend closed the connection".into()),
                         Ok(_) => {
                             if let Err(end) = self.deliver_replies() {
                                 return end;
@@ -247,15 +248,15 @@ impl Connection {
                             // keeps this arm winning; the deadline must hold all the same.
                             if self.in_flight.front().is_some_and(|h| h.deadline <= Instant::now()) {
                                 self.backend.stats.timeouts.inc();
-                                return End::Failed(reply::BACKEND_TIMEOUT, "request timed out".into());
+                                return End::Failed(UpstreamError::Timeout, "request timed out".into());
                             }
                         }
-                        Err(e) => return End::Failed(reply::BACKEND_CLOSED, e.to_string()),
+                        Err(e) => return End::Failed(UpstreamError::Closed, e.to_string()),
                     }
                 }
                 r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
                     if let Err(e) = r {
-                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
+                        return End::Failed(UpstreamError::Closed, e.to_string());
                     }
                 }
                 () = self.retire.notify.notified(), if !rx_closed => {}
@@ -282,7 +283,7 @@ impl Connection {
                     }
                     // Most writes complete at once; skip a wake-up for writability.
                     if let Err(e) = self.sock.try_write(&mut self.wq) {
-                        return End::Failed(reply::BACKEND_CLOSED, e.to_string());
+                        return End::Failed(UpstreamError::Closed, e.to_string());
                     }
                 }
                 () = &mut timer, if timer_armed => {
@@ -290,7 +291,7 @@ impl Connection {
                     if let Some(head) = self.in_flight.front() {
                         if head.deadline <= Instant::now() {
                             self.backend.stats.timeouts.inc();
-                            return End::Failed(reply::BACKEND_TIMEOUT, "request timed out".into());
+                            return End::Failed(UpstreamError::Timeout, "request timed out".into());
                         }
                     }
                 }
@@ -300,14 +301,7 @@ impl Connection {
 
     /// Queues a request's bytes for writing and records it as in flight until `deadline`.
     fn enqueue(&mut self, req: UpstreamRequest, deadline: Instant) {
-        let max_items = match req.kind {
-            ReplyKind::Line | ReplyKind::Stats => 0,
-            // Each key follows a space, so a line has no more keys than spaces.
-            _ => {
-                let line_end = memchr::memchr(b'\n', &req.bytes.0).unwrap_or(req.bytes.0.len());
-                memchr::memchr_iter(b' ', &req.bytes.0[..line_end]).count()
-            }
-        };
+        let max_items = req.keys as usize;
         self.wq.push(req.bytes.0);
         if let Some(rest) = req.bytes.1 {
             self.wq.push(rest);
@@ -329,16 +323,19 @@ impl Connection {
                 Ok(Some(n)) => {
                     let mut bytes = self.rbuf.split_to(n).freeze();
                     let done = self.in_flight.pop_front().expect("head exists");
-                    if done.kind == ReplyKind::RetrievalFlagsInValue {
-                        bytes = crate::tyrant::decode_flags(bytes);
+                    match done.kind {
+                        ReplyKind::RetrievalFlagsInValue => {
+                            bytes = crate::tyrant::decode_flags(bytes);
+                        }
+                        // `MN` only told where the backend's answer ended.
+                        ReplyKind::MetaThenNoop => bytes.truncate(n - meta::MN.len()),
+                        _ => {}
                     }
-                    if matches!(
-                        done.kind,
-                        ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue
-                    ) {
-                        let hits = crate::protocol::reply::value_items(&bytes).count();
+                    // Counted as they were framed: the reply is not scanned again.
+                    let (hits, largest) = self.frame.take_framed();
+                    if done.kind.counts_hits() {
                         self.backend.stats.get_hits.add(hits as u64);
-                        self.backend.value_sizes.record(self.frame.take_largest());
+                        self.backend.value_sizes.record(largest);
                     }
                     let stats = &self.backend.stats;
                     stats.replies.inc();
@@ -352,9 +349,9 @@ impl Connection {
                     done.target.deliver(Ok(bytes), &self.backend);
                 }
                 Ok(None) => break,
-                Err(_) => {
+                Err(MalformedReply) => {
                     return Err(End::Failed(
-                        reply::BACKEND_PROTOCOL,
+                        UpstreamError::Protocol,
                         "unparseable reply".into(),
                     ))
                 }
@@ -362,7 +359,7 @@ impl Connection {
         }
         if self.in_flight.is_empty() && !self.rbuf.is_empty() {
             return Err(End::Failed(
-                reply::BACKEND_PROTOCOL,
+                UpstreamError::Protocol,
                 "bytes from backend with no request in flight".into(),
             ));
         }

@@ -1,10 +1,10 @@
-//! A pool of pipelined connections to one backend, per worker thread.
+//! One worker's connections to one backend.
 //!
 //! deadpool manages the connections' lifecycle (create with a connect timeout, recycle only
-//! live ones, at most `server_connections`). A pooled object is a cheap handle to a
-//! multiplexed connection task, so a checkout lasts only long enough to clone the handle:
-//! many clients share each connection, and a client keeps its handle (and so its request
-//! order) until that connection ends.
+//! live ones, at most `server_connections`). Its objects are cheap handles to multiplexed
+//! connection tasks, so a checkout lasts only long enough to clone the handle: many clients
+//! share each connection, and a client keeps its handle (and so its request order) until
+//! that connection ends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,13 +14,14 @@ use deadpool::managed::{self, Metrics, Pool, PoolError, QueueMode, RecycleResult
 use tokio::time::Instant;
 
 use super::connection::{connect, ConnHandle, ConnSettings, Retire};
-use super::BackendState;
+use super::Backend;
+use crate::error::UpstreamError;
 
 /// Creates and checks connection handles for deadpool.
 pub struct ConnManager {
     addr: SocketAddr,
     retire: Arc<Retire>,
-    backend: Arc<BackendState>,
+    backend: Arc<Backend>,
     settings: ConnSettings,
 }
 
@@ -52,13 +53,14 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// One worker's connections to one backend.
-pub struct BackendPool {
-    backend: Arc<BackendState>,
-    pool: Pool<ConnManager>,
+pub struct Connections {
+    backend: Arc<Backend>,
+    /// deadpool's pool of connection handles.
+    handles: Pool<ConnManager>,
     connect_timeout: Duration,
     /// While set and in the future, requests fail at once instead of trying to connect.
     backoff: Mutex<Option<(Instant, Duration)>>,
-    /// Shared with this pool's connections.
+    /// Shared with these connections.
     retire: Arc<Retire>,
 }
 
@@ -70,21 +72,25 @@ enum Failure {
     Busy,
 }
 
-/// The backend could not be reached.
-#[derive(Debug, thiserror::Error)]
-#[error("backend {0} unavailable")]
-pub struct Unavailable(pub String);
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("backend", &self.backend.name)
+            .field("status", &self.handles.status())
+            .finish()
+    }
+}
 
-impl BackendPool {
-    /// A pool of at most `connections` connections to `backend`; nothing is opened yet.
+impl Connections {
+    /// At most `connections` connections to `backend`; nothing is opened yet.
     pub fn new(
         addr: SocketAddr,
-        backend: Arc<BackendState>,
+        backend: Arc<Backend>,
         settings: ConnSettings,
         connections: usize,
     ) -> Self {
         let retire = Arc::new(Retire::default());
-        let pool = Pool::builder(ConnManager {
+        let handles = Pool::builder(ConnManager {
             addr,
             retire: retire.clone(),
             backend: backend.clone(),
@@ -95,9 +101,9 @@ impl BackendPool {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("a runtime is configured");
-        BackendPool {
+        Connections {
             backend,
-            pool,
+            handles,
             retire,
             connect_timeout: settings.connect_timeout,
             backoff: Mutex::new(None),
@@ -107,25 +113,20 @@ impl BackendPool {
     /// The backend left the configuration: no new connections; the open ones finish what
     /// is in flight and close, even while clients still hold handles to them.
     pub fn retire(&self) {
-        self.pool.close();
+        self.handles.close();
         self.retire.retire();
     }
 
-    /// The shared state of this pool's backend.
-    pub fn backend(&self) -> &Arc<BackendState> {
-        &self.backend
-    }
-
-    /// A handle to a live connection, opening connections up to the pool's size first so
+    /// A handle to a live connection, opening connections up to `server_connections` first so
     /// that clients spread over all of them (FIFO checkout then rotates through them).
-    pub async fn handle(&self) -> Result<ConnHandle, Unavailable> {
+    pub async fn handle(&self) -> Result<ConnHandle, UpstreamError> {
         if let Some((until, _)) = *self.backoff.lock().unwrap_or_else(|e| e.into_inner()) {
             // Another worker reaching the backend since ends this worker's pause too.
             if Instant::now() < until && !self.backend.is_up() {
-                return Err(Unavailable(self.backend.name.clone()));
+                return Err(UpstreamError::Unavailable);
             }
         }
-        let status = self.pool.status();
+        let status = self.handles.status();
         let result = match status.size < status.max_size {
             true => self.grow().await,
             false => Ok(None),
@@ -143,14 +144,14 @@ impl BackendPool {
                 self.backend.set_up(true, &"connected");
                 Ok(h)
             }
-            Err(Failure::Busy) => Err(Unavailable(self.backend.name.clone())),
+            Err(Failure::Busy) => Err(UpstreamError::Unavailable),
             Err(Failure::Connect(e)) => {
                 self.backend.stats.connect_failures.inc();
                 self.backend.record_failure();
                 self.backend.set_up(false, &e);
                 let pause = backoff.map_or(BACKOFF_MIN, |(_, p)| (p * 2).min(BACKOFF_MAX));
                 *backoff = Some((Instant::now() + pause, pause));
-                Err(Unavailable(self.backend.name.clone()))
+                Err(UpstreamError::Unavailable)
             }
         }
     }
@@ -161,7 +162,7 @@ impl BackendPool {
             create: Some(self.connect_timeout),
             recycle: None,
         };
-        match self.pool.timeout_get(&timeouts).await {
+        match self.handles.timeout_get(&timeouts).await {
             Ok(obj) => Ok((*obj).clone()),
             Err(PoolError::Backend(e)) => Err(Failure::Connect(e.to_string())),
             Err(PoolError::Timeout(deadpool::managed::TimeoutType::Create)) => {
@@ -174,13 +175,13 @@ impl BackendPool {
     /// Holds checked-out objects while asking for more, which makes deadpool create them.
     async fn grow(&self) -> Result<Option<ConnHandle>, Failure> {
         let mut held = Vec::new();
-        while held.len() < self.pool.status().max_size {
+        while held.len() < self.handles.status().max_size {
             let timeouts = Timeouts {
                 wait: Some(Duration::ZERO),
                 create: Some(self.connect_timeout),
                 recycle: None,
             };
-            match self.pool.timeout_get(&timeouts).await {
+            match self.handles.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(PoolError::Backend(e)) if held.is_empty() => {
                     return Err(Failure::Connect(e.to_string()))

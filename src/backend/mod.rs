@@ -1,45 +1,44 @@
-//! The upstream side: per-backend pools of pipelined connections.
+//! A backend: one memcached (or ttserver) server, or memroute's embedded cache. [`Backend`]
+//! owns everything about it: its identity, its health (up or down, ejection), its counters,
+//! the value sizes reply room is estimated from, and its connections in each worker.
+//!
+//! - [`connection`]: one pipelined connection: a task writing many clients' requests in
+//!   batches and handing each reply to the slot waiting for it.
+//! - [`connections`]: one worker's connections to a backend (created, replaced, backed off).
+//! - [`message`]: what memroute sends a backend, and how each kind of backend gets it.
 
 pub mod connection;
-pub mod pool;
+pub mod connections;
+pub mod message;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Ejection;
-
+use crate::budget::ValueSizes;
+use crate::config::{Ejection, ServerConfig};
+use crate::counters::BackendStats;
 use crate::embedded::Store;
 
-use crate::stats::BackendStats;
-
 pub use connection::{ConnHandle, ConnSettings, ReplyTarget, UpstreamRequest};
-pub use pool::BackendPool;
+pub use connections::Connections;
+pub use message::Message;
 
-/// What kind of backend it is.
+/// Where a backend is.
 #[derive(Debug)]
-pub enum BackendKind {
+pub enum Kind {
     /// A memcached (or ttserver) reached over TCP at this address.
     Remote(SocketAddr),
     /// memroute's in-process cache, shared by every worker.
     Embedded(Arc<Store>),
 }
 
-/// What every worker shares about one backend: its identity, health and counters.
+/// Whether a backend is believed reachable, and whether it is ejected.
 #[derive(Debug)]
-pub struct BackendState {
-    /// The server as written in the config (`host:port`), for logs and stats.
-    pub name: String,
-    /// Where it is.
-    pub kind: BackendKind,
-    /// Counters.
-    pub stats: BackendStats,
-    /// The largest values it was recently seen to store or return (reply room estimates).
-    pub value_sizes: crate::budget::ValueSizes,
+struct Health {
     /// Whether the last connection attempt (from any worker) succeeded.
     up: AtomicBool,
     /// Consecutive failures (for ejection).
@@ -48,50 +47,112 @@ pub struct BackendState {
     ejected_until: Mutex<Option<Instant>>,
     /// The pool's ejection policy.
     ejection: Mutex<Option<Ejection>>,
-    /// Reply latency, exported to Prometheus (a no-op without a recorder).
-    pub latency: metrics::Histogram,
 }
 
-impl BackendState {
-    /// A backend assumed up until a connection attempt says otherwise.
-    pub fn new(name: String, kind: BackendKind) -> Self {
-        BackendState {
+/// One backend, shared by every worker.
+#[derive(Debug)]
+pub struct Backend {
+    /// The server as written in the config (`host:port`, `memory:<size>`), for logs and stats.
+    pub name: String,
+    /// Where it is.
+    pub kind: Kind,
+    /// Counters.
+    pub stats: BackendStats,
+    /// The largest values it was recently seen to store or return (reply room estimates).
+    pub value_sizes: ValueSizes,
+    /// Reply latency, exported to Prometheus (a no-op without a recorder).
+    pub latency: metrics::Histogram,
+    health: Health,
+    /// Its connections in each worker, opened when the worker first needs them.
+    connections: Box<[OnceLock<Connections>]>,
+}
+
+impl Backend {
+    /// Whether this is memroute's in-process cache.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.kind, Kind::Embedded(_))
+    }
+
+    /// A backend for `server` (an embedded one gets its store), used by `workers` workers,
+    /// assumed up until a connection attempt says otherwise.
+    pub fn new(server: &ServerConfig, store: Option<Arc<Store>>, workers: usize) -> Backend {
+        let name = server.address();
+        let kind = match (server.endpoint.addr(), store) {
+            (_, Some(store)) => Kind::Embedded(store),
+            (Some(addr), None) => Kind::Remote(addr),
+            (None, None) => unreachable!("an embedded server comes with its store"),
+        };
+        Backend {
             latency: metrics::histogram!("memroute_backend_latency_seconds", "backend" => name.clone()),
             name,
             kind,
             stats: BackendStats::default(),
-            value_sizes: Default::default(),
-            up: AtomicBool::new(true),
-            failures: AtomicU32::new(0),
-            ejected_until: Mutex::new(None),
-            ejection: Mutex::new(None),
+            value_sizes: ValueSizes::default(),
+            health: Health {
+                up: AtomicBool::new(true),
+                failures: AtomicU32::new(0),
+                ejected_until: Mutex::new(None),
+                ejection: Mutex::new(None),
+            },
+            connections: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// The embedded store, for an embedded backend.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        match &self.kind {
+            Kind::Embedded(store) => Some(store),
+            Kind::Remote(_) => None,
+        }
+    }
+
+    /// Worker `worker`'s connections to this (remote) backend, made on first use with
+    /// `settings`.
+    pub fn connections(
+        self: &Arc<Self>,
+        worker: usize,
+        settings: impl FnOnce() -> (SocketAddr, ConnSettings, usize),
+    ) -> &Connections {
+        let slot = &self.connections[worker.min(self.connections.len() - 1)];
+        slot.get_or_init(|| {
+            let (addr, settings, size) = settings();
+            Connections::new(addr, self.clone(), settings, size)
+        })
+    }
+
+    /// The backend left worker `worker`'s routing: its connections there finish what is in
+    /// flight and close.
+    pub fn retire(&self, worker: usize) {
+        if let Some(c) = self.connections.get(worker).and_then(OnceLock::get) {
+            c.retire();
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the backend is off the ring now.
     pub fn is_ejected(&self) -> bool {
-        self.ejected_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        Self::lock(&self.health.ejected_until).is_some()
     }
 
     /// When an ejected backend may be probed again.
     pub fn ejected_until(&self) -> Option<Instant> {
-        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner())
+        *Self::lock(&self.health.ejected_until)
     }
 
     /// Counts a failed request or connection; returns true when this ejects the backend
-    /// (`limit` consecutive failures), so the caller rebuilds the ring.
+    /// (`failure_limit` consecutive failures), so the caller rebuilds the ring.
     pub fn record_failure(&self) -> bool {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let Some(ej) = self.ejection() else {
             return false;
         };
         if n < ej.failure_limit {
             return false;
         }
-        let mut until = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut until = Self::lock(&self.health.ejected_until);
         if until.is_some() {
             return false;
         }
@@ -106,7 +167,7 @@ impl BackendState {
         let retry = self
             .ejection()
             .map_or(Duration::from_secs(30), |e| e.retry_timeout);
-        let mut until = self.ejected_until.lock().unwrap_or_else(|e| e.into_inner());
+        let mut until = Self::lock(&self.health.ejected_until);
         if until.is_some() {
             *until = Some(Instant::now() + retry);
         }
@@ -114,47 +175,42 @@ impl BackendState {
 
     /// The ejection policy of the pool this backend belongs to (set by each generation).
     pub fn ejection(&self) -> Option<Ejection> {
-        *self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+        *Self::lock(&self.health.ejection)
     }
 
     /// Sets the ejection policy.
     pub fn set_ejection(&self, ejection: Option<Ejection>) {
-        *self.ejection.lock().unwrap_or_else(|e| e.into_inner()) = ejection;
+        *Self::lock(&self.health.ejection) = ejection;
     }
 
     /// Counts a success: resets the failure count.
     pub fn record_success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
+        if self.health.failures.load(Ordering::Relaxed) != 0 {
+            self.health.failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Puts an ejected backend back on the ring (after a successful probe); returns whether
     /// it was ejected.
     pub fn readmit(&self) -> bool {
-        let was = self
-            .ejected_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some();
+        let was = Self::lock(&self.health.ejected_until).take().is_some();
         if was {
-            self.failures.store(0, Ordering::Relaxed);
+            self.health.failures.store(0, Ordering::Relaxed);
             tracing::info!(backend = %self.name, "backend back on the ring");
             // Its probe just answered: it is reachable.
-            self.up.store(true, Ordering::Relaxed);
+            self.health.up.store(true, Ordering::Relaxed);
         }
         was
     }
 
     /// Whether the backend is believed reachable.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.up.load(Ordering::Relaxed)
     }
 
     /// Records the outcome of a connection attempt, logging only state changes.
     pub fn set_up(&self, up: bool, why: &dyn std::fmt::Display) {
-        if self.up.swap(up, Ordering::Relaxed) != up {
+        if self.health.up.swap(up, Ordering::Relaxed) != up {
             if up {
                 tracing::info!(backend = %self.name, "backend up");
             } else {

@@ -22,6 +22,7 @@
 
 pub mod clock;
 mod index;
+mod meta;
 mod numeric;
 mod shard;
 pub mod stats;
@@ -30,7 +31,7 @@ pub mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use shard::ITEM_OVERHEAD;
 pub use stats::StoreStats;
-pub use store::{Store, StoreConfig};
+pub use store::{Store, StoreConfig, Write};
 
 #[cfg(test)]
 mod tests;

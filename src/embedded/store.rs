@@ -9,7 +9,7 @@
 // `crate::protocol::…`.
 use crate::protocol::reply::{END, ERROR, OK, TOO_LARGE};
 use crate::protocol::request::MAX_KEY_LEN;
-use crate::protocol::{ClientCodec, CodecLimits, Command, Decoded, Request};
+use crate::protocol::{Command, Request};
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -76,6 +76,37 @@ pub struct Store {
     process_started: u64,
 }
 
+/// A storage command's fields: a client's request, or an `add` memroute makes itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Write<'a> {
+    /// set, add, replace, append, prepend or cas.
+    pub command: Command,
+    /// The key.
+    pub key: &'a [u8],
+    /// Client flags.
+    pub flags: u32,
+    /// Expiration time as memcached reads it.
+    pub exptime: i64,
+    /// The value.
+    pub data: &'a [u8],
+    /// cas: the unique to compare.
+    pub cas: u64,
+}
+
+impl<'a> Write<'a> {
+    /// The fields of a client's storage request.
+    pub fn of(req: &'a Request) -> Write<'a> {
+        Write {
+            command: req.command,
+            key: req.key(),
+            flags: req.flags,
+            exptime: req.exptime,
+            data: req.data(),
+            cas: req.number,
+        }
+    }
+}
+
 /// A single-line reply.
 enum Reply {
     Line(&'static [u8]),
@@ -139,23 +170,13 @@ impl Store {
         }
     }
 
-    /// Executes a request given as its wire bytes (a request memroute built itself, such as
-    /// one fragment of a split multi-get); bytes that are not one valid request do nothing.
-    pub fn execute_frame(&self, frame: &[u8], out: &mut BytesMut) {
-        let mut codec = ClientCodec::new(CodecLimits::default());
-        let mut buf = BytesMut::from(frame);
-        if let Some(Decoded::Request(req)) = codec.decode_item(&mut buf) {
-            self.execute(&req, out);
-        }
-    }
-
     /// Executes one validated request and appends memcached's exact reply bytes to `out`
     /// (nothing at all for a request with noreply).
     pub fn execute(&self, req: &Request, out: &mut BytesMut) {
         let now = self.clock.now();
         let reply = match req.command {
             Command::Get | Command::Gets | Command::Gat | Command::Gats => {
-                self.retrieve(req, now, out);
+                self.retrieve(req.command, req.exptime, req.keys(), now, out);
                 return;
             }
             Command::Set
@@ -163,8 +184,8 @@ impl Store {
             | Command::Replace
             | Command::Append
             | Command::Prepend
-            | Command::Cas => Reply::Line(self.store(req, now)),
-            Command::Delete => Reply::Line(self.delete(req, now)),
+            | Command::Cas => Reply::Line(self.store(&Write::of(req), now)),
+            Command::Delete => Reply::Line(self.delete(req.key(), now)),
             Command::Incr | Command::Decr => self.delta(req, now),
             Command::Touch => Reply::Line(self.touch(req, now)),
             Command::FlushAll => {
@@ -173,8 +194,16 @@ impl Store {
             }
             Command::CacheMemlimit => Reply::Line(self.set_memory_limit(req.number)),
             Command::Stats => Reply::Line(stats_subcommand(req.key())),
+            Command::MetaGet
+            | Command::MetaSet
+            | Command::MetaDelete
+            | Command::MetaArithmetic
+            | Command::MetaDebug => {
+                self.meta(req, now, out);
+                return;
+            }
             // Answered by the proxy itself; reaching here is a routing mistake.
-            Command::Version | Command::Verbosity | Command::Quit => {
+            Command::Version | Command::Verbosity | Command::Quit | Command::MetaNoop => {
                 out.extend_from_slice(ERROR);
                 return;
             }
@@ -248,12 +277,42 @@ impl Store {
         }
     }
 
-    fn retrieve(&self, req: &Request, now: u64, out: &mut BytesMut) {
-        let touch = matches!(req.command, Command::Gat | Command::Gats);
-        let with_cas = matches!(req.command, Command::Gets | Command::Gats);
-        let exptime = secs_u32(self.realtime(req.exptime, now));
+    /// A retrieval (`get`, `gets`, `gat`, `gats` with `exptime`) of `keys`, memcached's reply
+    /// appended to `out`: a typed call for the retrievals memroute makes itself.
+    pub fn retrieve_keys<'k>(
+        &self,
+        command: Command,
+        exptime: i64,
+        keys: impl Iterator<Item = &'k [u8]>,
+        out: &mut BytesMut,
+    ) {
+        self.retrieve(command, exptime, keys, self.clock.now(), out);
+    }
+
+    /// A storage command, its reply appended to `out`.
+    pub fn write(&self, w: &Write<'_>, out: &mut BytesMut) {
+        let reply = self.store(w, self.clock.now());
+        out.extend_from_slice(reply);
+    }
+
+    /// `delete <key>`, its reply appended to `out`.
+    pub fn delete_key(&self, key: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(self.delete(key, self.clock.now()));
+    }
+
+    fn retrieve<'k>(
+        &self,
+        command: Command,
+        exptime: i64,
+        keys: impl Iterator<Item = &'k [u8]>,
+        now: u64,
+        out: &mut BytesMut,
+    ) {
+        let touch = matches!(command, Command::Gat | Command::Gats);
+        let with_cas = matches!(command, Command::Gets | Command::Gats);
+        let exptime = secs_u32(self.realtime(exptime, now));
         let flush = self.flush_state();
-        for key in req.keys() {
+        for key in keys {
             let hash = self.hash(key);
             let mut shard = self.shard(hash);
             // memcached counts a gat key as a touch only, not as a get.
@@ -299,24 +358,23 @@ impl Store {
         out.extend_from_slice(END);
     }
 
-    fn store(&self, req: &Request, now: u64) -> &'static [u8] {
-        let key = req.key();
-        let data = req.data();
+    fn store(&self, w: &Write<'_>, now: u64) -> &'static [u8] {
+        let (key, data) = (w.key, w.data);
         let hash = self.hash(key);
         let flush = self.flush_state();
         let mut shard = self.shard(hash);
         let h = hash as u32;
         if data.len() > self.config.item_size_max {
             // memcached drops the old value of a failed set rather than leave it stale.
-            if req.command == Command::Set {
+            if w.command == Command::Set {
                 shard.remove_key(h, key);
             }
             return TOO_LARGE;
         }
-        let exptime = secs_u32(self.realtime(req.exptime, now));
+        let exptime = secs_u32(self.realtime(w.exptime, now));
         let evict = self.config.evict;
         let old = shard.lookup(h, key, now, &flush);
-        let (value, flags, exptime) = match (req.command, old) {
+        let (value, flags, exptime) = match (w.command, old) {
             (Command::Add, Some(idx)) => {
                 // Like memcached, a refused add still counts as a use of the item.
                 shard.bump(idx);
@@ -334,12 +392,12 @@ impl Store {
             }
             (Command::Cas, Some(idx)) => {
                 // A unique of 0 never matches: memcached treats it as "no CAS given".
-                if req.number == 0 || shard.entry(idx).cas != req.number {
+                if w.cas == 0 || shard.entry(idx).cas != w.cas {
                     shard.stats.cmd_set += 1;
                     shard.stats.cas_badval += 1;
                     return EXISTS;
                 }
-                (Value::New(data), req.flags, exptime)
+                (Value::New(data), w.flags, exptime)
             }
             // append/prepend keep the existing item's flags and expiry.
             (Command::Append | Command::Prepend, Some(idx)) => {
@@ -350,25 +408,25 @@ impl Store {
                     shard.stats.cmd_set += 1;
                     return NOT_STORED;
                 }
-                let value = if req.command == Command::Append {
+                let value = if w.command == Command::Append {
                     Value::Append(data)
                 } else {
                     Value::Prepend(data)
                 };
                 (value, e.flags, e.exptime)
             }
-            _ => (Value::New(data), req.flags, exptime),
+            _ => (Value::New(data), w.flags, exptime),
         };
         let cas = self.next_cas();
         match shard.link(h, key, value, flags, exptime, cas, old, evict, now, &flush) {
             Ok(_) => {
                 shard.stats.cmd_set += 1;
-                if req.command == Command::Cas {
+                if w.command == Command::Cas {
                     shard.stats.cas_hits += 1;
                 }
                 STORED
             }
-            Err(StoreError::OutOfMemory) => match req.command {
+            Err(StoreError::OutOfMemory) => match w.command {
                 // memcached drops the old value of a failed set rather than leave it stale.
                 Command::Set => {
                     shard.remove_key(h, key);
@@ -385,8 +443,7 @@ impl Store {
         }
     }
 
-    fn delete(&self, req: &Request, now: u64) -> &'static [u8] {
-        let key = req.key();
+    fn delete(&self, key: &[u8], now: u64) -> &'static [u8] {
         let hash = self.hash(key);
         let flush = self.flush_state();
         let mut shard = self.shard(hash);

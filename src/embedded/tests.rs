@@ -47,12 +47,11 @@ fn run(store: &Store, text: &str) -> String {
         match item {
             Decoded::Request(req) => store.execute(&req, &mut out),
             Decoded::Reply(reply) => out.extend_from_slice(reply),
-            Decoded::TooLarge { reply, unlink } => {
+            Decoded::Skipped { reply, unlink } => {
                 out.extend_from_slice(reply);
                 // As the client does: the refused set's old value goes.
                 if let Some(key) = unlink {
-                    let delete = [&b"delete "[..], &key, b"\r\n"].concat();
-                    store.execute_frame(&delete, &mut BytesMut::new());
+                    store.delete_key(key.bytes(&mut [0; 250]), &mut BytesMut::new());
                 }
             }
             other => panic!("unexpected {other:?} in {text:?}"),

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::error;
+use crate::error::Answer;
 use crate::protocol::reply;
 
 /// How the backends' answers to a forwarded `stats` subcommand are combined.
@@ -62,9 +64,9 @@ fn body(answer: &[u8]) -> Option<&[u8]> {
 }
 
 /// Combines the backends' answers (in pool order) into the client's reply.
-pub fn combine(merge: Merge, answers: &[Result<Bytes, &'static [u8]>]) -> Bytes {
+pub fn combine(merge: Merge, answers: &[Answer]) -> Bytes {
     if let Some(Err(e)) = answers.iter().find(|a| a.is_err()) {
-        return Bytes::from_static(e);
+        return Bytes::from_static(error::reply(*e));
     }
     let answers: Vec<&Bytes> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
     let Some(first) = answers.first() else {
@@ -159,8 +161,9 @@ impl<'a> Value<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::UpstreamError;
 
-    fn ok(s: &'static str) -> Result<Bytes, &'static [u8]> {
+    fn ok(s: &'static str) -> Answer {
         Ok(Bytes::from_static(s.as_bytes()))
     }
 
@@ -206,8 +209,8 @@ mod tests {
             "CLIENT_ERROR bad command line\r\n"
         );
         assert_eq!(
-            combine(Merge::Sum, &[ok("END\r\n"), Err(reply::BACKEND_TIMEOUT)]),
-            reply::BACKEND_TIMEOUT
+            combine(Merge::Sum, &[ok("END\r\n"), Err(UpstreamError::Timeout)]),
+            error::reply(UpstreamError::Timeout)
         );
     }
 

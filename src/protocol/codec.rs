@@ -14,7 +14,8 @@ use tokio_util::codec::Decoder;
 
 use super::numbers::{safe_strtol, safe_strtoul, safe_strtoull};
 use super::reply;
-use super::request::{Command, Request, MAX_KEY_LEN};
+use super::meta::{self, errors, MetaFlags, MAX_META_TOKENS, MAX_OPAQUE_LEN};
+use super::request::{Command, KeyToken, MetaBits, Request, MAX_KEY_LEN};
 
 /// Limits the codec enforces.
 #[derive(Clone, Copy, Debug)]
@@ -46,15 +47,16 @@ pub enum Decoded {
     /// A request answered with this line (empty: nothing, as memcached stays silent about
     /// errors on `noreply` lines); the stream continues.
     Reply(&'static [u8]),
-    /// A value above `item_size_max`, decoded once its data block has been discarded (as it
-    /// arrived): answered with `reply` (empty when `noreply`). For `set`, memcached also
+    /// A write refused with its data block discarded (as it arrived): a value above
+    /// `item_size_max`, or an `ms` whose flags memcached refuses. Answered with `reply`
+    /// (empty when `noreply`). For a value too large to `set` (or `ms`), memcached also
     /// removes the key's old value so that a failed write cannot leave a stale one readable:
     /// `unlink` is that key.
-    TooLarge {
+    Skipped {
         /// The answer.
         reply: &'static [u8],
-        /// `set` only: the key whose old value must be deleted.
-        unlink: Option<Bytes>,
+        /// The key whose old value must be deleted.
+        unlink: Option<KeyToken>,
     },
     /// Close the connection without a reply, as memcached does with an over-long line or a
     /// line that looks like an HTTP request.
@@ -78,6 +80,8 @@ pub enum Stream {
     Start {
         /// `get`, `gets`, `gat` or `gats`.
         command: Command,
+        /// `gat`/`gats`: the expiration time.
+        exptime: i64,
         /// The command text before the keys, as the client wrote it.
         prefix: Bytes,
     },
@@ -107,7 +111,7 @@ enum State {
     Discard {
         left: usize,
         reply: &'static [u8],
-        unlink: Option<Bytes>,
+        unlink: Option<KeyToken>,
     },
     /// Keys of a retrieval are being handed out in batches.
     Keys,
@@ -199,7 +203,7 @@ impl ClientCodec {
                     else {
                         unreachable!("matched above")
                     };
-                    return Some(Decoded::TooLarge { reply, unlink });
+                    return Some(Decoded::Skipped { reply, unlink });
                 }
                 State::Data { total, .. } => {
                     let total = *total;
@@ -267,7 +271,11 @@ impl ClientCodec {
                     Some((command, keys_at)) => {
                         let prefix = buf.split_to(keys_at).freeze();
                         self.state = State::Keys;
-                        Some(Decoded::Stream(Stream::Start { command, prefix }))
+                        Some(Decoded::Stream(Stream::Start {
+                            command,
+                            exptime: 0,
+                            prefix,
+                        }))
                     }
                     None => {
                         buf.clear();
@@ -292,6 +300,7 @@ impl ClientCodec {
                     self.state = State::Keys;
                     return Some(Decoded::Stream(Stream::Start {
                         command: req.command,
+                        exptime: req.exptime,
                         prefix,
                     }));
                 }
@@ -313,8 +322,11 @@ impl ClientCodec {
                 buf.advance(nl + 1);
                 Some(Decoded::Reply(msg))
             }
-            Line::TooLarge { len, reply, unlink } => {
-                let unlink = unlink.map(|(a, b)| Bytes::copy_from_slice(&buf[a..b]));
+            Line::Skip { len, reply, unlink } => {
+                let unlink = unlink.map(|(a, b, base64)| KeyToken {
+                    token: Bytes::copy_from_slice(&buf[a..b]),
+                    base64,
+                });
                 buf.advance(nl + 1);
                 self.state = State::Discard {
                     left: len + 2,
@@ -427,11 +439,12 @@ enum Line {
     Done(Request),
     NeedsData(Request, usize),
     Reply(&'static [u8]),
-    /// A value above the limit: its length, the reply, and for `set` the key's range.
-    TooLarge {
+    /// A data block to discard: its length, the reply, and the key to unlink (its range,
+    /// and whether it is base64).
+    Skip {
         len: usize,
         reply: &'static [u8],
-        unlink: Option<(usize, usize)>,
+        unlink: Option<(usize, usize, bool)>,
     },
     Close,
 }
@@ -518,6 +531,7 @@ fn blank(command: Command) -> Request {
         exptime: 0,
         number: 0,
         data_start: 0,
+        meta: MetaBits::default(),
     }
 }
 
@@ -537,8 +551,7 @@ fn parse_line(full: &[u8], limits: &CodecLimits) -> Line {
     }
     let error = Line::Reply(reply::ERROR);
     match word[0] {
-        // The meta protocol (two-letter commands) is not served yet.
-        b'm' if word.len() == 2 => error,
+        b'm' if word.len() == 2 => meta_line(word[1], &t, limits),
         b'g' => match word {
             _ if n < 3 => error,
             b"get" => retrieval(Command::Get, &t, 1),
@@ -631,6 +644,116 @@ fn retrieval(command: Command, t: &Tokens<'_>, first: usize) -> Line {
     Line::Done(req)
 }
 
+/// A meta command's line (`mg`, `ms`, `md`, `ma`, `me`, `mn`), checked in memcached's order.
+/// What is refused here never goes upstream (a backend would refuse it alike); what passes is
+/// well-formed enough to route and frame, with memcached answering any finer error itself.
+fn meta_line(command: u8, t: &Tokens<'_>, limits: &CodecLimits) -> Line {
+    let n = t.n();
+    let key = t.get(1);
+    let command = match command {
+        b'g' => Command::MetaGet,
+        b's' => Command::MetaSet,
+        b'd' => Command::MetaDelete,
+        b'a' => Command::MetaArithmetic,
+        b'n' => return Line::Done(blank(Command::MetaNoop)),
+        b'e' => {
+            // `me <key> [b]`: b is read only as the third token, and no other flag is.
+            if n < 3 || key.len() > MAX_KEY_LEN {
+                return Line::Reply(reply::BAD_FORMAT);
+            }
+            let base64 = n >= 4 && t.get(2) == b"b";
+            if base64 && meta::base64_decoded_len(key).is_none() {
+                return Line::Reply(reply::BAD_FORMAT);
+            }
+            let mut req = blank(Command::MetaDebug);
+            set_key(&mut req, t, 1);
+            req.meta.base64 = base64;
+            req.meta.flags_start = t.ranges[1].1;
+            return Line::Done(req);
+        }
+        _ => return Line::Reply(reply::ERROR),
+    };
+    if n < 3 {
+        return Line::Reply(reply::ERROR);
+    }
+    let set = command == Command::MetaSet;
+    if key.len() > MAX_KEY_LEN || (set && n == 3) {
+        return Line::Reply(reply::BAD_FORMAT);
+    }
+    if n > MAX_META_TOKENS {
+        return Line::Reply(match command {
+            Command::MetaGet => errors::MG_TOO_LONG,
+            _ => errors::TOO_LONG,
+        });
+    }
+    let mut len = 0;
+    if set {
+        match safe_strtol(t.get(2)) {
+            Some(l) if (0..=i32::MAX - 2).contains(&l) => len = l as usize,
+            _ => return Line::Reply(reply::BAD_FORMAT),
+        }
+    }
+    let first_flag = if set { 3 } else { 2 };
+    // From here on an `ms` line's data block is read and discarded with its error.
+    let refuse = |msg: &'static [u8]| match set {
+        true => Line::Skip {
+            len,
+            reply: msg,
+            unlink: None,
+        },
+        false => Line::Reply(msg),
+    };
+    let flags = match MetaFlags::parse(key, (first_flag..n - 1).map(|i| t.get(i))) {
+        Ok(f) => f,
+        Err(e) => {
+            return refuse(match command {
+                Command::MetaDelete | Command::MetaArithmetic => errors::INVALID_OR_DUPLICATE,
+                _ => e,
+            })
+        }
+    };
+    match (command, flags.mode) {
+        (_, None)
+        | (Command::MetaSet, Some(b'E' | b'A' | b'P' | b'R' | b'S'))
+        | (Command::MetaArithmetic, Some(b'I' | b'+' | b'D' | b'-')) => {}
+        (Command::MetaSet, Some(_)) => return refuse(errors::MS_MODE),
+        (Command::MetaArithmetic, Some(_)) => return refuse(errors::MA_MODE),
+        // mg and md ignore M.
+        _ => {}
+    }
+    if set && flags.opaque_len.is_some_and(|l| l > MAX_OPAQUE_LEN) {
+        return refuse(errors::OPAQUE_TOO_LONG);
+    }
+    if set && len > limits.item_size_max {
+        // As for set: memcached drops the old value, whatever the mode.
+        let (a, b) = t.ranges[1];
+        return Line::Skip {
+            len,
+            reply: reply::TOO_LARGE,
+            unlink: Some((a as usize, b as usize, flags.base64)),
+        };
+    }
+    let mut req = blank(command);
+    set_key(&mut req, t, 1);
+    req.meta = MetaBits {
+        // memcached reads a flag by its first byte: `q…` is the quiet flag, all of it.
+        quiet_at: flags.quiet.then(|| {
+            let q = (first_flag..n - 1)
+                .find(|&i| t.get(i).first() == Some(&b'q'))
+                .expect("the q flag was read");
+            t.ranges[q]
+        }),
+        base64: flags.base64,
+        vivify: flags.vivify.is_some(),
+        value: flags.value,
+        flags_start: t.ranges[first_flag - 1].1,
+    };
+    match set {
+        true => Line::NeedsData(req, len),
+        false => Line::Done(req),
+    }
+}
+
 /// The reply to an error found after memcached looked for `noreply`: silence if it found it.
 fn answer(noreply: bool, msg: &'static [u8]) -> Line {
     Line::Reply(if noreply { SILENT } else { msg })
@@ -676,10 +799,10 @@ fn storage(command: Command, t: &Tokens<'_>, limits: &CodecLimits) -> Line {
     let len = len as usize;
     if len > limits.item_size_max {
         let (a, b) = t.ranges[1];
-        return Line::TooLarge {
+        return Line::Skip {
             len,
             reply: if noreply { SILENT } else { reply::TOO_LARGE },
-            unlink: (command == Command::Set).then_some((a as usize, b as usize)),
+            unlink: (command == Command::Set).then_some((a as usize, b as usize, false)),
         };
     }
     set_key(&mut req, t, 1);

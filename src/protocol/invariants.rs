@@ -20,7 +20,7 @@ pub enum Item {
     /// A reply; the stream continues.
     Reply(&'static [u8]),
     /// A refused value: the reply, and the key whose old value goes.
-    TooLarge(&'static [u8], Option<Vec<u8>>),
+    Skipped(&'static [u8], Option<Vec<u8>>),
     /// The connection closes (silently, or after a binary answer).
     Close,
 }
@@ -83,8 +83,8 @@ pub fn decode_stream(input: &[u8], chunk: usize, limits: CodecLimits) -> Vec<Ite
                     }
                 }
                 Decoded::Reply(m) => Item::Reply(m),
-                Decoded::TooLarge { reply, unlink } => {
-                    Item::TooLarge(reply, unlink.map(|k| k.to_vec()))
+                Decoded::Skipped { reply, unlink } => {
+                    Item::Skipped(reply, unlink.map(|k| k.token.to_vec()))
                 }
                 Decoded::Close | Decoded::Binary { .. } => {
                     out.push(Item::Close);

@@ -1,7 +1,10 @@
-//! Reply lines memroute writes itself, and framing of the replies a backend sends back.
+//! Reply lines memroute writes itself, replies as the client's queue holds them ([`Reply`]),
+//! and framing of the replies a backend sends back.
 //!
 //! A text-protocol reply carries no request id, so the upstream side must know what shape of
 //! reply each request expects ([`ReplyKind`]) to find where one reply ends and the next begins.
+
+use bytes::Bytes;
 
 /// Unknown command or wrong number of tokens.
 pub const ERROR: &[u8] = b"ERROR\r\n";
@@ -17,9 +20,6 @@ pub const BAD_DATA_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 /// memcached's answer to `shutdown` unless started with `-A` (never enabled through memroute).
 pub const SHUTDOWN_DISABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
-/// A reply that would take a client beyond its memory budget (memcached's answer when it
-/// cannot allocate a get response).
-pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
 /// `delete` with an argument memcached refuses.
 pub const DELETE_USAGE: &[u8] =
     b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
@@ -27,14 +27,6 @@ pub const DELETE_USAGE: &[u8] =
 pub const INVALID_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
 /// A bad incr/decr delta.
 pub const INVALID_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
-/// The backend could not be reached.
-pub const BACKEND_UNAVAILABLE: &[u8] = b"SERVER_ERROR backend unavailable\r\n";
-/// The backend did not answer in time.
-pub const BACKEND_TIMEOUT: &[u8] = b"SERVER_ERROR backend timeout\r\n";
-/// The connection to the backend broke before its answer arrived.
-pub const BACKEND_CLOSED: &[u8] = b"SERVER_ERROR backend connection closed\r\n";
-/// The backend answered something that is not a memcached reply.
-pub const BACKEND_PROTOCOL: &[u8] = b"SERVER_ERROR backend protocol error\r\n";
 /// Too many client connections.
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"SERVER_ERROR too many open connections\r\n";
 
@@ -63,6 +55,34 @@ pub fn binary_unknown_command(opcode: u8, opaque: [u8; 4]) -> bytes::Bytes {
     out.into()
 }
 
+/// A reply ready to be written to the client.
+#[derive(Debug)]
+pub enum Reply {
+    /// A fixed reply line.
+    Static(&'static [u8]),
+    /// Bytes received from a backend (a slice of its read buffer) or built locally.
+    Data(Bytes),
+    /// A reply assembled from several pieces (a merged multi-get, a batch of a streamed one).
+    Parts(Vec<Bytes>),
+    /// A streamed retrieval failed: this line ends its reply, its later batches are dropped.
+    StreamError(&'static [u8]),
+    /// A streamed retrieval is complete: `END`, unless it failed.
+    StreamEnd,
+}
+
+impl Reply {
+    /// Bytes the reply will write.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        match self {
+            Reply::Static(s) | Reply::StreamError(s) => s.len(),
+            Reply::Data(b) => b.len(),
+            Reply::Parts(p) => p.iter().map(Bytes::len).sum(),
+            Reply::StreamEnd => END.len(),
+        }
+    }
+}
+
 /// The shape of reply a forwarded request expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyKind {
@@ -76,6 +96,24 @@ pub enum ReplyKind {
     /// A `stats` subcommand's answer: `STAT`/`ITEM`/`PREFIX` lines ended by `END`, or one
     /// line (`RESET`, `OK`, an error).
     Stats,
+    /// A meta command's answer: one status line (`HD`, `NF`, `ME …`, an error, …), or `VA`
+    /// with its data block.
+    Meta,
+    /// `mg`'s answer, framed like [`ReplyKind::Meta`], whose `VA` or `HD` is a hit.
+    MetaRetrieval,
+    /// A request sent with `q` followed by `mn`: the answer the backend chose to give (maybe
+    /// none), then `MN`, which is not part of the client's reply.
+    MetaThenNoop,
+}
+
+impl ReplyKind {
+    /// Whether replies of this kind count retrieval hits.
+    pub fn counts_hits(self) -> bool {
+        matches!(
+            self,
+            ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue | ReplyKind::MetaRetrieval
+        )
+    }
 }
 
 /// Largest `stats` answer accepted from a backend (memcached caps a cachedump at 2 MB).
@@ -102,8 +140,10 @@ pub struct FrameState {
     max_items: usize,
     /// Largest `VALUE` data block accepted; a larger one is a malformed reply.
     max_value: usize,
-    /// Largest `VALUE` data block framed since [`FrameState::take_largest`].
+    /// Largest `VALUE` data block framed since [`FrameState::take_framed`].
     largest: usize,
+    /// `VALUE` items of the last complete reply.
+    framed: usize,
 }
 
 impl FrameState {
@@ -115,12 +155,17 @@ impl FrameState {
             max_items: usize::MAX,
             max_value,
             largest: 0,
+            framed: 0,
         }
     }
 
-    /// The largest value framed since the last call (0 if none).
-    pub fn take_largest(&mut self) -> usize {
-        std::mem::take(&mut self.largest)
+    /// The `VALUE` items of the last reply framed, and the largest value framed since the
+    /// last call (0 if none).
+    pub fn take_framed(&mut self) -> (usize, usize) {
+        (
+            std::mem::take(&mut self.framed),
+            std::mem::take(&mut self.largest),
+        )
     }
 
     /// Caps the `VALUE` items of the reply being framed (a retrieval of `n` keys has at most
@@ -178,6 +223,21 @@ pub fn frame_reply(
                 return Ok(Some(pos + nl + 1));
             }
         }
+        ReplyKind::Meta | ReplyKind::MetaRetrieval => frame_meta(buf, state),
+        ReplyKind::MetaThenNoop => {
+            let Some(first) = frame_meta(buf, state)? else {
+                return Ok(None);
+            };
+            if &buf[..first] == super::meta::MN {
+                // The backend kept quiet.
+                return Ok(Some(first));
+            }
+            match buf.get(first..first + super::meta::MN.len()) {
+                None if super::meta::MN.starts_with(&buf[first..]) => Ok(None),
+                Some(mn) if mn == super::meta::MN => Ok(Some(first + mn.len())),
+                _ => Err(MalformedReply),
+            }
+        }
         ReplyKind::Retrieval | ReplyKind::RetrievalFlagsInValue => {
             let mut pos = state.pos;
             loop {
@@ -208,7 +268,7 @@ pub fn frame_reply(
                     pos = item_end;
                 } else if strip_cr(line) == b"END" || is_error_line(line) {
                     state.pos = 0;
-                    state.items = 0;
+                    state.framed = std::mem::take(&mut state.items);
                     return Ok(Some(pos + nl + 1));
                 } else {
                     return Err(MalformedReply);
@@ -216,6 +276,47 @@ pub fn frame_reply(
             }
         }
     }
+}
+
+/// Frames one meta reply: a status line, or `VA <size> …` and its data block. A `VA` or
+/// `HD` counts as a hit (for `mg`, whose replies are the only ones whose hits are counted).
+fn frame_meta(buf: &[u8], state: &mut FrameState) -> Result<Option<usize>, MalformedReply> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        return match buf.len() > MAX_REPLY_LINE {
+            true => Err(MalformedReply),
+            false => Ok(None),
+        };
+    };
+    let line = strip_cr(&buf[..nl]);
+    if let Some(rest) = line.strip_prefix(b"VA ") {
+        let len = rest
+            .split(|b| *b == b' ')
+            .next()
+            .filter(|t| !t.is_empty() && t.iter().all(u8::is_ascii_digit))
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse::<usize>().ok())
+            .filter(|len| *len <= state.max_value)
+            .ok_or(MalformedReply)?;
+        let end = nl + 1 + len + 2;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        if &buf[end - 2..end] != b"\r\n" {
+            return Err(MalformedReply);
+        }
+        state.framed = 1;
+        state.largest = state.largest.max(len);
+        return Ok(Some(end));
+    }
+    let status = line.get(..2).unwrap_or(line);
+    let word = matches!(status, b"HD" | b"EN" | b"NF" | b"NS" | b"EX" | b"MN")
+        && line.get(2).is_none_or(|b| *b == b' ');
+    if !(word || line.starts_with(b"ME ") || is_error_line(line)) {
+        return Err(MalformedReply);
+    }
+    if status == b"HD" {
+        state.framed = 1;
+    }
+    Ok(Some(nl + 1))
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use super::meta::{self, Quiet};
+
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
 
@@ -48,6 +50,18 @@ pub enum Command {
     Quit,
     /// `cache_memlimit` (sent to every backend).
     CacheMemlimit,
+    /// `mg`: meta get.
+    MetaGet,
+    /// `ms`: meta set (its mode flag picks set, add, replace, append or prepend).
+    MetaSet,
+    /// `md`: meta delete.
+    MetaDelete,
+    /// `ma`: meta arithmetic.
+    MetaArithmetic,
+    /// `me`: meta debug (an item's metadata).
+    MetaDebug,
+    /// `mn`: meta no-op (answered by memroute once every earlier request is answered).
+    MetaNoop,
 }
 
 impl Command {
@@ -74,6 +88,12 @@ impl Command {
             Command::Verbosity => "verbosity",
             Command::Quit => "quit",
             Command::CacheMemlimit => "cache_memlimit",
+            Command::MetaGet => "mg",
+            Command::MetaSet => "ms",
+            Command::MetaDelete => "md",
+            Command::MetaArithmetic => "ma",
+            Command::MetaDebug => "me",
+            Command::MetaNoop => "mn",
         }
     }
 
@@ -98,7 +118,35 @@ impl Command {
         )
     }
 
-    /// Commands routed by a single key.
+    /// The meta protocol's commands.
+    pub fn is_meta(self) -> bool {
+        matches!(
+            self,
+            Command::MetaGet
+                | Command::MetaSet
+                | Command::MetaDelete
+                | Command::MetaArithmetic
+                | Command::MetaDebug
+                | Command::MetaNoop
+        )
+    }
+
+    /// Commands that change an item (so that during warm-up its previous owner's copy goes).
+    pub fn is_write(self) -> bool {
+        self.is_storage()
+            || matches!(
+                self,
+                Command::Delete
+                    | Command::Incr
+                    | Command::Decr
+                    | Command::Touch
+                    | Command::MetaSet
+                    | Command::MetaDelete
+                    | Command::MetaArithmetic
+            )
+    }
+
+    /// Text commands routed by a single key.
     pub fn is_single_key(self) -> bool {
         self.is_storage()
             || matches!(
@@ -106,6 +154,39 @@ impl Command {
                 Command::Delete | Command::Incr | Command::Decr | Command::Touch
             )
     }
+}
+
+/// A key as a client wrote it: the token, base64 when a meta request said `b`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyToken {
+    /// The key's token.
+    pub token: Bytes,
+    /// Whether `token` is the base64 form of the key.
+    pub base64: bool,
+}
+
+impl KeyToken {
+    /// The key's bytes (decoded into `buf` when base64). A `KeyToken` from a decoded request
+    /// always decodes.
+    pub fn bytes<'a>(&'a self, buf: &'a mut [u8; MAX_KEY_LEN]) -> &'a [u8] {
+        meta::lookup_key(&self.token, self.base64, buf).unwrap_or_default()
+    }
+}
+
+/// What a meta request's flags say that routing and delivery need (the rest is read by
+/// whoever executes it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetaBits {
+    /// Where the `q` flag's token is (dropped from what goes upstream).
+    pub quiet_at: Option<(u32, u32)>,
+    /// `b`: the key token is base64.
+    pub base64: bool,
+    /// `N`: autovivify.
+    pub vivify: bool,
+    /// `v`: the value is returned.
+    pub value: bool,
+    /// Where the flag tokens begin.
+    pub flags_start: u32,
 }
 
 /// A fully validated request. Keys and data are ranges of `frame`, the bytes the request
@@ -137,6 +218,8 @@ pub struct Request {
     pub number: u64,
     /// Storage: the data block's range in `frame` (without its `\r\n`).
     pub(crate) data_start: u32,
+    /// Meta commands: their routing and delivery flags.
+    pub(crate) meta: MetaBits,
 }
 
 impl Request {
@@ -164,6 +247,55 @@ impl Request {
         self.nkeys as usize
     }
 
+    /// The key as the client wrote it (meta: maybe base64).
+    pub fn key_token(&self) -> KeyToken {
+        KeyToken {
+            token: self.frame.slice(self.keys_start as usize..self.keys_end as usize),
+            base64: self.meta.base64,
+        }
+    }
+
+    /// The bytes a single-key request is routed by: the key, decoded when base64.
+    pub fn route_key<'a>(&'a self, buf: &'a mut [u8; MAX_KEY_LEN]) -> &'a [u8] {
+        meta::lookup_key(self.key(), self.meta.base64, buf).unwrap_or_default()
+    }
+
+    /// Meta commands: the flag tokens (after the key, and for `ms` its length).
+    pub fn meta_flags(&self) -> impl Iterator<Item = &[u8]> {
+        self.frame[self.meta.flags_start as usize..self.line_end as usize]
+            .split(|b| *b == b' ')
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Meta commands: the routing and delivery flags.
+    pub fn meta(&self) -> MetaBits {
+        self.meta
+    }
+
+    /// Which of this request's answers the client does not want (meta `q`).
+    pub fn quiet(&self) -> Quiet {
+        if self.meta.quiet_at.is_none() {
+            return Quiet::No;
+        }
+        match self.command {
+            Command::MetaGet => Quiet::Miss,
+            Command::MetaSet | Command::MetaDelete => Quiet::Stored,
+            // With N, memcached answers an item it just created even when quiet: only the
+            // backend knows whether it did (see `upstream_bytes`).
+            Command::MetaArithmetic if !self.meta.vivify => Quiet::Counted,
+            _ => Quiet::No,
+        }
+    }
+
+    /// Whether the request goes upstream with its `q` and an `mn` after it, so that the
+    /// backend decides what a quiet answer leaves out: `ma … q N`, whose creating answer
+    /// memcached keeps and nothing else in the reply tells apart.
+    pub fn quiet_upstream(&self) -> bool {
+        self.command == Command::MetaArithmetic
+            && self.meta.vivify
+            && self.meta.quiet_at.is_some()
+    }
+
     /// Whether the client asked for no reply.
     pub fn noreply(&self) -> bool {
         self.noreply_at.is_some()
@@ -182,7 +314,18 @@ impl Request {
 
     /// The bytes to send upstream: the frame, minus a trailing `noreply` so that the
     /// backend always answers and the shared connection stays aligned. Two slices at most.
+    /// Meta requests go without their `q` (memroute decides quietness), except the one
+    /// [`Request::quiet_upstream`] names, which goes as is, followed by `mn`.
     pub fn upstream_bytes(&self) -> (Bytes, Option<Bytes>) {
+        if self.quiet_upstream() {
+            return (self.frame.clone(), Some(Bytes::from_static(meta::MN_REQUEST)));
+        }
+        if let Some((a, b)) = self.meta.quiet_at {
+            return (
+                self.frame.slice(..a as usize),
+                Some(self.frame.slice(b as usize..)),
+            );
+        }
         match self.noreply_at {
             None => (self.frame.clone(), None),
             Some(at) if self.zero_arg => (

@@ -6,12 +6,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::WorkerStats;
+use crate::backend::Kind;
 use crate::config::PoolConfig;
+use crate::counters::{WorkerStats, BACKEND_ROWS, CLIENT_ROWS};
 use crate::protocol::reply;
 use crate::reply_queue::Reply;
-use crate::server::Shared;
-use crate::upstream::BackendKind;
+use crate::shared::Shared;
 
 /// The reply to `stats [args]` asked on a listener of `pool`, in memcached's
 /// `STAT name value` format; subcommands memroute does not answer itself get `ERROR`, as
@@ -39,16 +39,10 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
             stat("version", &reply::VERSION_STRING);
             stat("memroute_version", &env!("CARGO_PKG_VERSION"));
             stat("threads", &shared.workers().len());
-            stat("curr_connections", &sum(&|w| w.curr_connections.get()));
-            stat("total_connections", &sum(&|w| w.total_connections.get()));
-            stat(
-                "rejected_connections",
-                &sum(&|w| w.rejected_connections.get()),
-            );
-            stat("denied_connections", &sum(&|w| w.denied_connections.get()));
-            stat("idle_kicks", &sum(&|w| w.idle_kicks.get()));
+            for row in CLIENT_ROWS {
+                stat(row.stat, &sum(&|w| (row.get)(w)));
+            }
             let cmd_get = sum(&|w| w.cmd_get.get());
-            stat("cmd_get", &cmd_get);
             // Hits as counted where replies arrive: remote backends' VALUE items, and the
             // embedded stores' own hits (over every backend, retained ones included).
             let hits: u64 = generation
@@ -56,19 +50,12 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
                 .iter()
                 .flat_map(|p| p.all_backends())
                 .map(|(b, _)| match &b.kind {
-                    BackendKind::Remote(_) => b.stats.get_hits.get(),
-                    BackendKind::Embedded(store) => store.stats().get_hits,
+                    Kind::Remote(_) => b.stats.get_hits.get(),
+                    Kind::Embedded(store) => store.stats().get_hits,
                 })
                 .sum();
             stat("get_hits", &hits);
             stat("get_misses", &cmd_get.saturating_sub(hits));
-            stat("cmd_set", &sum(&|w| w.cmd_set.get()));
-            stat("cmd_flush", &sum(&|w| w.cmd_flush.get()));
-            stat("cmd_other", &sum(&|w| w.cmd_other.get()));
-            stat("split_retrievals", &sum(&|w| w.split_retrievals.get()));
-            stat("protocol_errors", &sum(&|w| w.protocol_errors.get()));
-            stat("bytes_read", &sum(&|w| w.bytes_read.get()));
-            stat("bytes_written", &sum(&|w| w.bytes_written.get()));
             stat("client_memory", &shared.budget().charged());
             stat("client_memory_limit", &generation.config.max_client_memory);
             stat(
@@ -83,8 +70,8 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
                 .iter()
                 .flat_map(|p| p.backends.iter())
                 .filter_map(|b| match &b.kind {
-                    BackendKind::Embedded(store) => Some(store.stats()),
-                    BackendKind::Remote(_) => None,
+                    Kind::Embedded(store) => Some(store.stats()),
+                    Kind::Remote(_) => None,
                 });
             let mut total = crate::embedded::StoreStats::default();
             let mut any = false;
@@ -124,29 +111,19 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
                         (false, false, false) => "down",
                     };
                     stat(&format!("{p}:state"), &state);
-                    stat(&format!("{p}:requests"), &st.requests.get());
-                    stat(&format!("{p}:replies"), &st.replies.get());
-                    stat(&format!("{p}:errors"), &st.errors.get());
-                    stat(&format!("{p}:timeouts"), &st.timeouts.get());
-                    stat(
-                        &format!("{p}:connection_failures"),
-                        &st.connection_failures.get(),
-                    );
-                    stat(&format!("{p}:connect_failures"), &st.connect_failures.get());
-                    stat(&format!("{p}:noreply_errors"), &st.noreply_errors.get());
-                    stat(&format!("{p}:ejections"), &st.ejections.get());
-                    stat(&format!("{p}:in_flight"), &st.in_flight.get());
+                    for row in BACKEND_ROWS {
+                        stat(&format!("{p}:{}", row.stat), &(row.get)(st));
+                    }
                     let replies = st.replies.get().max(1);
                     stat(
                         &format!("{p}:latency_us_mean"),
                         &(st.latency_us_total.get() / replies),
                     );
-                    stat(&format!("{p}:warmup_hits"), &st.warmup_hits.get());
                 }
             }
         }
         b"settings" => settings(shared, pool, &mut stat),
-        b"conns" => shared.connections().render(&generation, &mut stat),
+        b"conns" => shared.registry().render(&generation, &mut stat),
         _ => return Reply::Static(reply::ERROR),
     }
     out.push_str("END\r\n");
@@ -220,8 +197,8 @@ fn settings(
     stat(
         "memroute_retrieval_failure",
         &match pool.retrieval_failure {
-            crate::reply_queue::RetrievalFailure::Miss => "miss",
-            crate::reply_queue::RetrievalFailure::Error => "error",
+            crate::config::RetrievalFailure::Miss => "miss",
+            crate::config::RetrievalFailure::Error => "error",
         },
     );
     stat(

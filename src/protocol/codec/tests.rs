@@ -22,7 +22,7 @@ enum Item {
         upstream: Vec<u8>,
     },
     Reply(Vec<u8>),
-    TooLarge(Vec<u8>, Option<Vec<u8>>),
+    Skipped(Vec<u8>, Option<Vec<u8>>),
     Close,
     Binary(u8, [u8; 4]),
     Start(Command, Vec<u8>),
@@ -53,13 +53,15 @@ fn snapshot(d: Decoded) -> Item {
             }
         }
         Decoded::Reply(m) => Item::Reply(m.to_vec()),
-        Decoded::TooLarge { reply, unlink } => {
-            Item::TooLarge(reply.to_vec(), unlink.map(|k| k.to_vec()))
+        Decoded::Skipped { reply, unlink } => {
+            Item::Skipped(reply.to_vec(), unlink.map(|k| k.token.to_vec()))
         }
         Decoded::Close => Item::Close,
         Decoded::Binary { opcode, opaque } => Item::Binary(opcode, opaque),
         Decoded::Stream(part) => match part {
-            Stream::Start { command, prefix } => Item::Start(command, prefix.to_vec()),
+            Stream::Start {
+                command, prefix, ..
+            } => Item::Start(command, prefix.to_vec()),
             Stream::Keys(keys) => Item::Keys(keys.iter().map(|k| k.to_vec()).collect()),
             Stream::End => Item::End,
             Stream::Failed(m) => Item::Failed(m.to_vec()),
@@ -589,7 +591,7 @@ fn errors_on_noreply_lines_are_silent_like_memcached() {
     big.extend_from_slice(b"\r\n");
     errors(
         &big,
-        &[Item::TooLarge(SILENT.to_vec(), Some(b"k".to_vec()))],
+        &[Item::Skipped(SILENT.to_vec(), Some(b"k".to_vec()))],
     );
 }
 
@@ -620,7 +622,7 @@ fn too_large_value_discards_exactly_len_plus_two_even_in_pieces() {
     stream.extend_from_slice(&block);
     stream.extend_from_slice(b"\r\nget after\r\n");
     let expected = vec![
-        Item::TooLarge(reply::TOO_LARGE.to_vec(), Some(b"k".to_vec())),
+        Item::Skipped(reply::TOO_LARGE.to_vec(), Some(b"k".to_vec())),
         snapshot(Decoded::Request(req(b"get after\r\n"))),
     ];
     assert_eq!(decode_whole(ClientCodec::new(limits), &stream).0, expected);
@@ -646,7 +648,7 @@ fn too_large_value_discards_exactly_len_plus_two_even_in_pieces() {
     buf.extend_from_slice(b"\nversion\r\n");
     assert!(matches!(
         c.decode_item(&mut buf),
-        Some(Decoded::TooLarge { reply: m, unlink: Some(k) }) if m == reply::TOO_LARGE && k == "k"
+        Some(Decoded::Skipped { reply: m, unlink: Some(k) }) if m == reply::TOO_LARGE && k.token == "k"
     ));
     assert!(
         matches!(c.decode_item(&mut buf), Some(Decoded::Request(r)) if r.command == Command::Version)
@@ -967,7 +969,7 @@ fn pipeline_decodes_to_the_expected_sequence() {
             } => {
                 format!("{}{}", command.name(), if *noreply { "/nr" } else { "" })
             }
-            Item::Reply(m) | Item::TooLarge(m, _) => {
+            Item::Reply(m) | Item::Skipped(m, _) => {
                 String::from_utf8_lossy(m).trim_end().to_string()
             }
             other => panic!("{other:?}"),

@@ -1,0 +1,218 @@
+//! The configuration file as written: TOML in twemproxy's vocabulary, read by serde (names of
+//! hashes, distributions and modes as enums; unknown keys rejected). A file that does not
+//! read is reported with the dotted key the error is at, and a hint when a top-level key was
+//! written inside a pool's table.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{BackendProtocol, ConfigError, RetrievalFailure};
+use crate::ring::{Distribution, HashFunction};
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Worker threads; 0 or absent means one per core.
+    pub threads: Option<usize>,
+    /// Client connections accepted at most, over all pools.
+    pub max_clients: Option<usize>,
+    /// Reply memory (held and reserved) over all clients beyond which only clients holding
+    /// nothing are read.
+    pub max_client_memory: Option<RawSize>,
+    /// Address of the admin HTTP listener (`/metrics`, `/health`); none by default.
+    pub admin: Option<String>,
+    /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish (ms).
+    pub shutdown_timeout: Option<u64>,
+    /// The pools, by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+}
+
+/// A byte size: a number, or a string with a `k`, `m` or `g` suffix.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    /// Bytes.
+    Bytes(u64),
+    /// E.g. `"1m"`.
+    Text(String),
+}
+
+/// What embedded caches do when full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryFull {
+    /// Evict the least recently used items.
+    Evict,
+    /// Refuse the store (`SERVER_ERROR out of memory storing object`, memcached's `-M`).
+    Refuse,
+}
+
+/// One pool as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Address clients connect to.
+    pub listen: Option<String>,
+    /// Key hash function.
+    pub hash: Option<HashFunction>,
+    /// Two characters delimiting the part of a key that is hashed.
+    pub hash_tag: Option<String>,
+    /// `ketama`, `modula` or `random`.
+    pub distribution: Option<Distribution>,
+    /// Upstream request timeout in milliseconds.
+    pub timeout: Option<u64>,
+    /// Upstream connect timeout in milliseconds.
+    pub connect_timeout: Option<u64>,
+    /// Connections per backend per worker thread.
+    pub server_connections: Option<usize>,
+    /// `host:port:weight [name]` entries.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Largest value accepted.
+    pub item_size_max: Option<RawSize>,
+    /// Requests of one client in flight at most before memroute stops reading from it.
+    pub max_client_inflight: Option<usize>,
+    /// Reply bytes held and reserved for one client at most before memroute stops reading
+    /// from it.
+    pub max_client_buffer: Option<RawSize>,
+    /// Client connections this listener accepts at most (besides the process's `max_clients`).
+    pub max_client_connections: Option<usize>,
+    /// Close a client connection idle (no request, nothing in flight) this long, e.g.
+    /// `"300s"`; absent or `"0s"`: never, as memcached.
+    pub client_timeout: Option<String>,
+    /// Client networks allowed on this listener (CIDR or address); empty: all.
+    #[serde(default)]
+    pub client_allow: Vec<String>,
+    /// Client networks refused on this listener; checked before `client_allow`.
+    #[serde(default)]
+    pub client_deny: Vec<String>,
+    /// How a failed backend's part of a retrieval is answered.
+    pub retrieval_failure: Option<RetrievalFailure>,
+    /// What the pool's servers speak.
+    pub protocol: Option<BackendProtocol>,
+    /// Tokyo Tyrant pools: keep client flags by storing them inside the value.
+    pub preserve_flags: Option<bool>,
+    /// After a reload moves keys, how long a miss on a key's new owner is retried on its
+    /// previous owner, e.g. `"30s"`; `"0s"` turns warm-up off.
+    pub warmup: Option<String>,
+    /// TTL (seconds) of values copied to their new owner during warm-up.
+    pub warmup_ttl: Option<u32>,
+    /// Embedded caches of this pool when full.
+    pub memory_full: Option<MemoryFull>,
+    /// twemproxy's: take a failing backend off the ring.
+    pub auto_eject_hosts: Option<bool>,
+    /// twemproxy's: consecutive failures that eject a backend.
+    pub server_failure_limit: Option<u32>,
+    /// twemproxy's: how long an ejected backend stays out before it is probed (ms).
+    pub server_retry_timeout: Option<u64>,
+}
+
+/// Keys that belong at the top of the file, before any `[pools.*]` table.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "threads",
+    "max_clients",
+    "max_client_memory",
+    "admin",
+    "shutdown_timeout",
+];
+
+impl RawConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| syntax_error(text, &e))
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+}
+
+/// A TOML error as one line: the dotted key it is at, what is wrong, and where a top-level
+/// key written inside a pool's table belongs.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().to_string();
+    let Some(span) = e.span() else {
+        return ConfigError::Syntax(message);
+    };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let (table, key) = key_at(text, span.start);
+    let field = match (table.as_str(), key.as_deref()) {
+        ("", Some(k)) => k.to_string(),
+        (t, Some(k)) => format!("{t}.{k}"),
+        (t, None) => t.to_string(),
+    };
+    let misplaced = key
+        .as_deref()
+        .filter(|k| !table.is_empty() && TOP_LEVEL_KEYS.contains(k));
+    let hint = match misplaced {
+        Some(k) => format!(
+            " ({k} is a top-level key: put it above the first [pools.*] table, or it is read \
+             as part of [{table}])"
+        ),
+        None => String::new(),
+    };
+    ConfigError::Syntax(format!("line {line_no}: {field}: {message}{hint}"))
+}
+
+/// The table header in force at byte `at` of `text`, and the key of the line there.
+fn key_at(text: &str, at: usize) -> (String, Option<String>) {
+    let mut table = String::new();
+    let mut key = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = header.trim().to_string();
+        }
+        if at < pos + line.len() {
+            key = trimmed
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string());
+            break;
+        }
+        pos += line.len();
+    }
+    (table, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        RawConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_key_in_one_line() {
+        let e = error("[pools.main]\nlisten = \"127.0.0.1:1\"\nretrieval_failure = \"ignore\"\n");
+        assert!(
+            e.starts_with("line 3: pools.main.retrieval_failure: unknown variant `ignore`"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let e = error("[pools.main]\nhash = \"sha1\"\n");
+        assert!(
+            e.contains("pools.main.hash") && e.contains("fnv1a_64"),
+            "{e}"
+        );
+        let e = error("[pools.main]\ntimeout = \"5s\"\n");
+        assert!(e.contains("pools.main.timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_top_level_key_inside_a_pool_says_where_it_belongs() {
+        let e = error("[pools.main]\nlisten = \"127.0.0.1:1\"\nthreads = 2\n");
+        assert!(e.contains("pools.main.threads"), "{e}");
+        assert!(e.contains("threads is a top-level key"), "{e}");
+    }
+}
