@@ -580,3 +580,112 @@ fn a_get_line_read_in_batches_during_warm_up_finds_the_moved_keys() {
         "moved keys were read from their previous owner"
     );
 }
+
+#[test]
+fn meta_gets_during_warm_up_find_moved_keys_and_copy_them_with_their_flags() {
+    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
+    let files = TempFiles::new();
+    let port = free_port();
+    let extra = "warmup = \"30s\"\nwarmup_ttl = 600";
+    let three = named(&mcs[..3]);
+    let four = named(&mcs[..4]);
+    let path = files.write(
+        "memroute.toml",
+        &config_toml("threads = 1", &[md5_pool_toml("main", port, &three, extra)]),
+    );
+    let proxy = Proxy::start_config(&path, port, &[]);
+    // Written through memroute with the meta protocol: flags, a TTL on some, and every
+    // fourth key in base64 form (routed by its decoded bytes).
+    let pairs = key_values("metawarm", 400);
+    let b64 = |k: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    // The key token and the flags that go with it.
+    let token = |i: usize, k: &str| match i % 4 {
+        0 => (b64(k), " b"),
+        _ => (k.to_string(), ""),
+    };
+    let mut c = proxy.client();
+    let mut writes = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let ttl = if i % 2 == 0 { 0 } else { 3600 };
+        let (key, b) = token(i, k);
+        writes.push_str(&format!("ms {key} {}{b} F{i} T{ttl}\r\n{v}\r\n", v.len()));
+    }
+    c.send(&writes);
+    assert_eq!(
+        text(&c.read_n(4 * pairs.len())),
+        "HD\r\n".repeat(pairs.len())
+    );
+
+    let mut sc = proxy.client();
+    let g0 = generation(&mut sc);
+    replace_file(
+        &path,
+        &config_toml("threads = 1", &[md5_pool_toml("main", port, &four, extra)]),
+    );
+    wait_generation(&mut sc, g0);
+
+    // One pipeline of quiet gets of every key, a missing key, and mn: every key answers
+    // from wherever it is, the miss stays silent, mn comes last.
+    let mut request = String::new();
+    let mut expected = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let (key, b) = token(i, k);
+        request.push_str(&format!("mg {key}{b} v f q O{i}\r\n"));
+        expected.push_str(&format!("VA {} f{i} O{i}\r\n{v}\r\n", v.len()));
+    }
+    request.push_str("mg metawarm:absent v q\r\nmn\r\n");
+    expected.push_str("MN\r\n");
+    c.send(&request);
+    let got = text(&c.read_n(expected.len()));
+    assert!(got == expected, "{}", truncate(&got));
+    let stats = sc.stats_map("backends");
+    let moved = backends_sum(&stats, "warmup_hits");
+    assert!(
+        moved > 40,
+        "moved keys were read from their previous owner: {moved}"
+    );
+
+    // The copies land on the new owner with their flags and a TTL no longer than the
+    // item's (and warmup_ttl).
+    let newest = &mcs[3];
+    // The copies are sent after the client's answers, in the background.
+    let copied = poll("copies on the new backend", WAIT, || {
+        let mut d = newest.client();
+        let n = pairs
+            .iter()
+            .filter(|(k, _)| {
+                d.send(format!("mg {} b v\r\n", b64(k)));
+                let line = d.read_line();
+                if line.starts_with(b"VA ") {
+                    d.read_line();
+                }
+                !line.starts_with(b"EN")
+            })
+            .count();
+        match n as u64 >= moved {
+            true => Ok(n),
+            false => Err(format!("{n} of {moved} copied")),
+        }
+    });
+    let mut d = newest.client();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        d.send(format!("mg {} b v f t\r\n", b64(k)));
+        let line = text(&d.read_line());
+        if line.starts_with("EN") {
+            continue;
+        }
+        let ttl: i64 = line
+            .split(' ')
+            .find_map(|t| t.strip_prefix('t'))
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap();
+        assert!(line.contains(&format!(" f{i} ")), "{line}");
+        // No expiry or an hour left: either way the copy lives warmup_ttl (10 minutes).
+        assert!((590..=600).contains(&ttl), "{k}: ttl {ttl}");
+        assert_eq!(text(&d.read_n(v.len() + 2)), format!("{v}\r\n"));
+    }
+    assert!(copied > 40);
+}

@@ -313,7 +313,10 @@ fn refused_cases(k0: &str, k1: &str) -> Vec<(String, String)> {
         (format!("ma {k1} q\r\n"), META_UNSUPPORTED),
         (format!("me {k1}\r\n"), META_UNSUPPORTED),
         ("mn\r\n".into(), "MN\r\n"),
-        (format!("mg {k0} v v\r\n"), "CLIENT_ERROR duplicate flag\r\n"),
+        (
+            format!("mg {k0} v v\r\n"),
+            "CLIENT_ERROR duplicate flag\r\n",
+        ),
         ("mx\r\n".into(), "ERROR\r\n"),
         // Unknown words and malformed lines: memroute's own errors.
         ("bogus command\r\n".into(), "ERROR\r\n"),

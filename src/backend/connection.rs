@@ -366,3 +366,94 @@ impl Connection {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::parse_server;
+
+    const SETTINGS: ConnSettings = ConnSettings {
+        connect_timeout: Duration::from_secs(1),
+        queue_depth: 16,
+        max_in_flight: 16,
+        timeout: Duration::from_secs(2),
+        max_value: 1024,
+    };
+
+    /// A connection to a local listener whose accepted socket `serve` drives.
+    async fn connection<F, Fut>(serve: F) -> (ConnHandle, Arc<Backend>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            serve(sock).await;
+        });
+        let server = parse_server("servers", &addr.to_string()).unwrap();
+        let backend = Arc::new(Backend::new(&server, None, 1));
+        let handle = connect(addr, SETTINGS, backend.clone(), Arc::default())
+            .await
+            .unwrap();
+        (handle, backend)
+    }
+
+    async fn ask(handle: &ConnHandle, line: &'static [u8]) -> oneshot::Receiver<Answer> {
+        let (tx, rx) = oneshot::channel();
+        let req = UpstreamRequest {
+            bytes: (Bytes::from_static(line), None),
+            kind: ReplyKind::Line,
+            keys: 0,
+            target: ReplyTarget::Oneshot(tx),
+        };
+        handle.send(req).await.unwrap();
+        rx
+    }
+
+    // The deadlines run on tokio's clock, paused here: the test takes no real time and
+    // measures the virtual time exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_times_out_exactly_at_its_deadline_and_fails_the_connection() {
+        let (handle, backend) = connection(|mut sock| async move {
+            // Reads and never answers.
+            let mut buf = [0u8; 64];
+            while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        let start = Instant::now();
+        let first = ask(&handle, b"delete a\r\n").await;
+        // Sleeping lets the connection write the first request now (its deadline starts
+        // when it is written), then moves the clock on.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = ask(&handle, b"delete b\r\n").await;
+        assert_eq!(first.await.unwrap(), Err(UpstreamError::Timeout));
+        assert_eq!(start.elapsed(), SETTINGS.timeout);
+        // Everything in flight on the connection fails with it.
+        assert_eq!(second.await.unwrap(), Err(UpstreamError::Timeout));
+        assert_eq!(backend.stats.timeouts.get(), 1);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(handle.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_just_before_the_deadline_is_delivered() {
+        let (handle, backend) = connection(|mut sock| async move {
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).await;
+            tokio::time::sleep(SETTINGS.timeout - Duration::from_millis(1)).await;
+            sock.write_all(b"DELETED\r\n").await.unwrap();
+            while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        let answer = ask(&handle, b"delete a\r\n").await.await.unwrap();
+        assert_eq!(answer.unwrap(), Bytes::from_static(b"DELETED\r\n"));
+        assert_eq!(backend.stats.timeouts.get(), 0);
+        assert!(!handle.is_closed());
+    }
+}

@@ -147,7 +147,9 @@ impl Message {
                 kind: ReplyKind::Meta,
                 keys: 0,
             },
-            Message::Delete(key) => line(Bytes::from([&b"delete "[..], &key.token, b"\r\n"].concat())),
+            Message::Delete(key) => {
+                line(Bytes::from([&b"delete "[..], &key.token, b"\r\n"].concat()))
+            }
             Message::MetaFetch(key) => Encoded {
                 bytes: (meta_line(b"mg ", &key, b" v f t"), None),
                 kind: ReplyKind::MetaRetrieval,

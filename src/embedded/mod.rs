@@ -4,6 +4,7 @@
 //! - [`store`]: the sharded store and command execution ([`Store`], [`StoreConfig`]).
 //! - [`clock`]: time sources ([`SystemClock`], [`ManualClock`] for tests).
 //! - [`stats`]: counters with memcached's `stats` names ([`StoreStats`]).
+//! - `meta`: the meta protocol (`mg`, `ms`, `md`, `ma`, `me`).
 //! - `shard`, `index`, `numeric`: one shard's slab, LRU and memory accounting; its hash
 //!   index; memcached's number parsing.
 //!
@@ -11,14 +12,16 @@
 //! test. Known differences, all outside what a client can rely on:
 //! - memcached sometimes calls a counter of 2^63 or more "non-numeric" (its check for a
 //!   minus sign reads leftover memory past the value); here it is always a number.
-//! - memcached copies instead of rewriting in place when a background thread holds the
-//!   item, so after e.g. `decr` 10 → 9 it may store `9` rather than `9 `; here the in-place
-//!   rewrite (`9 `, its usual answer) always happens.
+//! - A count that shortens a number rewrites it in place unpadded (`decr` 10 → 9 stores
+//!   `9`). memcached usually pads it to the old length (`9 `), but copies it unpadded when a
+//!   background thread holds the item, so neither is certain there. The padding shows in what
+//!   gets return, in a later append, and in the meta sizes (`mg … s`, `me … size=`).
 //! - Memory: items are charged key + value + [`ITEM_OVERHEAD`] against a limit split evenly
 //!   over the shards, rather than memcached's slab classes, so exactly which item is evicted
 //!   first, and when, differs; refusing an `add` of an existing key never evicts.
 //! - Stats: `get_expired`/`get_flushed` count every lookup that meets such an item;
 //!   memcached also reclaims some silently while allocating.
+//! - The meta protocol's own (its `me` sizes, its access times): see `meta`.
 
 pub mod clock;
 mod index;

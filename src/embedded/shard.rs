@@ -28,7 +28,8 @@ pub(super) struct Entry {
     pub(super) flags: u32,
     /// Absolute expiry in unix seconds; 0 = never. (u32 lasts until 2106.)
     pub(super) exptime: u32,
-    /// When the item was stored, unix seconds: what a delayed flush_all compares against.
+    /// Last access, unix seconds, kept as memcached keeps it (see [`Shard::hit`] and
+    /// [`Shard::update`]): `mg … l` and `me` report it, and flush_all compares against it.
     pub(super) time: u32,
     /// LRU neighbours (towards head / towards tail); `next` also links the free list.
     prev: u32,
@@ -38,9 +39,22 @@ pub(super) struct Entry {
     /// Bytes at the end of `data` that are no part of the value: room left when `incr` or
     /// `decr` rewrote the number shorter in place (memcached pads it with spaces instead).
     pub(super) spare: u8,
-    /// Whether any get has returned the item (for `*_unfetched` stats).
-    pub(super) fetched: bool,
+    /// memcached's per-item flag bits that clients can observe: [`FETCHED`], [`ACTIVE`],
+    /// [`STALE`], [`TOKEN_SENT`], [`KEY_BINARY`]. One byte, in what was padding.
+    pub(super) bits: u8,
 }
+
+/// A get has returned the item (`h`, `me … fetch=`, the `*_unfetched` stats).
+pub(super) const FETCHED: u8 = 1;
+/// Hit again after being fetched: memcached's segmented LRU refreshes the access time on
+/// that second hit only, not on every one.
+pub(super) const ACTIVE: u8 = 2;
+/// Invalidated by `md … I` or stored stale by `ms … I C<older cas>` (`mg` answers `X`).
+pub(super) const STALE: u8 = 4;
+/// A client already got the recache / stale win token (`W`); later ones see `Z`.
+pub(super) const TOKEN_SENT: u8 = 8;
+/// Stored by `ms` with a base64 key: `k` and `me` return the key base64-encoded.
+pub(super) const KEY_BINARY: u8 = 16;
 
 impl Entry {
     /// The item's key.
@@ -64,6 +78,11 @@ impl Entry {
     /// Bytes the value may take when rewritten in place.
     pub(super) fn room(&self) -> usize {
         self.data.len() - usize::from(self.key_len)
+    }
+
+    /// Whether flag bit `bit` is set.
+    pub(super) fn has(&self, bit: u8) -> bool {
+        self.bits & bit != 0
     }
 
     /// Bytes charged against the memory limit.
@@ -230,6 +249,31 @@ impl Shard {
         }
     }
 
+    /// A fetch of the item (memcached's `do_item_bump`): it moves to the head of the LRU,
+    /// the first fetch marks it fetched, the next one marks it active and refreshes its
+    /// access time. Later fetches leave the time alone (memcached's LRU maintainer clears
+    /// "active" again as it moves items between its segments, on its own schedule).
+    pub(super) fn hit(&mut self, idx: u32, now: u64) {
+        self.bump(idx);
+        let e = &mut self.entries[idx as usize];
+        if e.has(ACTIVE) {
+            return;
+        }
+        if e.has(FETCHED) {
+            e.bits |= ACTIVE;
+            e.time = secs_u32(now);
+        } else {
+            e.bits |= FETCHED;
+        }
+    }
+
+    /// A use of the item that is no fetch (memcached's `do_item_update`: a refused add, a
+    /// count rewritten in place): to the head of the LRU, access time refreshed.
+    pub(super) fn update(&mut self, idx: u32, now: u64) {
+        self.bump(idx);
+        self.entries[idx as usize].time = secs_u32(now);
+    }
+
     fn lru_remove(&mut self, idx: u32) {
         let (prev, next) = {
             let e = &self.entries[idx as usize];
@@ -291,7 +335,7 @@ impl Shard {
                 cursor = e.prev;
             }
             if victim != NIL {
-                if !self.entries[victim as usize].fetched {
+                if !self.entries[victim as usize].has(FETCHED) {
                     self.stats.expired_unfetched += 1;
                 }
                 self.unlink(victim);
@@ -310,7 +354,7 @@ impl Shard {
                 return Err(StoreError::OutOfMemory);
             }
             self.stats.evictions += 1;
-            if !self.entries[victim as usize].fetched {
+            if !self.entries[victim as usize].has(FETCHED) {
                 self.stats.evicted_unfetched += 1;
             }
             self.unlink(victim);
@@ -371,7 +415,7 @@ impl Shard {
             next: NIL,
             key_len: key.len() as u8,
             spare: 0,
-            fetched: false,
+            bits: 0,
         };
         let idx = match self.free {
             NIL => {

@@ -20,7 +20,9 @@ use bytes::BytesMut;
 
 use super::clock::Clock;
 use super::numeric::{format_u64, parse_counter};
-use super::shard::{secs_u32, FlushState, Shard, StoreError, Value, ITEM_OVERHEAD};
+use super::shard::{
+    secs_u32, FlushState, Shard, StoreError, Value, ITEM_OVERHEAD, KEY_BINARY, STALE, TOKEN_SENT,
+};
 use super::stats::StoreStats;
 
 const STORED: &[u8] = b"STORED\r\n";
@@ -29,10 +31,11 @@ const EXISTS: &[u8] = b"EXISTS\r\n";
 const NOT_FOUND: &[u8] = b"NOT_FOUND\r\n";
 const DELETED: &[u8] = b"DELETED\r\n";
 const TOUCHED: &[u8] = b"TOUCHED\r\n";
-const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
-const STORE_OOM: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
+pub(super) const NON_NUMERIC: &[u8] =
+    b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
+pub(super) const STORE_OOM: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
 /// incr/decr's own out-of-memory line differs from the storage commands' one.
-const DELTA_OOM: &[u8] = b"SERVER_ERROR out of memory\r\n";
+pub(super) const DELTA_OOM: &[u8] = b"SERVER_ERROR out of memory\r\n";
 
 /// Exptimes up to this many seconds (30 days) are relative; larger ones are unix times.
 const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
@@ -105,6 +108,46 @@ impl<'a> Write<'a> {
             cas: req.number,
         }
     }
+}
+
+/// What a storage command did (memcached's `store_item_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// Stored, with this new CAS unique.
+    Stored(u64),
+    NotStored,
+    Exists,
+    NotFound,
+    TooLarge,
+    OutOfMemory,
+}
+
+/// How a meta set differs from the text storage commands.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct MetaStore {
+    /// The request is `ms` (its failures to allocate drop the old value in every mode).
+    pub(super) meta: bool,
+    /// `b`: the key was sent in base64 (memcached's ITEM_KEY_BINARY).
+    pub(super) key_binary: bool,
+    /// `I` with a CAS: a CAS older than the item's still stores, marked stale.
+    pub(super) stale: bool,
+}
+
+/// What incr/decr (text or `ma`) did.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Counted {
+    /// The new value, in the item at `idx`; `in_place` when that item was rewritten rather
+    /// than replaced by a new one.
+    Done {
+        value: u64,
+        idx: u32,
+        in_place: bool,
+    },
+    NotFound,
+    NonNumeric,
+    /// `ma … C<cas>` whose CAS differs.
+    CasMismatch,
+    OutOfMemory,
 }
 
 /// A single-line reply.
@@ -236,30 +279,35 @@ impl Store {
         stats
     }
 
-    fn hash(&self, key: &[u8]) -> u64 {
+    pub(super) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
     /// The shard of a key hash (high bits; the shard's index uses the low 32).
-    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+    pub(super) fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         let i = (hash >> 32) as usize % self.shards.len();
         lock(&self.shards[i])
     }
 
-    fn flush_state(&self) -> FlushState {
+    /// Whether a full store evicts (else refuses).
+    pub(super) fn evicts(&self) -> bool {
+        self.config.evict
+    }
+
+    pub(super) fn flush_state(&self) -> FlushState {
         FlushState {
             oldest_live: self.oldest_live.load(Ordering::Acquire),
             oldest_cas: self.oldest_cas.load(Ordering::Acquire),
         }
     }
 
-    fn next_cas(&self) -> u64 {
+    pub(super) fn next_cas(&self) -> u64 {
         self.cas.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// memcached's `realtime()`: an exptime as sent → absolute expiry (0 = never). Times
     /// that are already past map to `process_started + 1`, memcached's "long ago".
-    fn realtime(&self, exptime: i64, now: u64) -> u64 {
+    pub(super) fn realtime(&self, exptime: i64, now: u64) -> u64 {
         let long_ago = self.process_started + 1;
         if exptime == 0 {
             0
@@ -334,9 +382,8 @@ impl Store {
             } else {
                 shard.stats.get_hits += 1;
             }
-            shard.bump(idx);
+            shard.hit(idx, now);
             let e = shard.entry_mut(idx);
-            e.fetched = true;
             if touch {
                 e.exptime = exptime;
             }
@@ -359,86 +406,116 @@ impl Store {
     }
 
     fn store(&self, w: &Write<'_>, now: u64) -> &'static [u8] {
+        match self.store_item(w, MetaStore::default(), now) {
+            Storage::Stored(_) => STORED,
+            Storage::NotStored => NOT_STORED,
+            Storage::Exists => EXISTS,
+            Storage::NotFound => NOT_FOUND,
+            Storage::TooLarge => TOO_LARGE,
+            Storage::OutOfMemory => STORE_OOM,
+        }
+    }
+
+    /// memcached's `do_store_item` for text storage commands and `ms`. A CAS (`w.cas`, 0 for
+    /// none) is compared by `cas` and, as `ms … C` makes memcached do, by append and prepend.
+    pub(super) fn store_item(&self, w: &Write<'_>, how: MetaStore, now: u64) -> Storage {
         let (key, data) = (w.key, w.data);
         let hash = self.hash(key);
         let flush = self.flush_state();
         let mut shard = self.shard(hash);
         let h = hash as u32;
+        // memcached drops the old value of a failed set rather than leave it stale; `ms`
+        // does so in every mode.
+        let drops_old = w.command == Command::Set || how.meta;
         if data.len() > self.config.item_size_max {
-            // memcached drops the old value of a failed set rather than leave it stale.
-            if w.command == Command::Set {
+            if drops_old {
                 shard.remove_key(h, key);
             }
-            return TOO_LARGE;
+            return Storage::TooLarge;
         }
         let exptime = secs_u32(self.realtime(w.exptime, now));
         let evict = self.config.evict;
         let old = shard.lookup(h, key, now, &flush);
+        let mut bits = if how.key_binary { KEY_BINARY } else { 0 };
         let (value, flags, exptime) = match (w.command, old) {
             (Command::Add, Some(idx)) => {
                 // Like memcached, a refused add still counts as a use of the item.
-                shard.bump(idx);
+                shard.update(idx, now);
                 shard.stats.cmd_set += 1;
-                return NOT_STORED;
+                return Storage::NotStored;
             }
             (Command::Replace | Command::Append | Command::Prepend, None) => {
                 shard.stats.cmd_set += 1;
-                return NOT_STORED;
+                return Storage::NotStored;
             }
             (Command::Cas, None) => {
                 shard.stats.cmd_set += 1;
                 shard.stats.cas_misses += 1;
-                return NOT_FOUND;
+                return Storage::NotFound;
             }
             (Command::Cas, Some(idx)) => {
+                let e = shard.entry(idx);
                 // A unique of 0 never matches: memcached treats it as "no CAS given".
-                if w.cas == 0 || shard.entry(idx).cas != w.cas {
+                if w.cas != 0 && e.cas == w.cas {
+                    (Value::New(data), w.flags, exptime)
+                } else if how.stale && w.cas != 0 && w.cas < e.cas {
+                    // An older CAS with `I`: stored anyway, marked stale, keeping the
+                    // item's expiry and whether its win token went out.
+                    bits |= STALE | (e.bits & TOKEN_SENT);
+                    (Value::New(data), w.flags, e.exptime)
+                } else {
                     shard.stats.cmd_set += 1;
                     shard.stats.cas_badval += 1;
-                    return EXISTS;
+                    return Storage::Exists;
                 }
-                (Value::New(data), w.flags, exptime)
             }
             // append/prepend keep the existing item's flags and expiry.
             (Command::Append | Command::Prepend, Some(idx)) => {
                 let e = shard.entry(idx);
+                if w.cas != 0 && e.cas != w.cas {
+                    shard.stats.cmd_set += 1;
+                    return Storage::Exists;
+                }
                 // A combined value beyond the size limit is refused with NOT_STORED, as
                 // memcached does (its allocation of the combined item fails).
                 if e.value().len() + data.len() > self.config.item_size_max {
                     shard.stats.cmd_set += 1;
-                    return NOT_STORED;
+                    return Storage::NotStored;
                 }
                 let value = if w.command == Command::Append {
                     Value::Append(data)
                 } else {
                     Value::Prepend(data)
                 };
+                // memcached builds the combined item afresh: no flag bits carry over.
+                bits = 0;
                 (value, e.flags, e.exptime)
             }
             _ => (Value::New(data), w.flags, exptime),
         };
         let cas = self.next_cas();
         match shard.link(h, key, value, flags, exptime, cas, old, evict, now, &flush) {
-            Ok(_) => {
+            Ok(idx) => {
+                shard.entry_mut(idx).bits = bits;
                 shard.stats.cmd_set += 1;
                 if w.command == Command::Cas {
                     shard.stats.cas_hits += 1;
                 }
-                STORED
+                Storage::Stored(cas)
             }
             Err(StoreError::OutOfMemory) => match w.command {
-                // memcached drops the old value of a failed set rather than leave it stale.
-                Command::Set => {
-                    shard.remove_key(h, key);
-                    STORE_OOM
-                }
                 // The request's own item fit; only the combined one did not: memcached
                 // answers NOT_STORED for that.
                 Command::Append | Command::Prepend => {
                     shard.stats.cmd_set += 1;
-                    NOT_STORED
+                    Storage::NotStored
                 }
-                _ => STORE_OOM,
+                _ => {
+                    if drops_old {
+                        shard.remove_key(h, key);
+                    }
+                    Storage::OutOfMemory
+                }
             },
         }
     }
@@ -470,11 +547,9 @@ impl Store {
         match shard.lookup(hash as u32, key, now, &flush) {
             Some(idx) => {
                 shard.stats.touch_hits += 1;
-                shard.bump(idx);
+                shard.hit(idx, now);
                 // touch changes only the expiry: memcached 1.6 keeps the CAS unique.
-                let e = shard.entry_mut(idx);
-                e.exptime = exptime;
-                e.fetched = true;
+                shard.entry_mut(idx).exptime = exptime;
                 TOUCHED
             }
             None => {
@@ -488,62 +563,102 @@ impl Store {
         let incr = req.command == Command::Incr;
         let key = req.key();
         let hash = self.hash(key);
-        let h = hash as u32;
         let flush = self.flush_state();
         let mut shard = self.shard(hash);
-        let Some(idx) = shard.lookup(h, key, now, &flush) else {
-            if incr {
-                shard.stats.incr_misses += 1;
-            } else {
-                shard.stats.decr_misses += 1;
+        match self.count(&mut shard, hash, key, incr, req.number, 0, now, &flush) {
+            Counted::Done { value, .. } => Reply::Number(value),
+            Counted::NotFound => {
+                if incr {
+                    shard.stats.incr_misses += 1;
+                } else {
+                    shard.stats.decr_misses += 1;
+                }
+                Reply::Line(NOT_FOUND)
             }
-            return Reply::Line(NOT_FOUND);
+            Counted::NonNumeric => Reply::Line(NON_NUMERIC),
+            // Text incr/decr compare no CAS.
+            Counted::CasMismatch => Reply::Line(EXISTS),
+            Counted::OutOfMemory => Reply::Line(DELTA_OOM),
+        }
+    }
+
+    /// memcached's `do_add_delta` on a locked shard: incr (wrapping at 2^64) or decr
+    /// (flooring at 0) of `key`'s counter by `delta`, if its CAS is `cas` (0: any). Misses
+    /// are left for the caller to count (`ma` with `N` does not count them).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn count(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        cas: u64,
+        now: u64,
+        flush: &FlushState,
+    ) -> Counted {
+        let h = hash as u32;
+        let Some(idx) = shard.lookup(h, key, now, flush) else {
+            return Counted::NotFound;
         };
-        let Some(value) = parse_counter(shard.entry(idx).value()) else {
-            return Reply::Line(NON_NUMERIC);
+        // memcached refuses an empty value before looking at the CAS, and a value that is
+        // no number after.
+        let e = shard.entry(idx);
+        if e.value().is_empty() {
+            return Counted::NonNumeric;
+        }
+        if cas != 0 && e.cas != cas {
+            return Counted::CasMismatch;
+        }
+        let Some(value) = parse_counter(e.value()) else {
+            return Counted::NonNumeric;
         };
         let value = if incr {
             shard.stats.incr_hits += 1;
-            value.wrapping_add(req.number)
+            value.wrapping_add(delta)
         } else {
             shard.stats.decr_hits += 1;
-            value.saturating_sub(req.number)
+            value.saturating_sub(delta)
         };
         let mut buf = [0; 20];
         let text = format_u64(value, &mut buf);
-        let cas = self.next_cas();
+        let new_cas = self.next_cas();
         let e = shard.entry_mut(idx);
         if text.len() <= e.room() {
             // Rewritten in place, as memcached does while the number fits, but a shorter
             // number is stored as it is: not padded with spaces to the old length as
-            // memcached leaves it (an append would show the spaces). The room is kept.
+            // memcached leaves it (an append would show the spaces). The room is kept, and
+            // so are the item's flag bits.
             e.rewrite(text);
-            e.cas = cas;
-            e.time = secs_u32(now);
-            shard.bump(idx);
-        } else {
-            let (flags, exptime) = (e.flags, e.exptime);
-            let evict = self.config.evict;
-            let new = Value::New(text);
-            if shard
-                .link(
-                    h,
-                    key,
-                    new,
-                    flags,
-                    exptime,
-                    cas,
-                    Some(idx),
-                    evict,
-                    now,
-                    &flush,
-                )
-                .is_err()
-            {
-                return Reply::Line(DELTA_OOM);
-            }
+            e.cas = new_cas;
+            shard.update(idx, now);
+            return Counted::Done {
+                value,
+                idx,
+                in_place: true,
+            };
         }
-        Reply::Number(value)
+        let (flags, exptime) = (e.flags, e.exptime);
+        let new = Value::New(text);
+        match shard.link(
+            h,
+            key,
+            new,
+            flags,
+            exptime,
+            new_cas,
+            Some(idx),
+            self.config.evict,
+            now,
+            flush,
+        ) {
+            Ok(idx) => Counted::Done {
+                value,
+                idx,
+                in_place: false,
+            },
+            Err(StoreError::OutOfMemory) => Counted::OutOfMemory,
+        }
     }
 
     /// memcached's flush_all: with no delay every current item becomes invalid (by CAS, so

@@ -12,9 +12,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
+use super::meta::{self, errors, MetaFlags, MAX_META_TOKENS, MAX_OPAQUE_LEN};
 use super::numbers::{safe_strtol, safe_strtoul, safe_strtoull};
 use super::reply;
-use super::meta::{self, errors, MetaFlags, MAX_META_TOKENS, MAX_OPAQUE_LEN};
 use super::request::{Command, KeyToken, MetaBits, Request, MAX_KEY_LEN};
 
 /// Limits the codec enforces.

@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 
 use super::codec::{ClientCodec, CodecLimits, Decoded, Stream};
+use super::meta::{self, MetaFlags};
 use super::numbers::safe_strtol;
 use super::reply::{self, frame_reply, FrameState, ReplyKind};
 use super::request::{Command, Request, MAX_KEY_LEN};
@@ -42,6 +43,18 @@ pub fn fuzz_reply_framing(data: &[u8]) {
         _ => usize::MAX,
     };
     check_reply_input(data, step, keys);
+}
+
+/// The `meta_request` fuzz target: the first byte picks the chunk size and the meta command
+/// (`mg`, `ms`, `md`, `ma`, `mn`, `me`), the rest follows `m<c> ` on the line (and may hold
+/// data blocks and further requests).
+pub fn fuzz_meta_request(data: &[u8]) {
+    if let Some((&first, rest)) = data.split_first() {
+        let command = b"gsdane"[usize::from(first) % 6];
+        let mut input = vec![b'm', command, b' '];
+        input.extend_from_slice(rest);
+        check_client_input(&input, usize::from(first / 6) % 64 + 1, fuzz_limits());
+    }
 }
 
 /// Small limits, so that the too-large and too-long paths are reachable by a fuzzer.
@@ -146,6 +159,9 @@ pub fn check_client_input(input: &[u8], chunk: usize, limits: CodecLimits) {
 /// valid request with the same fields (without `noreply`), as is a canonical re-encoding.
 pub fn check_request(r: &Request, limits: CodecLimits) {
     assert!(r.frame.ends_with(b"\n"), "frame ends with a newline");
+    if r.command.is_meta() {
+        return check_meta_request(r, limits);
+    }
     if r.command.is_retrieval() || r.command.is_single_key() {
         assert!(r.keys().next().is_some(), "a keyed command has a key");
         for k in r.keys() {
@@ -205,6 +221,71 @@ pub fn check_request(r: &Request, limits: CodecLimits) {
     // A canonical re-encoding from the decoded fields means the same request.
     let canonical = encode(r);
     assert_same(r, &decode_one(&canonical, limits));
+}
+
+/// One decoded meta request: its key routes (a base64 key decodes), its flags parse, an `ms`
+/// data block has its declared length within the limit, and what goes upstream is one valid
+/// meta request with the same command, key, flags and data but never `q` — except `ma … q N`,
+/// which goes as received followed by `mn`.
+pub fn check_meta_request(r: &Request, limits: CodecLimits) {
+    assert!(!r.noreply(), "meta requests have no noreply");
+    if r.command == Command::MetaNoop {
+        return;
+    }
+    let key = r.key();
+    assert!((1..=MAX_KEY_LEN).contains(&key.len()), "key length");
+    assert!(!key.contains(&b' '), "one key token");
+    let mut buf = [0u8; MAX_KEY_LEN];
+    let routed = meta::lookup_key(key, r.meta().base64, &mut buf).map(<[u8]>::to_vec);
+    assert!(
+        routed.as_ref().is_some_and(|k| !k.is_empty()),
+        "the key routes"
+    );
+    if r.command == Command::MetaDebug {
+        let (a, b) = r.upstream_bytes();
+        assert!(b.is_none() && a == r.frame, "me goes as received");
+        return;
+    }
+    let flags = MetaFlags::parse(key, r.meta_flags()).expect("flags that parse");
+    assert_eq!(flags.quiet, r.meta().quiet_at.is_some());
+    assert_eq!(flags.base64, r.meta().base64);
+    if r.command == Command::MetaSet {
+        let declared = tokens(r.line())
+            .nth(2)
+            .and_then(safe_strtol)
+            .expect("ms declares a length");
+        assert_eq!(r.data().len(), usize::try_from(declared).unwrap());
+        assert!(r.data().len() <= limits.item_size_max);
+        assert!(r.frame.ends_with(b"\r\n"));
+    }
+    let (a, b) = r.upstream_bytes();
+    let mut forwarded = a.to_vec();
+    forwarded.extend_from_slice(b.as_deref().unwrap_or_default());
+    if r.quiet_upstream() {
+        assert!(forwarded.starts_with(&r.frame) && forwarded.ends_with(meta::MN_REQUEST));
+        assert_eq!(forwarded.len(), r.frame.len() + meta::MN_REQUEST.len());
+        return;
+    }
+    let again = decode_one(&forwarded, limits);
+    assert_eq!(again.command, r.command);
+    assert_eq!(again.key(), key, "same key token");
+    assert!(again.meta().quiet_at.is_none(), "q never goes upstream");
+    let again_flags = MetaFlags::parse(again.key(), again.meta_flags()).expect("parses");
+    assert_eq!(
+        again_flags,
+        MetaFlags {
+            quiet: false,
+            ..flags
+        },
+        "same flags but q"
+    );
+    if r.command == Command::MetaSet {
+        assert_eq!(again.data(), r.data());
+    }
+    let (a2, b2) = again.upstream_bytes();
+    let mut twice = a2.to_vec();
+    twice.extend_from_slice(b2.as_deref().unwrap_or_default());
+    assert_eq!(twice, forwarded, "forwarding is a fixpoint");
 }
 
 /// Decodes `bytes` as exactly one request, consuming all of them.
@@ -318,13 +399,18 @@ pub fn check_reply_input(data: &[u8], step: usize, keys: usize) {
         ReplyKind::Line,
         ReplyKind::Retrieval,
         ReplyKind::RetrievalFlagsInValue,
+        ReplyKind::Meta,
+        ReplyKind::MetaThenNoop,
     ] {
         let mut state = FrameState::default();
         state.limit_items(keys);
         let whole = frame_reply(data, kind, &mut state.clone());
         if let Ok(Some(n)) = whole {
             assert!(n > 0 && n <= data.len());
-            let items = check_framed(&data[..n], kind);
+            let items = match kind {
+                ReplyKind::Meta | ReplyKind::MetaThenNoop => check_meta_framed(&data[..n], kind),
+                _ => check_framed(&data[..n], kind),
+            };
             assert!(items <= keys, "{items} items for {keys} keys");
         }
         let mut end = 0;
@@ -344,6 +430,36 @@ pub fn check_reply_input(data: &[u8], step: usize, keys: usize) {
             (w, p) => assert_eq!(w, p, "{kind:?} in pieces of {step}"),
         }
     }
+}
+
+/// A framed meta reply is one status line, or `VA <n>` and exactly `n` bytes and `\r\n`;
+/// with `MetaThenNoop`, maybe none of that, then `MN`. Returns 0 (no `VALUE` items).
+fn check_meta_framed(reply: &[u8], kind: ReplyKind) -> usize {
+    let mut rest = reply;
+    if kind == ReplyKind::MetaThenNoop {
+        rest = rest.strip_suffix(meta::MN).expect("ends with MN");
+        if rest.is_empty() {
+            return 0;
+        }
+    }
+    let nl = memchr::memchr(b'\n', rest).expect("a status line");
+    let line = first_line(rest);
+    match line.strip_prefix(b"VA ") {
+        Some(args) => {
+            let declared: usize = tokens(args)
+                .next()
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+                .expect("VA declares a length");
+            assert_eq!(
+                rest.len(),
+                nl + 1 + declared + 2,
+                "data of the declared length"
+            );
+            assert!(rest.ends_with(b"\r\n"));
+        }
+        None => assert_eq!(nl + 1, rest.len(), "one line"),
+    }
+    0
 }
 
 /// A framed reply is exactly one well-formed reply of its kind; returns its `VALUE` items.

@@ -274,8 +274,7 @@ pub fn base64_decoded_len(src: &[u8]) -> Option<usize> {
 
 /// Encodes `src` in standard base64 with padding (how memcached returns a binary key).
 pub fn base64_encode(src: &[u8], out: &mut Vec<u8>) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in src.chunks(3) {
         let b = [
             chunk[0],
@@ -297,7 +296,11 @@ pub fn base64_encode(src: &[u8], out: &mut Vec<u8>) {
 
 /// A key as memcached looks it up: the token itself, or with `b` its decoded bytes (written
 /// to `buf`). `None` if a base64 key does not decode.
-pub fn lookup_key<'a>(token: &'a [u8], base64: bool, buf: &'a mut [u8; MAX_KEY_LEN]) -> Option<&'a [u8]> {
+pub fn lookup_key<'a>(
+    token: &'a [u8],
+    base64: bool,
+    buf: &'a mut [u8; MAX_KEY_LEN],
+) -> Option<&'a [u8]> {
     if !base64 {
         return Some(token);
     }
@@ -320,7 +323,10 @@ mod tests {
         let f = flags("foo v q k O123 T30 N0 C99 MS F7 J5 D2").unwrap();
         assert!(f.value && f.quiet && f.return_key);
         assert_eq!(f.opaque_len, Some(4));
-        assert_eq!((f.ttl, f.vivify, f.compare_cas), (Some(30), Some(0), Some(99)));
+        assert_eq!(
+            (f.ttl, f.vivify, f.compare_cas),
+            (Some(30), Some(0), Some(99))
+        );
         assert_eq!((f.mode, f.client_flags), (Some(b'S'), Some(7)));
         assert_eq!((f.initial, f.delta), (Some(5), Some(2)));
         assert_eq!(flags("foo v v"), Err(errors::DUPLICATE_FLAG));

@@ -250,7 +250,9 @@ impl Request {
     /// The key as the client wrote it (meta: maybe base64).
     pub fn key_token(&self) -> KeyToken {
         KeyToken {
-            token: self.frame.slice(self.keys_start as usize..self.keys_end as usize),
+            token: self
+                .frame
+                .slice(self.keys_start as usize..self.keys_end as usize),
             base64: self.meta.base64,
         }
     }
@@ -262,9 +264,10 @@ impl Request {
 
     /// Meta commands: the flag tokens (after the key, and for `ms` its length).
     pub fn meta_flags(&self) -> impl Iterator<Item = &[u8]> {
-        self.frame[self.meta.flags_start as usize..self.line_end as usize]
-            .split(|b| *b == b' ')
-            .filter(|t| !t.is_empty())
+        let flags = &self.frame[self.meta.flags_start as usize..self.line_end as usize];
+        // memcached reads the line as a C string: a NUL ends it.
+        let flags = &flags[..memchr::memchr(0, flags).unwrap_or(flags.len())];
+        flags.split(|b| *b == b' ').filter(|t| !t.is_empty())
     }
 
     /// Meta commands: the routing and delivery flags.
@@ -291,9 +294,7 @@ impl Request {
     /// backend decides what a quiet answer leaves out: `ma … q N`, whose creating answer
     /// memcached keeps and nothing else in the reply tells apart.
     pub fn quiet_upstream(&self) -> bool {
-        self.command == Command::MetaArithmetic
-            && self.meta.vivify
-            && self.meta.quiet_at.is_some()
+        self.command == Command::MetaArithmetic && self.meta.vivify && self.meta.quiet_at.is_some()
     }
 
     /// Whether the client asked for no reply.
@@ -318,7 +319,10 @@ impl Request {
     /// [`Request::quiet_upstream`] names, which goes as is, followed by `mn`.
     pub fn upstream_bytes(&self) -> (Bytes, Option<Bytes>) {
         if self.quiet_upstream() {
-            return (self.frame.clone(), Some(Bytes::from_static(meta::MN_REQUEST)));
+            return (
+                self.frame.clone(),
+                Some(Bytes::from_static(meta::MN_REQUEST)),
+            );
         }
         if let Some((a, b)) = self.meta.quiet_at {
             return (

@@ -589,10 +589,7 @@ fn errors_on_noreply_lines_are_silent_like_memcached() {
     let mut big = b"set k 0 0 1048577 noreply\r\n".to_vec();
     big.resize(big.len() + 1048577, b'x');
     big.extend_from_slice(b"\r\n");
-    errors(
-        &big,
-        &[Item::Skipped(SILENT.to_vec(), Some(b"k".to_vec()))],
-    );
+    errors(&big, &[Item::Skipped(SILENT.to_vec(), Some(b"k".to_vec()))]);
 }
 
 #[test]
@@ -1201,8 +1198,26 @@ const PIECES: &[&[u8]] = &[
     b"verbosity",
 ];
 
+/// Fragments of meta-protocol text.
+const META_PIECES: &[&[u8]] = &[
+    b"mg ", b"ms ", b"md ", b"ma ", b"mn", b"me ", b"k", b"Zm9v", b"Zm8=", b"=", b" q", b" qq",
+    b" v", b" b", b" k", b" O1", b" N0", b" T-1", b" Tx", b" MS", b" ME", b" Mz", b" MSS", b" I",
+    b" C1", b" D5", b" J9", b" F", b" 3", b" 0", b" -1", b" ", b"\r\n", b"\n", b"abc", b"\x00",
+    b"\xff",
+];
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn meta_like_bytes_keep_the_codec_invariants(
+        parts in proptest::collection::vec(proptest::sample::select(META_PIECES), 0..60),
+        first in any::<u8>(),
+    ) {
+        let mut input = vec![first];
+        input.extend(parts.concat());
+        crate::protocol::invariants::fuzz_meta_request(&input);
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -1260,6 +1275,7 @@ fn fuzz_regressions_replay() {
     for (target, check) in [
         ("client_codec", invariants::fuzz_client_codec as fn(&[u8])),
         ("reply_framing", invariants::fuzz_reply_framing),
+        ("meta_request", invariants::fuzz_meta_request),
     ] {
         for file in std::fs::read_dir(dir.join(target)).unwrap().flatten() {
             let input = std::fs::read(file.path()).unwrap();
