@@ -10,8 +10,9 @@ command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memc
 # The real client libraries tests/real_clients.rs drives (tests/clients/): libmemcached's
 # tools, PHP's Memcached, Perl's Cache::Memcached::Fast, and python-memcached, pymemcache and
 # pylibmc for the Debian python at /usr/bin/python3.
+# python3-venv: the venv below, for the PyPI libraries.
 for pkg in libmemcached-tools php-cli php-memcached libcache-memcached-fast-perl \
-    python3-pylibmc python3-memcache python3-pymemcache; do
+    python3-pylibmc python3-memcache python3-pymemcache python3-venv; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -26,6 +27,17 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian starts the packaged services on install; the tests start their own on free ports.
 systemctl stop memcached nutcracker >/dev/null 2>&1 || true
+# The PyPI client libraries (meta-memcache), pinned in tests/clients/requirements.txt, in a
+# venv of the Debian python; made anew when the pins change.
+pyenv=target/pyenv
+if ! cmp -s tests/clients/requirements.txt "$pyenv/requirements.txt"; then
+    echo "installing the PyPI client libraries into $pyenv"
+    rm -rf "$pyenv"
+    /usr/bin/python3 -m venv "$pyenv"
+    "$pyenv/bin/pip" install --quiet --disable-pip-version-check --no-input \
+        -r tests/clients/requirements.txt
+    cp tests/clients/requirements.txt "$pyenv/requirements.txt"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -1,14 +1,16 @@
 //! memroute driven by real memcached client libraries from other languages, as applications
-//! use them: python-memcached, pymemcache, pylibmc, Cache::Memcached::Fast (Perl) and PHP's
-//! Memcached extension, each through a driver script in `tests/clients/` (see its README),
-//! and libmemcached's tools (memcping, memcstat, memccapable). Every test runs against
-//! memroute (`--hash md5`) over three real memcached; a control test runs every driver
-//! against memcached directly, so a failure that is the driver's (or a library upgrade's)
-//! shows there too.
+//! use them: python-memcached, pymemcache, pylibmc, Cache::Memcached::Fast (Perl), PHP's
+//! Memcached extension and meta-memcache (Python, meta protocol only), each through a driver
+//! script in `tests/clients/` (see its README), and libmemcached's tools (memcping,
+//! memcstat, memccapable). Every test runs against memroute (`--hash md5`) over three real
+//! memcached; a control test runs every driver against memcached directly, so a failure
+//! that is the driver's (or a library upgrade's) shows there too.
 //!
 //! The libraries are Debian packages that `scripts/test.sh` installs (for the Debian python
-//! at /usr/bin/python3, not whatever `python3` is on PATH). A missing one fails the test with
-//! a message naming the package; nothing is skipped.
+//! at /usr/bin/python3, not whatever `python3` is on PATH), except meta-memcache, which it
+//! installs from PyPI (the version pinned in `tests/clients/requirements.txt`) into a venv
+//! of that python, `target/pyenv`. A missing one fails the test with a message naming the
+//! package; nothing is skipped.
 
 mod common;
 
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::{Memcached, Proxy};
 
 /// How long one driver or tool may run (each takes about 3.5 s against memcached, most of it
@@ -92,6 +95,14 @@ fn require(path: &str, package: &str) {
     );
 }
 
+/// The python of the venv `scripts/test.sh` makes for the PyPI libraries.
+const VENV_PYTHON: &str = "target/pyenv/bin/python3";
+
+/// Where an interpreter of [`DRIVERS`] is: a relative path is in the repository.
+fn interpreter_path(interpreter: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(interpreter)
+}
+
 /// Runs `program` with `args`, its output in temp files (no pipe can fill up), killing it
 /// after `LIMIT`.
 fn run(program: &str, args: &[&str]) -> Run {
@@ -139,14 +150,16 @@ fn run(program: &str, args: &[&str]) -> Run {
     }
 }
 
-/// The drivers: interpreter, the Debian package that provides it, script in `tests/clients/`
-/// (each names its library's Debian package when that is missing).
-const DRIVERS: [(&str, &str, &str); 5] = [
+/// The drivers: interpreter (a relative path: in the repository), the Debian package that
+/// provides it, script in `tests/clients/` (each names its library's package when that is
+/// missing).
+const DRIVERS: [(&str, &str, &str); 6] = [
     ("/usr/bin/python3", "python3", "python_memcached.py"),
     ("/usr/bin/python3", "python3", "pymemcache_client.py"),
     ("/usr/bin/python3", "python3", "pylibmc_client.py"),
     ("/usr/bin/perl", "perl", "cache_memcached_fast.pl"),
     ("/usr/bin/php", "php-cli", "php_memcached.php"),
+    (VENV_PYTHON, "python3-venv", "meta_memcache_client.py"),
 ];
 
 /// Runs the driver `script` (one of [`DRIVERS`]) against `address`.
@@ -155,6 +168,8 @@ fn run_driver(script: &str, address: &str) -> Run {
         .iter()
         .find(|d| d.2 == script)
         .expect("a known driver");
+    let interpreter = interpreter_path(interpreter);
+    let interpreter = interpreter.to_str().unwrap();
     require(interpreter, package);
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
@@ -200,12 +215,80 @@ fn php_memcached_extension_through_memroute() {
     driver_through_memroute("php_memcached.php");
 }
 
+/// meta-memcache, which speaks only the meta protocol, through a logging relay in front of
+/// memroute: everything it sent is meta requests (`mg`, `ms`, `md`, `ma`, `mn`, `me`), quiet
+/// ones and base64 keys among them, and memroute's `meta_requests` stat grew by exactly
+/// their number.
+#[test]
+fn meta_memcache_library_through_memroute() {
+    let cluster = Cluster::start();
+    let mut stats = common::Client::connect(cluster.proxy.port);
+    let before = stats.stat_num("meta_requests");
+    let relay = Relay::start(cluster.proxy.port);
+    let run = run_driver(
+        "meta_memcache_client.py",
+        &format!("127.0.0.1:{}", relay.port),
+    );
+    run.assert_success();
+    let sent = relay.sent();
+    let mut words: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut quiet, mut base64, mut requests) = (0, 0, 0u64);
+    for (conn, bytes) in sent.iter().enumerate() {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .unwrap_or_else(|| {
+                    panic!(
+                        "connection {conn}: an unfinished line {:?}",
+                        String::from_utf8_lossy(&rest[..rest.len().min(200)])
+                    )
+                });
+            let line = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let tokens: Vec<&str> = line.split(' ').collect();
+            assert!(
+                ["mg", "ms", "md", "ma", "mn", "me"].contains(&tokens[0]),
+                "connection {conn}: meta-memcache sent a non-meta request {line:?}"
+            );
+            let flags = tokens.iter().skip(if tokens[0] == "ms" { 3 } else { 2 });
+            let flags: Vec<&&str> = flags.collect();
+            quiet += flags.iter().any(|f| **f == "q") as u64;
+            base64 += flags.iter().any(|f| **f == "b") as u64;
+            *words.entry(tokens[0].to_string()).or_default() += 1;
+            requests += 1;
+            let data = if tokens[0] == "ms" {
+                tokens[2].parse::<usize>().expect("ms data length") + 2
+            } else {
+                0
+            };
+            rest = &rest[end + 2 + data..];
+        }
+    }
+    println!("meta-memcache sent, over {} connections: {words:?}, {quiet} quiet, {base64} with base64 keys", sent.len());
+    for (word, at_least) in [("mg", 4000), ("ms", 2000), ("md", 5), ("ma", 10), ("mn", 5)] {
+        let n = words.get(word).copied().unwrap_or(0);
+        assert!(n >= at_least, "only {n} {word} requests: {words:?}");
+    }
+    assert!(
+        quiet >= 50 && base64 >= 10,
+        "{quiet} quiet, {base64} base64 requests"
+    );
+    let after = stats.stat_num("meta_requests");
+    assert_eq!(
+        after - before,
+        requests,
+        "meta_requests grew by {} for the {requests} meta requests meta-memcache sent",
+        after - before
+    );
+}
+
 /// Control: every driver passes against one memcached directly (all at once, so this costs
 /// one driver's time). If this fails, the driver or the installed library is at fault, not
 /// memroute.
 #[test]
 fn control_every_driver_passes_against_memcached_directly() {
-    // Room for five data sets of about 10 MB each without evictions.
+    // Room for six data sets of about 10 MB each without evictions.
     let memcached = Memcached::start_with(&["-m", "256"]);
     let address = format!("127.0.0.1:{}", memcached.port);
     let runs: Vec<Run> = std::thread::scope(|s| {

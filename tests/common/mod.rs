@@ -536,6 +536,8 @@ pub fn num_stat(map: &HashMap<String, String>, name: &str) -> u64 {
 pub mod admin;
 pub mod bad_backend;
 pub mod config;
+pub mod differential;
+pub mod relay;
 pub mod traffic;
 pub mod tyrant;
 
