@@ -133,6 +133,9 @@ pub struct ClientCodec {
     scanned: usize,
     /// Most keys handed out per retrieval: more become a stream of batches this large.
     batch_keys: usize,
+    /// Whether the retrieval being streamed has handed out a key yet (one without any is
+    /// memcached's `get` with no key: `ERROR`).
+    streamed_keys: bool,
 }
 
 impl ClientCodec {
@@ -143,6 +146,7 @@ impl ClientCodec {
             state: State::New,
             scanned: 0,
             batch_keys: usize::MAX,
+            streamed_keys: false,
         }
     }
 
@@ -232,7 +236,7 @@ impl ClientCodec {
                 State::Keys => return self.next_keys(buf),
                 State::EndPending => {
                     self.state = State::Line;
-                    return Some(Decoded::Stream(Stream::End));
+                    return Some(Decoded::Stream(self.stream_end()));
                 }
                 State::SkipLine { end } => {
                     let end = *end;
@@ -245,13 +249,21 @@ impl ClientCodec {
                             buf.advance(nl + 1);
                             self.state = State::Line;
                             if end {
-                                return Some(Decoded::Stream(Stream::End));
+                                return Some(Decoded::Stream(self.stream_end()));
                             }
                         }
                     }
                 }
                 State::Line => return self.next_line(buf),
             }
+        }
+    }
+
+    /// The end of a streamed retrieval's line: `ERROR` if it held no key at all.
+    fn stream_end(&self) -> Stream {
+        match self.streamed_keys {
+            true => Stream::End,
+            false => Stream::Failed(reply::ERROR),
         }
     }
 
@@ -271,6 +283,7 @@ impl ClientCodec {
                     Some((command, keys_at)) => {
                         let prefix = buf.split_to(keys_at).freeze();
                         self.state = State::Keys;
+                        self.streamed_keys = false;
                         Some(Decoded::Stream(Stream::Start {
                             command,
                             exptime: 0,
@@ -298,6 +311,7 @@ impl ClientCodec {
                     // Too many keys for one go: hand them out in batches.
                     let prefix = buf.split_to(req.keys_start as usize).freeze();
                     self.state = State::Keys;
+                    self.streamed_keys = false;
                     return Some(Decoded::Stream(Stream::Start {
                         command: req.command,
                         exptime: req.exptime,
@@ -402,6 +416,7 @@ impl ClientCodec {
                 _ => self.decode_item(buf),
             };
         }
+        self.streamed_keys = true;
         let keys = ranges.into_iter().map(|(a, b)| taken.slice(a..b)).collect();
         Some(Decoded::Stream(Stream::Keys(keys)))
     }

@@ -1286,3 +1286,26 @@ fn fuzz_regressions_replay() {
     }
     assert!(replayed > 0, "regression inputs are replayed");
 }
+
+#[test]
+fn a_streamed_get_line_without_a_key_is_an_error() {
+    // memcached reads `get ` followed only by spaces, or by a NUL, as `get` without a key.
+    for tail in [&b"                "[..], b"\x00x y"] {
+        let mut line = b"get ".to_vec();
+        while line.len() < 3000 {
+            line.extend_from_slice(tail);
+        }
+        line.extend_from_slice(b"\r\nversion\r\n");
+        let items = decode_chunked(codec(), &line, &mut || 500);
+        let (prefix, keys, end) = stream_of(&items);
+        assert_eq!((prefix.as_slice(), keys.len()), (&b"get "[..], 0));
+        assert_eq!(end, Item::Failed(reply::ERROR.to_vec()));
+        assert!(matches!(
+            items.last(),
+            Some(Item::Req {
+                command: Command::Version,
+                ..
+            })
+        ));
+    }
+}
