@@ -241,7 +241,9 @@ impl Client<'_> {
             room.requests += 1;
             room.charge += self.handle_item(item).await;
         }
-        self.backlog = at_cap && !rbuf.is_empty();
+        // What is left (bytes, or the end a streamed line still owes) is decoded once
+        // replies drain, without waiting for the client to send more.
+        self.backlog = at_cap && (!rbuf.is_empty() || codec.has_pending());
         if decoded {
             self.registration.touch();
             if self.idle_after.is_some() {

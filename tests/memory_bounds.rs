@@ -207,3 +207,35 @@ fn ten_thousand_non_reading_clients_stay_within_max_client_memory() {
     );
     rss.finish();
 }
+
+/// A get line long enough to be read in batches of keys, whose last batch takes the client
+/// to its buffer cap: the line's end (the `END`) still comes once replies drain, though no
+/// more bytes arrive. (It was left owed until the client sent something else: pymemcache's
+/// get_many of 2,000 keys hung now and then.)
+#[test]
+fn a_streamed_get_whose_last_batch_reaches_the_cap_still_ends() {
+    const KEYS: usize = 300;
+    const LEN: usize = 16 * 1024;
+    let mcs = [Memcached::start(), Memcached::start()];
+    let servers: Vec<String> = mcs.iter().map(|m| m.server(1)).collect();
+    let (proxy, _dir) = proxy("threads = 1", &servers, "max_client_buffer = \"64k\"");
+    let mut c = proxy.client();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("streamed-cap:{i:04}")).collect();
+    let mut expected = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let v = value(i, LEN);
+        c.set(k, &v);
+        expected.extend(value_item_bytes(k, 0, &v));
+    }
+    expected.extend_from_slice(b"END\r\n");
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // One write, a line of about 5 KB: over the 2 KiB a line is read whole.
+    for round in 0..20 {
+        c.send(format!("get {}\r\n", keys.join(" ")));
+        let got = c.read_n(expected.len());
+        assert!(got == expected, "round {round}: reply differs");
+    }
+    c.expect("version\r\n", "VERSION ");
+}

@@ -164,6 +164,12 @@ impl ClientCodec {
         }
     }
 
+    /// Whether an item is ready without more input (a streamed retrieval whose line ended
+    /// in the last batch still owes its end).
+    pub fn has_pending(&self) -> bool {
+        matches!(self.state, State::EndPending)
+    }
+
     /// Whether a retrieval's keys are being handed out in batches (its line is unfinished).
     pub fn streaming(&self) -> bool {
         matches!(
