@@ -3,13 +3,16 @@
 # memcached vs memroute's embedded cache.
 #
 # Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
-#                                              [--workloads a,b,c,d,e,f,g,h,i]
+#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k]
 #   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
 #   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
 #   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
 #  g-i: memcached (direct, -t 1) vs memroute --embedded --threads 1, no proxying:
 #   g  get90, 50 conns, depth 1          i  set-heavy (10% gets), 50 conns, depth 1
 #   h  get90, 50 conns, depth 16
+#  j-k: meta protocol, memcached direct vs memroute (twemproxy has no meta: n/a):
+#   j  quiet gets: batches of 16 `mg <key> v q k` + `mn`, 50 conns
+#   k  `ms <key> <len> T0 F<flags>` / `mg <key> v`, 10% writes, 50 conns, depth 1
 # Server side (3 memcached backends + proxies + embedded memroute) is pinned to
 # CPU 0, the load generator to CPU 1. Runs are interleaved (for rep: for target)
 # so drift hits every target alike. Results land in bench-results/<timestamp>/.
@@ -23,11 +26,11 @@ REPS=5
 DUR=10
 WARM=1
 IDLE=10000
-WORKLOADS=a,b,c,d,e,f,g,h,i
+WORKLOADS=a,b,c,d,e,f,g,h,i,j,k
 QUICK=0
 CMDLINE="$0 $*"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
@@ -185,14 +188,16 @@ proxy_pid() {
     *) echo "" ;;
     esac
 }
-# Targets of a workload: g-i compare the cache servers themselves.
+# Targets of a workload: g-i compare the cache servers themselves; j-k (meta protocol,
+# which twemproxy does not speak) memcached direct and memroute.
 workload_targets() {
     case $1 in
     g | h | i) echo direct ${EM_PID:+embedded} ;;
+    j | k) echo direct ${MR_PID:+memroute} ;;
     *) echo "${TARGETS[@]}" ;;
     esac
 }
-# Processes whose CPU counts as server side. a-e: proxy + all backends;
+# Processes whose CPU counts as server side. a-e, j-k: proxy + all backends;
 # g-i: the serving process alone (memcached B1 for direct, memroute for embedded).
 server_pids() { # workload target
     case $1 in
@@ -231,6 +236,9 @@ workload_args() {
     g) echo "--connections 50 --depth 1 --get-ratio 0.9" ;;
     h) echo "--connections 50 --depth 16 --get-ratio 0.9" ;;
     i) echo "--connections 50 --depth 1 --get-ratio 0.1" ;;
+    # A batch of --depth quiet mg ends with mn; each mg counts as one op.
+    j) echo "--protocol meta --meta-quiet --connections 50 --depth 16 --get-ratio 1" ;;
+    k) echo "--protocol meta --connections 50 --depth 1 --get-ratio 0.9" ;;
     esac
 }
 
@@ -327,10 +335,16 @@ names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
          "e": "e) 1 conn depth 1",
          "g": "g) embedded vs memcached: get90 depth 1, 50 conns",
          "h": "h) embedded vs memcached: get90 depth 16, 50 conns",
-         "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns"}
-# g-i compare memroute's embedded cache with one memcached; a-e compare proxies.
+         "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns",
+         "j": "j) meta: quiet gets, batches of 16 `mg <key> v q k` + `mn`, 50 conns",
+         "k": "k) meta: `ms`/`mg`, 10% writes, depth 1, 50 conns"}
+# g-i compare memroute's embedded cache with one memcached; a-e compare proxies; j-k
+# (meta protocol, which twemproxy does not speak) compare memroute with memcached direct.
 EMBEDDED_WL = {"g", "h", "i"}
-proxy_runs = [r for r in runs if r["workload"] not in EMBEDDED_WL]
+META_WL = {"j", "k"}
+# Each table's last column is the ratio its header names.
+RATIO = {"proxy": "mr/tw", "meta": "mr/direct", "embedded": "emb/mc"}
+proxy_runs = [r for r in runs if r["workload"] not in EMBEDDED_WL | META_WL]
 targets = [t for t in ("direct", "twemproxy", "memroute") if any(r["target"] == t for r in proxy_runs)] \
     or ["twemproxy", "memroute"]
 embedded_targets = [t for t in ("direct", "embedded")
@@ -361,6 +375,14 @@ def cell(vals):
         return fmt(m), m
     return f"{fmt(m)} ({fmt(min(vals))}-{fmt(max(vals))})", m
 
+def show(table):
+    """Prints rows of cells, each column at least as wide as before and 2 wider than
+    its widest cell (medians above a million overflowed a fixed width)."""
+    widths = [max([24 if i == 0 else 28 if i < len(table[0]) - 1 else 10]
+                  + [len(r[i]) + 2 for r in table]) for i in range(len(table[0]))]
+    for r in table:
+        print("".join(c.ljust(x) for c, x in zip(r, widths)).rstrip())
+
 metrics = [("throughput ops/s", "ops_per_sec"), ("keys/s", "keys_per_sec"),
            ("p50 us", "p50_us"), ("p99 us", "p99_us"), ("p99.9 us", "p999_us"),
            ("proxy CPU-us/req", "proxy_cpu_us"), ("server-side CPU-us/req", "server_cpu_us")]
@@ -370,31 +392,37 @@ embedded_metrics = [("throughput ops/s", "ops_per_sec", True), ("p50 us", "p50_u
                     ("p99 us", "p99_us", False), ("server CPU-us/req", "server_cpu_us", True)]
 bad = []
 medians = {}
-if proxy_runs or not runs:
-    print("medians over reps, (min-max); ratio = memroute / twemproxy")
-else:
-    print("medians over reps, (min-max)")
+print("medians over reps, (min-max); last column: the ratio its header names, "
+      "mr/tw = memroute / twemproxy, mr/direct = memroute / memcached direct, "
+      "emb/mc = memroute --embedded / memcached")
 for w in sorted({r["workload"] for r in runs}):
     rows = [r for r in runs if r["workload"] == w]
     emb = w in EMBEDDED_WL
-    wtargets = embedded_targets if emb else targets
+    meta = w in META_WL
+    # Meta rows keep twemproxy's column, as n/a, to line up with a-e.
+    wtargets = embedded_targets if emb else ["direct", "twemproxy", "memroute"] if meta else targets
+    ran = {r["target"] for r in rows}
     data = {t: [] for t in wtargets}
     for r in rows:
         d = load(r)
-        if d is None or r["rc"] != "0" or d["verification_errors"] or d["connection_errors"]:
+        # Meta: every key was prefilled, so a quiet read that went unanswered (which
+        # loadgen can only count as a miss) fails the run too.
+        unexpected = meta and d is not None and d["unexpected_misses"]
+        if d is None or r["rc"] != "0" or d["verification_errors"] or d["connection_errors"] \
+                or unexpected:
             bad.append(f'{w}/{r["target"]}/rep{r["rep"]}: rc={r["rc"]} '
                        f'verification_errors={d and d["verification_errors"]} '
-                       f'connection_errors={d and d["connection_errors"]}')
+                       f'connection_errors={d and d["connection_errors"]}'
+                       + (f' unexpected_misses={d["unexpected_misses"]}' if meta and d else ''))
         if d is not None:
             data[r["target"]].append(d)
     print()
-    print(f"{names.get(w, w)}   [{len(rows) // len(wtargets)} reps]")
-    widths = [24] + [28] * len(wtargets) + [7]
-    head = ["metric"] + wtargets + ["ratio"]
+    print(f"{names.get(w, w)}   [{len(rows) // max(len(ran), 1)} reps]")
+    head = ["metric"] + wtargets + [RATIO["embedded" if emb else "meta" if meta else "proxy"]]
     if emb:
         print("direct = one memcached -t 1; embedded = memroute --embedded --threads 1; "
               "ratio = embedded / memcached")
-        print("".join(h.ljust(x) for h, x in zip(head, widths)))
+        table = [head]
         for label, key, with_ratio in embedded_metrics:
             cells, med = [], {}
             for t in wtargets:
@@ -404,25 +432,33 @@ for w in sorted({r["workload"] for r in runs}):
             medians[(w, key)] = med
             mc, em = med.get("direct"), med.get("embedded")
             ratio = f"{em / mc:.2f}" if with_ratio and mc and em is not None else "-"
-            print("".join(c.ljust(x) for c, x in zip([label] + cells + [ratio], widths)))
+            table.append([label] + cells + [ratio])
+        show(table)
         errs = sum(d["verification_errors"] + d["connection_errors"] for t in wtargets for d in data[t])
         print(f"errors (must be 0): {errs}")
         continue
-    print("".join(h.ljust(x) for h, x in zip(head, widths)))
+    if meta:
+        print("twemproxy does not speak the meta protocol; mr/direct = memroute / memcached direct")
+    table = [head]
     for label, key in metrics:
         if key == "keys_per_sec" and w != "c":
             continue
         cells, med = [], {}
-        for t in targets:
+        for t in wtargets:
             s, m = cell([d[key] for d in data[t]])
-            cells.append(s)
+            cells.append("n/a" if meta and t == "twemproxy" else s)
             med[t] = m
         medians[(w, key)] = med
-        tw, mr = med.get("twemproxy"), med.get("memroute")
-        ratio = f"{mr / tw:.2f}" if tw and mr is not None else "-"
-        print("".join(c.ljust(x) for c, x in zip([label] + cells + [ratio], widths)))
-    errs = sum(d["verification_errors"] + d["connection_errors"] for t in targets for d in data[t])
-    print(f"errors (must be 0): {errs}")
+        base, mr = med.get("direct" if meta else "twemproxy"), med.get("memroute")
+        ratio = f"{mr / base:.2f}" if base and mr is not None else "-"
+        table.append([label] + cells + [ratio])
+    show(table)
+    errs = sum(d["verification_errors"] + d["connection_errors"] for t in wtargets for d in data[t])
+    if meta:
+        miss = sum(d["unexpected_misses"] for t in wtargets for d in data[t])
+        print(f"errors (must be 0): {errs}, unexpected misses (must be 0): {miss}")
+    else:
+        print(f"errors (must be 0): {errs}")
 
 if ("e", "p50_us") in medians:
     med = medians[("e", "p50_us")]

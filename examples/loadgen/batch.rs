@@ -23,6 +23,11 @@ pub struct Batch {
     /// Per key of a get, the version bound noted when it was sent (benchmark runs: the
     /// oldest version still possible; soak mode: the newest version sent); 0 for sets.
     pub floors: Vec<u32>,
+    /// Meta protocol: the opaque (`O<n>`) of the first request; request i carries
+    /// `seq + i` when `--meta-opaque` tags requests.
+    pub seq: u64,
+    /// Meta protocol: the batch ends with `mn`, answered `MN` once all before it is.
+    pub mn: bool,
 }
 
 impl Batch {
@@ -30,6 +35,7 @@ impl Batch {
         self.ops.clear();
         self.keys.clear();
         self.floors.clear();
+        self.mn = false;
     }
 
     /// Records a get of the keys pushed since `first` (an index into `keys`).

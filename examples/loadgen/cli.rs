@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "loadgen",
-    about = "Verifying memcached text-protocol load generator (memroute benchmarks)"
+    about = "Verifying memcached load generator, text or meta protocol (memroute benchmarks)"
 )]
 pub struct Args {
     /// Server or proxy to load, HOST:PORT.
@@ -46,9 +46,22 @@ pub struct Args {
     /// Zipf exponent for --dist zipf.
     #[arg(long, default_value_t = 0.99)]
     pub zipf_s: f64,
-    /// Distinct keys per get request (>1 sends `get k1 k2 ...`).
+    /// Distinct keys per get request (>1 sends `get k1 k2 ...`; text protocol only).
     #[arg(long, default_value_t = 1)]
     pub multiget: usize,
+    /// Request protocol: text (`get`/`set`) or meta (`mg <key> v` reads, answered
+    /// `VA`/`EN`, and `ms <key> <len> T0 F<flags>` writes, answered `HD`).
+    #[arg(long, value_enum, default_value_t = Protocol::Text)]
+    pub protocol: Protocol,
+    /// Meta: send reads as quiet `mg <key> v q k` (a miss is not answered) and end every
+    /// batch (--depth requests) with `mn`: a hit is matched to its request by the key its
+    /// `VA` returns, the requests skipped before it and before `MN` were misses.
+    #[arg(long)]
+    pub meta_quiet: bool,
+    /// Meta: tag every request with `O<n>` (a per-connection sequence number) and check
+    /// that each reply echoes the opaque of the request it answers.
+    #[arg(long)]
+    pub meta_opaque: bool,
     /// Set every key once before measuring, so gets should hit.
     #[arg(long)]
     pub prefill: bool,
@@ -89,6 +102,12 @@ pub struct Args {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
+pub enum Protocol {
+    Text,
+    Meta,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
 pub enum Dist {
     Uniform,
     Zipf,
@@ -120,6 +139,16 @@ pub fn validate(a: &Args) -> Result<(), String> {
     }
     if a.rate < 0.0 || a.duration < 0.0 || a.warmup < 0.0 {
         return Err("--rate, --duration and --warmup must be >= 0".into());
+    }
+    if a.protocol == Protocol::Meta {
+        if a.multiget > 1 {
+            return Err("--multiget needs --protocol text (an mg reads one key)".into());
+        }
+        if a.soak_config.is_some() {
+            return Err("--soak-config needs --protocol text".into());
+        }
+    } else if a.meta_quiet || a.meta_opaque {
+        return Err("--meta-quiet and --meta-opaque need --protocol meta".into());
     }
     if a.soak_config.is_some() {
         if a.prefill || a.expect_hits || a.idle_connections > 0 {

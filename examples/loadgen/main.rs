@@ -1,11 +1,14 @@
-//! `loadgen`: a verifying load generator for the memcached text protocol.
+//! `loadgen`: a verifying load generator for the memcached text and meta protocols.
 //!
-//! It drives `get`/`set` traffic (optionally pipelined, multi-get, zipfian,
-//! closed or fixed-rate open loop) at a memcached-compatible endpoint, records
-//! latency in an HDR histogram and checks every reply: each value encodes its
-//! key index, this run's id and a per-key version, and the flags carry the key
-//! index, so misrouted, reordered, stale or corrupted replies are counted as
-//! verification errors (exit code 1). Connection errors exit with code 3.
+//! It drives `get`/`set` traffic (optionally pipelined, multi-get, zipfian, closed or
+//! fixed-rate open loop) at a memcached-compatible endpoint, records latency in an HDR
+//! histogram and checks every reply: each value encodes its key index, this run's id and a
+//! per-key version, and the flags carry the key index, so misrouted, reordered, stale or
+//! corrupted replies are counted as verification errors (exit code 1). Connection errors
+//! exit with code 3. `--protocol meta` sends `mg <key> v` / `ms <key> <len> T0 F<flags>`
+//! instead, with `--meta-quiet` as pipelined quiet `mg <key> v q k` batches ended by `mn`
+//! (a hit is matched to its request by the key it returns, misses are the requests passed
+//! over), and checks the same values.
 //!
 //! Run it with `cargo run --release --example loadgen -- --help`, e.g.
 //! `cargo run --release --example loadgen -- --target 127.0.0.1:22122 --prefill --depth 16`.
@@ -21,12 +24,14 @@
 //! encoding and its verification), `versions` (which versions a get may return),
 //! `protocol` (connections, read buffer, reply framing), `batch` (requests in flight),
 //! `workload` (request building, reply checking, closed/open loop and prefill drivers),
+//! `meta` (the meta protocol's requests, and matching and checking its replies),
 //! `report` (counters, latency, text and JSON output), `idle` (idle-connection mode) and
 //! `soak` (soak mode).
 
 mod batch;
 mod cli;
 mod idle;
+mod meta;
 mod protocol;
 mod report;
 mod shared;

@@ -2,7 +2,7 @@
 //! merged at the end), and the summary printed as text and written as JSON (`--json`).
 //! The JSON field names are read by `scripts/bench.sh`.
 
-use crate::cli::Args;
+use crate::cli::{Args, Protocol};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::Path;
@@ -104,6 +104,9 @@ pub fn write_json(p: &Path, text: String) -> bool {
 struct Report {
     target: String,
     mode: &'static str,
+    /// `text`, `meta` (loud `mg`/`ms`) or `meta-quiet` (`mg ... q k` batches ended by `mn`).
+    protocol: &'static str,
+    meta_opaque: bool,
     connections: usize,
     depth: usize,
     threads: usize,
@@ -144,6 +147,12 @@ pub fn report(args: &Args, t: &Stats) -> i32 {
     let r = Report {
         target: args.target.clone(),
         mode: if args.rate > 0.0 { "open" } else { "closed" },
+        protocol: match args.protocol {
+            Protocol::Text => "text",
+            Protocol::Meta if args.meta_quiet => "meta-quiet",
+            Protocol::Meta => "meta",
+        },
+        meta_opaque: args.meta_opaque,
         connections: args.connections,
         depth: args.depth,
         threads: args.threads,
@@ -178,8 +187,8 @@ pub fn report(args: &Args, t: &Stats) -> i32 {
     };
     if !args.quiet {
         println!(
-            "target {}  {} loop  conns {}  depth {}  threads {}  get-ratio {}  multiget {}  dist {}  value {} B",
-            r.target, r.mode, r.connections, r.depth, r.threads, r.get_ratio, r.multiget, r.dist, r.value_size
+            "target {}  {}  {} loop  conns {}  depth {}  threads {}  get-ratio {}  multiget {}  dist {}  value {} B",
+            r.target, r.protocol, r.mode, r.connections, r.depth, r.threads, r.get_ratio, r.multiget, r.dist, r.value_size
         );
         println!(
             "{:.2} s measured: {} ops, {:.0} ops/s{}",

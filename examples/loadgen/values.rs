@@ -32,7 +32,7 @@ impl Shared {
     }
 
     /// Value layout: `<key idx>:<run id, 8 hex>:<version>:` + filler.
-    fn push_value(&self, w: &mut Vec<u8>, k: u32, ver: u32) {
+    pub fn push_value(&self, w: &mut Vec<u8>, k: u32, ver: u32) {
         let start = w.len();
         push_num(w, k as u64);
         w.push(b':');

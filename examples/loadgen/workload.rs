@@ -1,8 +1,10 @@
 //! The benchmark workload: building pipelined get/set requests, reading and verifying
 //! their replies in order, and the per-connection drivers (closed loop, open loop,
-//! prefill).
+//! prefill). The meta protocol's requests and replies are in `meta`.
 
 use crate::batch::Batch;
+use crate::cli::Protocol;
+use crate::meta::read_meta_batch;
 use crate::protocol::{connect, frame_get, frame_line, line, lossy, RBuf, ReadError};
 use crate::report::{record_latency, Stats};
 use crate::shared::Shared;
@@ -23,6 +25,14 @@ const TICK: Duration = Duration::from_millis(2);
 impl Shared {
     fn push_get(&self, rng: &mut StdRng, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
         let ks = b.keys.len();
+        if self.args.protocol == Protocol::Meta {
+            let k = self.pick(rng);
+            b.keys.push(k);
+            b.floors.push(self.state(k).floor());
+            self.push_mg_command(w, k, b.seq + b.ops.len() as u64);
+            b.add_get(ks, t0);
+            return;
+        }
         w.extend_from_slice(b"get");
         for _ in 0..self.args.multiget {
             // Multi-get keys are distinct so replies map 1:1 to requested keys.
@@ -46,7 +56,10 @@ impl Shared {
             let now = self.tick();
             self.state(k).begin_set(now)
         };
-        self.push_set_command(w, k, ver);
+        match self.args.protocol {
+            Protocol::Text => self.push_set_command(w, k, ver),
+            Protocol::Meta => self.push_ms_command(w, k, ver, b.seq + b.ops.len() as u64),
+        }
         b.add_set(k, ver, t0);
     }
 
@@ -124,6 +137,21 @@ async fn read_batch<R: AsyncRead + Unpin>(
     st: &mut Stats,
     deadline: &mut Pin<Box<Sleep>>,
 ) -> Result<(), ()> {
+    match sh.args.protocol {
+        Protocol::Text => read_text_batch(sh, r, rb, b, st, deadline).await,
+        Protocol::Meta => read_meta_batch(sh, r, rb, b, st, deadline).await,
+    }
+}
+
+/// Reads and verifies the replies for one batch of text requests, in order.
+async fn read_text_batch<R: AsyncRead + Unpin>(
+    sh: &Shared,
+    r: &mut R,
+    rb: &mut RBuf,
+    b: &Batch,
+    st: &mut Stats,
+    deadline: &mut Pin<Box<Sleep>>,
+) -> Result<(), ()> {
     for (i, op) in b.ops.iter().enumerate() {
         let framer = if op.get { frame_get } else { frame_line };
         let len = match rb.next_frame(r, deadline, framer).await {
@@ -184,7 +212,7 @@ async fn read_batch<R: AsyncRead + Unpin>(
 }
 
 /// Marks sets from `from` on as finished with unknown outcome.
-fn abandon(sh: &Shared, b: &Batch, from: usize) {
+pub fn abandon(sh: &Shared, b: &Batch, from: usize) {
     for op in b.ops.iter().skip(from).filter(|o| !o.get) {
         let now = sh.tick();
         sh.state(b.keys[op.first]).end_set(op.ver, now, false);
@@ -199,6 +227,8 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
     let mut w = Vec::with_capacity(sh.args.depth * (sh.args.value_size + 64));
     let mut rb = RBuf::new();
     let mut deadline = Box::pin(sleep_until(sh.end + GRACE));
+    // Meta opaques: one per request, never reused on this connection's lifetime.
+    let mut seq = 0u64;
     while Instant::now() < sh.end {
         let mut s = match connect(&sh.target).await {
             Ok(s) => s,
@@ -216,9 +246,12 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
             if now >= sh.end {
                 break;
             }
+            b.seq = seq;
             for _ in 0..sh.args.depth {
                 sh.push_op(&mut rng, &mut b, &mut w, now);
             }
+            sh.end_batch(&mut b, &mut w);
+            seq += b.ops.len() as u64;
             let t0 = Instant::now();
             for op in &mut b.ops {
                 op.t0 = t0;
@@ -255,13 +288,17 @@ pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
         // Spread connections over one interval so they do not fire together.
         let mut next = start + interval.mul_f64(id as f64 / sh.args.connections as f64);
         let mut w = Vec::new();
+        let mut seq = 0u64;
         while next < sh.end {
             // Tokio timers fire up to ~2 ms late: wake that much early
             // and send what is due by then, else the timer lag
             // would be charged to the server as latency.
             sleep_until(next.checked_sub(TICK).unwrap_or(next)).await;
             let now = Instant::now();
-            let mut b = Batch::default();
+            let mut b = Batch {
+                seq,
+                ..Batch::default()
+            };
             w.clear();
             while next <= now + TICK && next < sh.end && b.ops.len() < 256 {
                 // Late: measure from the schedule (no coordinated omission);
@@ -269,6 +306,8 @@ pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
                 sh.push_op(&mut rng, &mut b, &mut w, next.min(now));
                 next += interval;
             }
+            sh.end_batch(&mut b, &mut w);
+            seq += b.ops.len() as u64;
             if let Err(e) = wr.write_all(&w).await {
                 abandon(&sh, &b, 0);
                 return Some(format!("write {}: {e}", sh.target));
@@ -319,13 +358,17 @@ pub async fn prefill(sh: Arc<Shared>, id: usize) -> Stats {
     let mut keys = (id as u32..sh.args.keys)
         .step_by(sh.args.connections)
         .peekable();
+    let mut seq = 0u64;
     while keys.peek().is_some() {
         b.clear();
         w.clear();
+        b.seq = seq;
         let now = Instant::now();
         for k in keys.by_ref().take(32) {
             sh.push_set(k, &mut b, &mut w, now);
         }
+        sh.end_batch(&mut b, &mut w);
+        seq += b.ops.len() as u64;
         if !run_batch(&sh, &mut s, &w, &mut rb, &b, &mut st, &mut deadline).await {
             break;
         }
