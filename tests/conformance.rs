@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-
-use common::{first_difference, Memcached, Proxy};
+use common::differential::{
+    case_names, cut_short, find, show_at_most, trace_case, version_commands, Rig,
+};
+use common::{first_difference, VERSION_REPLY};
 
 /// How a case ends the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,26 +46,12 @@ enum Expect {
 const EXPECTED_DIFFERENCES: &[(&str, Expect, &str)] = &[
     (
         "version",
-        Expect::Exact(
-            concat!(
-                "VERSION 1.6.18-memroute-",
-                env!("CARGO_PKG_VERSION"),
-                "\r\n"
-            )
-            .as_bytes(),
-        ),
+        Expect::Exact(VERSION_REPLY.as_bytes()),
         "memroute answers version itself: the memcached version it speaks, then its own",
     ),
     (
         "version_extra_token",
-        Expect::Exact(
-            concat!(
-                "VERSION 1.6.18-memroute-",
-                env!("CARGO_PKG_VERSION"),
-                "\r\n"
-            )
-            .as_bytes(),
-        ),
+        Expect::Exact(VERSION_REPLY.as_bytes()),
         "memroute answers version itself: the memcached version it speaks, then its own",
     ),
     (
@@ -86,20 +71,6 @@ const EXPECTED_DIFFERENCES: &[(&str, Expect, &str)] = &[
          earlier STORED still queued from the same read; memroute keeps every reply",
     ),
 ];
-
-/// The CAS counter placeholders a case may use: `{C1}` is the unique the case's first
-/// store gets, and so on.
-fn substitute(bytes: &[u8], cas_base: u64) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    for i in 1..=3u64 {
-        let pat = format!("{{C{i}}}").into_bytes();
-        let val = (cas_base + i).to_string().into_bytes();
-        while let Some(at) = out.windows(pat.len()).position(|w| w == pat.as_slice()) {
-            out.splice(at..at + pat.len(), val.iter().copied());
-        }
-    }
-    out
-}
 
 /// `<cmd> <key> <flags> <exptime> <len>[ extra]\r\n<data>\r\n`
 fn store(cmd: &str, key: &str, data: &[u8], extra: &str) -> Vec<u8> {
@@ -779,164 +750,6 @@ fn cases() -> Vec<Case> {
     v
 }
 
-/// A connection with a deadline on every read.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl Conn {
-    fn open(port: u16) -> Conn {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// Reads more bytes; false when the connection ended or timed out (noted in `buf`).
-    fn fill(&mut self, deadline: Instant) -> bool {
-        if Instant::now() > deadline {
-            self.buf.extend_from_slice(b"<timeout>");
-            return false;
-        }
-        let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => {
-                self.buf.extend_from_slice(b"<closed>");
-                false
-            }
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                self.buf.extend_from_slice(b"<closed>");
-                false
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                self.buf.extend_from_slice(b"<timeout>");
-                false
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-
-    /// Reads through the first occurrence of `end`, returning everything up to it.
-    fn read_through(&mut self, end: &[u8]) -> Vec<u8> {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        loop {
-            if let Some(i) = find(&self.buf, end) {
-                return self.buf.drain(..i + end.len()).collect();
-            }
-            assert!(
-                self.fill(deadline),
-                "waiting for {:?}, got {:?}",
-                String::from_utf8_lossy(end),
-                String::from_utf8_lossy(&self.buf)
-            );
-        }
-    }
-
-    /// Reads until `sentinels` `VERSION` lines arrived and drops the last one; or until
-    /// the connection closes.
-    fn read_case(&mut self, sentinels: usize) -> Vec<u8> {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        loop {
-            if let Some(last) = nth_version_line(&self.buf, sentinels) {
-                let mut out: Vec<u8> = std::mem::take(&mut self.buf);
-                out.truncate(last);
-                return out;
-            }
-            if !self.fill(deadline) {
-                return std::mem::take(&mut self.buf);
-            }
-        }
-    }
-
-    /// Reads until the connection closes.
-    fn read_to_close(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        while self.fill(deadline) {}
-        std::mem::take(&mut self.buf)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The start of the `n`th complete `VERSION …\r\n` line at a line start, if it arrived.
-fn nth_version_line(buf: &[u8], n: usize) -> Option<usize> {
-    let mut seen = 0;
-    let mut pos = 0;
-    while pos < buf.len() {
-        let nl = find(&buf[pos..], b"\r\n")? + pos;
-        if buf[pos..].starts_with(b"VERSION ") {
-            seen += 1;
-            if seen == n {
-                return Some(pos);
-            }
-        }
-        pos = nl + 2;
-    }
-    None
-}
-
-/// How many `version` commands a case holds (its own replies end in as many VERSION lines).
-fn version_commands(bytes: &[u8]) -> usize {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|line| {
-            line.split(|b| *b == b' ')
-                .find(|t| !t.is_empty())
-                .is_some_and(|t| t == b"version" || t == b"version\r")
-        })
-        .count()
-}
-
-/// The CAS unique the next store on `c`'s server would get, minus one.
-fn cas_counter(c: &mut Conn) -> u64 {
-    c.send(b"set __cas_sync 0 0 1\r\nx\r\ngets __cas_sync\r\n");
-    c.read_through(b"STORED\r\n");
-    let reply = c.read_through(b"END\r\n");
-    let line = String::from_utf8_lossy(&reply);
-    line.split_whitespace()
-        .nth(4)
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no cas in {line:?}"))
-}
-
-/// Flushes memcached and memroute's backends and brings every CAS counter level (each
-/// backend's directly); returns the common counter.
-fn reset(direct: &mut Conn, proxied: &mut Conn, backends: &mut [Conn]) -> u64 {
-    for c in [&mut *direct, &mut *proxied] {
-        c.send(b"flush_all\r\n");
-        c.read_through(b"OK\r\n");
-    }
-    let mut counters = vec![cas_counter(direct)];
-    counters.extend(backends.iter_mut().map(cas_counter));
-    let target = *counters.iter().max().unwrap();
-    let all = std::iter::once(&mut *direct).chain(backends.iter_mut());
-    for (c, counter) in all.zip(counters) {
-        for _ in counter..target {
-            c.send(b"set __cas_sync 0 0 1\r\nx\r\n");
-            c.read_through(b"STORED\r\n");
-        }
-        c.send(b"delete __cas_sync\r\n");
-        c.read_through(b"\r\n");
-    }
-    target
-}
-
 /// Replaces the CAS unique of every `VALUE` line holding one by `<cas>` (several backends
 /// number their CAS uniques independently).
 fn without_cas(reply: &[u8]) -> Vec<u8> {
@@ -968,61 +781,29 @@ fn without_cas(reply: &[u8]) -> Vec<u8> {
     out
 }
 
-/// memcached, and memroute over `n` memcached backends of its own.
-struct Rig {
-    direct_mc: Memcached,
-    backends: Vec<Memcached>,
-    proxy: Proxy,
-}
-
-impl Rig {
-    fn start(n: usize) -> Rig {
-        let direct_mc = Memcached::start();
-        let backends: Vec<Memcached> = (0..n).map(|_| Memcached::start()).collect();
-        let servers: Vec<String> = backends.iter().map(|m| m.server(1)).collect();
-        let proxy = Proxy::start(&servers, &["--hash", "md5"]);
-        Rig {
-            direct_mc,
-            backends,
-            proxy,
+/// Runs `bytes` on both sides of `rig` (see [`Rig::run_with`]), followed by a `version`
+/// sentinel unless the case closes the connection; returns (memcached, memroute), with CAS
+/// uniques blanked when memroute has several backends.
+fn run(rig: &Rig, bytes: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>) {
+    let blank_cas = rig.backends() > 1;
+    rig.run_with(bytes, |c, bytes, sentinels| {
+        c.send(bytes);
+        let got = if kind == Kind::Closes {
+            c.read_to_close()
+        } else {
+            c.send(b"version\r\n");
+            c.read_case(sentinels)
+        };
+        if blank_cas {
+            without_cas(&got)
+        } else {
+            got
         }
-    }
-
-    /// Runs `bytes` on fresh connections to both sides; returns (memcached, memroute), with
-    /// CAS uniques blanked when memroute has several backends.
-    fn run(&self, bytes: &[u8], kind: Kind) -> (Vec<u8>, Vec<u8>) {
-        let mut direct = Conn::open(self.direct_mc.port);
-        let mut proxied = Conn::open(self.proxy.port);
-        let mut backends: Vec<Conn> = self.backends.iter().map(|m| Conn::open(m.port)).collect();
-        let cas = reset(&mut direct, &mut proxied, &mut backends);
-        let bytes = substitute(bytes, cas);
-        let sentinels = 1 + version_commands(&bytes);
-        let mut out = Vec::new();
-        for c in [&mut direct, &mut proxied] {
-            c.send(&bytes);
-            let got = if kind == Kind::Closes {
-                c.read_to_close()
-            } else {
-                c.send(b"version\r\n");
-                c.read_case(sentinels)
-            };
-            out.push(if self.backends.len() > 1 {
-                without_cas(&got)
-            } else {
-                got
-            });
-        }
-        let memroute = out.pop().unwrap();
-        (out.pop().unwrap(), memroute)
-    }
+    })
 }
 
 fn show(b: &[u8]) -> String {
-    if b.len() > 300 {
-        format!("{}…({} bytes)", String::from_utf8_lossy(&b[..300]), b.len())
-    } else {
-        String::from_utf8_lossy(b).into_owned()
-    }
+    show_at_most(b, 300)
 }
 
 fn is_stats_block(b: &[u8]) -> bool {
@@ -1047,11 +828,7 @@ fn every_case_answers_like_memcached_over_three_backends() {
 fn every_case_answers_like_memcached_over(backends: usize) {
     let rig = Rig::start(backends);
     let cases = cases();
-    assert!(cases.len() >= 100, "only {} cases", cases.len());
-    let mut names = std::collections::HashSet::new();
-    for case in &cases {
-        assert!(names.insert(case.name), "duplicate case {}", case.name);
-    }
+    let names = case_names(cases.iter().map(|c| c.name).collect(), 100);
     for (name, _, _) in EXPECTED_DIFFERENCES {
         assert!(
             names.contains(name),
@@ -1060,15 +837,13 @@ fn every_case_answers_like_memcached_over(backends: usize) {
     }
     let mut failures = Vec::new();
     for case in &cases {
-        let (memcached, memroute) = rig.run(&case.bytes, case.kind);
-        if std::env::var_os("CONFORMANCE_VERBOSE").is_some() {
-            eprintln!(
-                "{}\n  memcached: {:?}\n  memroute:  {:?}",
-                case.name,
-                show(&memcached),
-                show(&memroute)
-            );
-        }
+        let (memcached, memroute) = run(&rig, &case.bytes, case.kind);
+        trace_case(
+            "CONFORMANCE_VERBOSE",
+            case.name,
+            &show(&memcached),
+            &show(&memroute),
+        );
         let expected = EXPECTED_DIFFERENCES
             .iter()
             .find(|(n, _, _)| *n == case.name);
@@ -1122,12 +897,8 @@ fn pipelined_valid_cases_answer_like_memcached() {
         .flat_map(|c| c.bytes.iter().copied())
         .collect();
     assert_eq!(version_commands(&pipeline), 0);
-    let (memcached, memroute) = rig.run(&pipeline, Kind::Valid);
-    assert!(
-        !memcached.ends_with(b"<timeout>") && !memcached.ends_with(b"<closed>"),
-        "{}",
-        show(&memcached)
-    );
+    let (memcached, memroute) = run(&rig, &pipeline, Kind::Valid);
+    assert!(!cut_short(&memcached), "{}", show(&memcached));
     if memcached != memroute {
         let at = first_difference(&memcached, &memroute);
         let from = at.saturating_sub(200);

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::admin::{backend_num, backend_stat, generation, metric, scrape, wait_generation};
-use common::config::{config_toml, md5_pool_toml, named, route_owners, TempFiles};
+use common::config::{route_owners, ConfigRig, TempFiles};
 use common::traffic::{CheckedTraffic, Traffic};
 use common::{
-    free_port, key_values, poll, read_all, set_request, text, try_poll, value_reply,
-    wait_for_port_only, write_all, Client, Memcached, Proxy, POLL_EVERY, WAIT,
+    key_values, poll, read_all, set_request, text, try_poll, value_reply, write_all, Client,
+    Memcached, Proxy, POLL_EVERY, WAIT,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -65,35 +65,27 @@ struct Victim {
 }
 
 fn victim_under_load(tag: &str, extra: &str) -> Victim {
-    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
-    let admin = free_port();
-    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
-    let servers = named(&mcs[..3]);
-    let cfg = config_toml(&top, &[md5_pool_toml("main", port, &servers, extra)]);
-    let path = files.write("memroute.toml", &cfg);
-    let proxy = Proxy::start_config(&path, port, &[]);
-    wait_for_port_only(admin);
-    let victim_port = mcs[2].port;
-    let victim = mcs[2].address();
+    let rig = ConfigRig::new(3, 2, true);
+    let (path, proxy) = rig.start(&rig.file(3, extra));
+    let victim_port = rig.mcs[2].port;
+    let victim = rig.mcs[2].address();
     let pre = key_values(tag, 600);
-    write_all(port, &pre);
+    write_all(rig.port, &pre);
     let (on_victim, elsewhere) = split_keys(&path, &pre, &victim);
     assert!(on_victim.len() > 50 && elsewhere.len() > 50);
     let elsewhere = Arc::new(elsewhere);
-    let mut sc = Client::connect(port);
+    let mut sc = Client::connect(rig.port);
     let g0 = generation(&mut sc);
     let load = Traffic::clients(own_keys_avoiding(&path, &format!("{tag}-own"), &victim, 2))
         .reading(elsewhere.clone())
         .start(&proxy);
     load.wait_replies(500, "before the kill");
     Victim {
-        mcs,
-        _files: files,
+        port: rig.port,
+        admin: rig.admin(),
+        mcs: rig.mcs,
+        _files: rig.files,
         _proxy: proxy,
-        port,
-        admin,
         victim_port,
         victim,
         on_victim,
@@ -104,36 +96,35 @@ fn victim_under_load(tag: &str, extra: &str) -> Victim {
     }
 }
 
+impl Victim {
+    /// Kills the victim, then sets one of its keys through a new client until `seen(state,
+    /// reply)` holds for the victim's state in `stats backends` and the set's reply; returns
+    /// the client.
+    fn kill_until(&mut self, what: &str, seen: impl Fn(&str, &str) -> bool) -> Client {
+        self.mcs[2].kill();
+        let mut c = Client::connect(self.port);
+        poll(what, WAIT, || {
+            c.send(set_request(&self.on_victim[0].0, "x"));
+            let reply = text(&c.read_line());
+            let b = self.sc.stats_map("backends");
+            match backend_stat(&b, "main", self.victim_port, "state") {
+                s if seen(&s, &reply) => Ok(()),
+                s => Err(format!("state {s}, set replied {reply:?}")),
+            }
+        });
+        c
+    }
+}
+
 #[test]
 fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_restart() {
-    let Victim {
-        mut mcs,
-        _files,
-        _proxy,
-        port,
-        admin,
-        victim_port,
-        victim,
-        on_victim,
-        elsewhere,
-        mut sc,
-        g0,
-        load,
-    } = victim_under_load("noej", "timeout = 1000");
+    let mut rig = victim_under_load("noej", "timeout = 1000");
 
-    mcs[2].kill();
-    let mut c = Client::connect(port);
     // Its keys: sets fail with SERVER_ERROR, gets miss; the others are unaffected.
-    poll("the dead backend to be seen down", WAIT, || {
-        c.send(set_request(&on_victim[0].0, "x"));
-        let reply = text(&c.read_line());
-        let b = sc.stats_map("backends");
-        match backend_stat(&b, "main", victim_port, "state").as_str() {
-            "down" if reply.starts_with("SERVER_ERROR") => Ok(()),
-            s => Err(format!("state {s}, set replied {reply:?}")),
-        }
+    let mut c = rig.kill_until("the dead backend to be seen down", |state, reply| {
+        state == "down" && reply.starts_with("SERVER_ERROR")
     });
-    for (k, v) in on_victim.iter().take(20) {
+    for (k, v) in rig.on_victim.iter().take(20) {
         c.send(set_request(k, v));
         let reply = text(&c.read_line());
         assert!(
@@ -148,31 +139,34 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
         );
     }
     // A multi-get spanning dead and live backends returns the live keys.
-    let (a, b) = (&elsewhere[0], &on_victim[1]);
+    let (a, b) = (&rig.elsewhere[0], &rig.on_victim[1]);
     c.send(format!("get {} {}\r\n", a.0, b.0));
     assert_eq!(text(&c.read_retrieval()), value_reply(&a.0, &a.1));
-    load.wait_replies(500, "with a dead backend");
+    rig.load.wait_replies(500, "with a dead backend");
 
-    let b = sc.stats_map("backends");
-    assert!(backend_num(&b, "main", victim_port, "errors") > 0, "{b:?}");
-    assert_eq!(backend_num(&b, "main", victim_port, "ejections"), 0);
-    for m in &mcs[..2] {
+    let b = rig.sc.stats_map("backends");
+    assert!(
+        backend_num(&b, "main", rig.victim_port, "errors") > 0,
+        "{b:?}"
+    );
+    assert_eq!(backend_num(&b, "main", rig.victim_port, "ejections"), 0);
+    for m in &rig.mcs[..2] {
         assert_eq!(backend_num(&b, "main", m.port, "errors"), 0);
         assert_eq!(backend_stat(&b, "main", m.port, "state"), "up");
     }
-    let m = scrape(admin);
-    let victim_labels = [("pool", "main"), ("backend", victim.as_str())];
+    let m = scrape(rig.admin);
+    let victim_labels = [("pool", "main"), ("backend", rig.victim.as_str())];
     assert!(metric(&m, "memroute_backend_errors_total", &victim_labels).unwrap() > 0.0);
     assert_eq!(metric(&m, "memroute_backend_up", &victim_labels), Some(0.0));
     assert_eq!(
-        generation(&mut sc),
-        g0,
+        generation(&mut rig.sc),
+        rig.g0,
         "without ejection the ring does not change"
     );
 
     // Restarted on its port, it serves its keys again.
-    mcs[2] = Memcached::start_on(victim_port);
-    let (k, v) = &on_victim[0];
+    rig.mcs[2] = Memcached::start_on(rig.victim_port);
+    let (k, v) = &rig.on_victim[0];
     poll("the restarted backend to serve again", WAIT, || {
         c.send(set_request(k, v));
         match text(&c.read_line()) {
@@ -182,51 +176,31 @@ fn without_ejection_a_dead_backend_fails_only_its_keys_and_serves_again_after_re
     });
     c.send(format!("get {k}\r\n"));
     assert_eq!(text(&c.read_retrieval()), value_reply(k, v));
-    assert_eq!(mcs[2].client().get(k).as_deref(), Some(v.as_bytes()));
-    let b = sc.stats_map("backends");
-    assert_eq!(backend_stat(&b, "main", victim_port, "state"), "up");
-    load.wait_replies(300, "after the restart");
-    load.finish().assert_replies(1300);
+    assert_eq!(rig.mcs[2].client().get(k).as_deref(), Some(v.as_bytes()));
+    let b = rig.sc.stats_map("backends");
+    assert_eq!(backend_stat(&b, "main", rig.victim_port, "state"), "up");
+    rig.load.wait_replies(300, "after the restart");
+    rig.load.finish().assert_replies(1300);
 }
 
 #[test]
 fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_returns() {
-    let Victim {
-        mut mcs,
-        _files,
-        _proxy,
-        port,
-        admin,
-        victim_port,
-        victim,
-        on_victim,
-        elsewhere: _,
-        mut sc,
-        g0,
-        load,
-    } = victim_under_load("ej", "timeout = 1000\nauto_eject_hosts = true\nserver_failure_limit = 1\nserver_retry_timeout = 500\nwarmup = \"30s\"");
+    let mut rig = victim_under_load("ej", "timeout = 1000\nauto_eject_hosts = true\nserver_failure_limit = 1\nserver_retry_timeout = 500\nwarmup = \"30s\"");
 
-    mcs[2].kill();
-    let mut c = Client::connect(port);
-    poll("the dead backend to be ejected", WAIT, || {
-        c.send(set_request(&on_victim[0].0, "x"));
-        let reply = text(&c.read_line());
-        let b = sc.stats_map("backends");
-        match backend_stat(&b, "main", victim_port, "state").as_str() {
-            "ejected" => Ok(()),
-            s => Err(format!("state {s}, set replied {reply:?}")),
-        }
+    let mut c = rig.kill_until("the dead backend to be ejected", |state, _| {
+        state == "ejected"
     });
-    let b = sc.stats_map("backends");
-    assert!(backend_num(&b, "main", victim_port, "ejections") >= 1);
-    let victim_labels = [("pool", "main"), ("backend", victim.as_str())];
-    let m = scrape(admin);
+    let b = rig.sc.stats_map("backends");
+    assert!(backend_num(&b, "main", rig.victim_port, "ejections") >= 1);
+    let victim_labels = [("pool", "main"), ("backend", rig.victim.as_str())];
+    let m = scrape(rig.admin);
     assert!(metric(&m, "memroute_backend_ejections_total", &victim_labels).unwrap() >= 1.0);
     assert_eq!(metric(&m, "memroute_backend_up", &victim_labels), Some(0.0));
-    let g_ejected = wait_generation(&mut sc, g0);
+    let g_ejected = wait_generation(&mut rig.sc, rig.g0);
 
     // Its keys are served by the remaining backends.
-    let moved: Vec<(String, String)> = on_victim
+    let moved: Vec<(String, String)> = rig
+        .on_victim
         .iter()
         .take(60)
         .map(|(k, _)| (k.clone(), format!("during-ejection-{k}")))
@@ -236,20 +210,20 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
         assert_eq!(text(&c.read_line()), "STORED\r\n", "set {k} after ejection");
         c.send(format!("get {k}\r\n"));
         assert_eq!(text(&c.read_retrieval()), value_reply(k, v));
-        let holders = mcs[..2]
+        let holders = rig.mcs[..2]
             .iter()
             .filter(|m| m.client().get(k).as_deref() == Some(v.as_bytes()))
             .count();
         assert_eq!(holders, 1, "{k} should be on exactly one remaining backend");
     }
-    load.wait_replies(300, "while ejected");
+    rig.load.wait_replies(300, "while ejected");
 
     // Back on its port: probed after the retry timeout, readmitted, ring rebuilt.
-    mcs[2] = Memcached::start_on(victim_port);
+    rig.mcs[2] = Memcached::start_on(rig.victim_port);
     let g_back = poll("the restarted backend to be readmitted", WAIT, || {
-        let b = sc.stats_map("backends");
-        let g = generation(&mut sc);
-        match backend_stat(&b, "main", victim_port, "state").as_str() {
+        let b = rig.sc.stats_map("backends");
+        let g = generation(&mut rig.sc);
+        match backend_stat(&b, "main", rig.victim_port, "state").as_str() {
             "ejected" => Err(format!("state ejected, generation {g}")),
             _ if g > g_ejected => Ok(g),
             s => Err(format!("state {s}, generation {g}")),
@@ -260,10 +234,10 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
     // be reported up (stats and metrics). Checked now, asserted at the end, so the data
     // checks below run either way.
     let reported_after_probe = try_poll(Duration::from_secs(3), POLL_EVERY, || {
-        let b = sc.stats_map("backends");
-        let m = scrape(admin);
+        let b = rig.sc.stats_map("backends");
+        let m = scrape(rig.admin);
         match (
-            backend_stat(&b, "main", victim_port, "state"),
+            backend_stat(&b, "main", rig.victim_port, "state"),
             metric(&m, "memroute_backend_up", &victim_labels),
         ) {
             (s, Some(up)) if s == "up" && up == 1.0 => Ok(()),
@@ -274,19 +248,19 @@ fn with_ejection_a_dead_backend_is_ejected_its_keys_served_elsewhere_and_it_retu
     // warm-up (on in this pool) asks the stand-ins when the restarted, empty backend misses.
     // (The README's "values written meanwhile on the stand-ins become unreachable" holds
     // once warm-up is over, or with warmup = "0s".) New writes go to it again.
-    let bad = read_all(port, &moved);
+    let bad = read_all(rig.port, &moved);
     assert!(
         bad.is_empty(),
         "keys written during the ejection lost on return: {bad:?}"
     );
-    let (k, _) = &on_victim[0];
+    let (k, _) = &rig.on_victim[0];
     c.send(set_request(k, "back"));
     assert_eq!(text(&c.read_line()), "STORED\r\n");
-    assert_eq!(mcs[2].client().get(k).as_deref(), Some(&b"back"[..]));
-    let b = sc.stats_map("backends");
-    assert_eq!(backend_stat(&b, "main", victim_port, "state"), "up");
-    load.wait_replies(300, "after readmission");
-    load.finish().assert_replies(1100);
+    assert_eq!(rig.mcs[2].client().get(k).as_deref(), Some(&b"back"[..]));
+    let b = rig.sc.stats_map("backends");
+    assert_eq!(backend_stat(&b, "main", rig.victim_port, "state"), "up");
+    rig.load.wait_replies(300, "after readmission");
+    rig.load.finish().assert_replies(1100);
     assert_eq!(
         reported_after_probe,
         Ok(()),

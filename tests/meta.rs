@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use common::bad_backend::{BadBackend, Behaviour};
 use common::config::{md5_pool_toml, named, route_owners, TempFiles};
 use common::differential::{
-    find, flush, has_placeholder, level_cas, substitute, version_commands, Conn, READ_TIMEOUT,
+    case_names, cut_short, find, has_placeholder, show_at_most, trace_case, version_commands, Conn,
+    Rig, READ_TIMEOUT,
 };
 use common::tyrant::FakeTyrant;
 use common::{free_port, mix, pattern, text, Memcached, Proxy, VERSION_REPLY};
@@ -175,11 +176,7 @@ fn compare(expected: &[u8], got: &[u8], blank_cas: bool) -> Result<(), String> {
 }
 
 fn show(b: &[u8]) -> String {
-    if b.len() > 400 {
-        format!("{}…({} bytes)", text(&b[..400]), b.len())
-    } else {
-        text(b)
-    }
+    show_at_most(b, 400)
 }
 
 /// The comparison forgives only what it should: clock fields within the slack, and CAS
@@ -920,88 +917,48 @@ fn cases() -> Vec<Case> {
 // ---------------------------------------------------------------------------------------
 // The differential rig.
 
-/// memcached, and memroute over `n` memcached backends of its own.
-struct Rig {
-    direct_mc: Memcached,
-    backends: Vec<Memcached>,
-    proxy: Proxy,
-}
-
-impl Rig {
-    fn start(n: usize) -> Rig {
-        let direct_mc = Memcached::start();
-        let backends: Vec<Memcached> = (0..n).map(|_| Memcached::start()).collect();
-        let servers: Vec<String> = backends.iter().map(|m| m.server(1)).collect();
-        let proxy = Proxy::start(&servers, &["--hash", "md5"]);
-        Rig {
-            direct_mc,
-            backends,
-            proxy,
-        }
-    }
-
-    /// Runs `bytes` on fresh connections to both sides (flushed, CAS counters level,
-    /// placeholders substituted); returns (memcached, memroute) with the sentinel's line
-    /// dropped. With `pieces`, the first 2 KB go out in writes of that many bytes.
-    fn run(&self, bytes: &[u8], pieces: Option<usize>) -> (Vec<u8>, Vec<u8>) {
-        let mut direct = Conn::open(self.direct_mc.port);
-        let mut proxied = Conn::open(self.proxy.port);
-        let mut backends: Vec<Conn> = self.backends.iter().map(|m| Conn::open(m.port)).collect();
-        flush(&mut direct);
-        flush(&mut proxied);
-        let mut level: Vec<&mut Conn> = vec![&mut direct];
-        level.extend(backends.iter_mut());
-        let cas = level_cas(&mut level);
-        let bytes = substitute(bytes, cas);
-        let sentinels = 1 + version_commands(&bytes);
-        let mut out = Vec::new();
-        for c in [&mut direct, &mut proxied] {
-            // A writer thread: a large case must not fill both directions' buffers.
-            let mut writer = c.stream.try_clone().unwrap();
-            let mut request = bytes.clone();
-            request.extend_from_slice(b"version\r\n");
-            let sending = thread::spawn(move || {
-                let mut rest = &request[..];
-                if let Some(n) = pieces {
-                    while rest.len() > n && request.len() - rest.len() < 2048 {
-                        writer.write_all(&rest[..n])?;
-                        rest = &rest[n..];
-                        // Let each piece arrive on its own.
-                        thread::sleep(Duration::from_micros(50));
-                    }
+/// Runs `bytes` and a `version` sentinel on both sides of `rig` (see [`Rig::run_with`]);
+/// returns (memcached, memroute) with the sentinel's line dropped. With `pieces`, the first
+/// 2 KB go out in writes of that many bytes.
+fn run(rig: &Rig, bytes: &[u8], pieces: Option<usize>) -> (Vec<u8>, Vec<u8>) {
+    rig.run_with(bytes, |c, bytes, sentinels| {
+        // A writer thread: a large case must not fill both directions' buffers.
+        let mut writer = c.stream.try_clone().unwrap();
+        let mut request = bytes.to_vec();
+        request.extend_from_slice(b"version\r\n");
+        let sending = thread::spawn(move || {
+            let mut rest = &request[..];
+            if let Some(n) = pieces {
+                while rest.len() > n && request.len() - rest.len() < 2048 {
+                    writer.write_all(&rest[..n])?;
+                    rest = &rest[n..];
+                    // Let each piece arrive on its own.
+                    thread::sleep(Duration::from_micros(50));
                 }
-                writer.write_all(rest)
-            });
-            out.push(c.read_case(sentinels));
-            sending.join().unwrap().expect("write case");
-        }
-        let memroute = out.pop().unwrap();
-        (out.pop().unwrap(), memroute)
-    }
+            }
+            writer.write_all(rest)
+        });
+        let got = c.read_case(sentinels);
+        sending.join().unwrap().expect("write case");
+        got
+    })
 }
 
 fn every_case_answers_like_memcached_over(n: usize, pieces: Option<usize>) {
     let rig = Rig::start(n);
     let cases = cases();
-    assert!(cases.len() >= 150, "only {} cases", cases.len());
-    let mut names = HashSet::new();
-    for case in &cases {
-        assert!(names.insert(&case.name), "duplicate case {}", case.name);
-    }
-    let verbose = std::env::var_os("META_VERBOSE").is_some();
+    case_names(cases.iter().map(|c| c.name.as_str()).collect(), 150);
     let mut failures = Vec::new();
     for case in &cases {
-        let (memcached, memroute) = rig.run(&case.bytes, pieces);
-        if verbose {
-            eprintln!(
-                "{}\n  memcached: {:?}\n  memroute:  {:?}",
-                case.name,
-                show(&memcached),
-                show(&memroute)
-            );
-        }
+        let (memcached, memroute) = run(&rig, &case.bytes, pieces);
+        trace_case(
+            "META_VERBOSE",
+            &case.name,
+            &show(&memcached),
+            &show(&memroute),
+        );
         assert!(
-            !memcached.ends_with(b"<timeout>") && !memcached.ends_with(b"<closed>"),
+            !cut_short(&memcached),
             "case {} is broken: memcached answered {:?}",
             case.name,
             show(&memcached)
@@ -1053,12 +1010,8 @@ fn pipelined_valid_meta_cases_answer_like_memcached() {
         .flat_map(|c| c.bytes.iter().copied())
         .collect();
     assert_eq!(version_commands(&pipeline), 0);
-    let (memcached, memroute) = rig.run(&pipeline, None);
-    assert!(
-        !memcached.ends_with(b"<timeout>") && !memcached.ends_with(b"<closed>"),
-        "{}",
-        show(&memcached)
-    );
+    let (memcached, memroute) = run(&rig, &pipeline, None);
+    assert!(!cut_short(&memcached), "{}", show(&memcached));
     if let Err(why) = compare(&memcached, &memroute, true) {
         panic!(
             "pipelined valid cases ({} bytes of requests): {why}",
@@ -1772,7 +1725,7 @@ fn exchange(c: &mut Conn, bytes: &[u8]) -> Vec<u8> {
     c.send(b"version\r\n");
     let reply = c.read_case(1 + version_commands(bytes));
     assert!(
-        !reply.ends_with(b"<timeout>") && !reply.ends_with(b"<closed>"),
+        !cut_short(&reply),
         "{:?} answered {:?}",
         show(bytes),
         show(&reply)

@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -19,9 +19,9 @@ use common::admin::{
 };
 use common::config::{
     config_toml, md5_pool_toml, named, parse_route, replace_file, route_owners, run_route,
-    TempFiles,
+    ConfigRig, RouteLine, TempFiles,
 };
-use common::traffic::Traffic;
+use common::traffic::{CheckedTraffic, Traffic};
 use common::{
     free_port, key_values, num_stat, poll, read_all, text, truncate, try_poll, value_item,
     wait_for_port_only, write_all, Client, Memcached, Proxy, POLL_EVERY, WAIT,
@@ -56,44 +56,97 @@ fn keys_owned_by(
         .collect()
 }
 
+/// Every key of `pairs` reads back through memroute on `port` (hits, right values); on
+/// failure, how many did not, `what`, and a few of them.
+fn assert_read_back(port: u16, pairs: &[(String, String)], what: &str) {
+    let bad = read_all(port, pairs);
+    assert!(
+        bad.is_empty(),
+        "{} {what}, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+/// memroute (two threads, an admin listener, pool settings `extra`) on a file naming the
+/// first `from` of four memcached, 2,000 keys (`tag`) written through it, and where they
+/// live under that file and under the one naming the first `to`, which
+/// [`Reshard::reload_under_load`] writes over it.
+struct Reshard {
+    rig: ConfigRig,
+    path: PathBuf,
+    new_text: String,
+    proxy: Proxy,
+    tag: String,
+    pre: Arc<Vec<(String, String)>>,
+    old_owner: HashMap<String, String>,
+    new_owner: HashMap<String, String>,
+}
+
+impl Reshard {
+    fn start(tag: &str, extra: &str, from: usize, to: usize) -> Reshard {
+        let rig = ConfigRig::new(4, 2, true);
+        let new_text = rig.file(to, extra);
+        let new_copy = rig.files.write("new-copy.toml", &new_text);
+        let (path, proxy) = rig.start(&rig.file(from, extra));
+        let pre = Arc::new(key_values(tag, 2000));
+        write_all(rig.port, &pre);
+        let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
+        let old_owner = route_owners(&path, &keys);
+        let new_owner = route_owners(&new_copy, &keys);
+        Reshard {
+            rig,
+            path,
+            new_text,
+            proxy,
+            tag: tag.to_string(),
+            pre,
+            old_owner,
+            new_owner,
+        }
+    }
+
+    /// Starts checked traffic (four clients on keys of their own, also reading every key
+    /// written), and after 2,000 replies writes the new file and waits for the generation
+    /// after `g0` (read on `sc`). Returns the traffic, the new generation, and the replies
+    /// counted when it came.
+    fn reload_under_load(&self, sc: &mut Client, g0: u64) -> (CheckedTraffic, u64, u64) {
+        let load = Traffic::clients(own_keys(&format!("{}-own", self.tag), 4, 48))
+            .reading(self.pre.clone())
+            .start(&self.proxy);
+        load.wait_replies(2000, "before the reload");
+        replace_file(&self.path, &self.new_text);
+        let g1 = wait_generation(sc, g0);
+        assert_eq!(g1, g0 + 1, "one file change, one generation");
+        let at_change = load.replies();
+        (load, g1, at_change)
+    }
+
+    /// Where the running memroute routes `keys` (by `memroute route --admin`).
+    fn live_route(&self, keys: &[&str]) -> Vec<RouteLine> {
+        let admin = format!("127.0.0.1:{}", self.rig.admin());
+        parse_route(&run_route(&["--admin", &admin], keys))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. Add a backend under load
 // ---------------------------------------------------------------------------------------
 
 #[test]
 fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses() {
-    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
-    let admin = free_port();
-    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
-    let extra = "timeout = 3000\nwarmup = \"30s\"\nwarmup_ttl = 300";
-    let three = named(&mcs[..3]);
-    let four = named(&mcs[..4]);
-    let old_text = config_toml(&top, &[md5_pool_toml("main", port, &three, extra)]);
-    let new_text = config_toml(&top, &[md5_pool_toml("main", port, &four, extra)]);
-    let path = files.write("memroute.toml", &old_text);
-    let new_copy = files.write("new-copy.toml", &new_text);
-    let mut proxy = Proxy::start_config(&path, port, &[]);
-    wait_for_port_only(admin);
+    let mut r = Reshard::start(
+        "add",
+        "timeout = 3000\nwarmup = \"30s\"\nwarmup_ttl = 300",
+        3,
+        4,
+    );
+    let (mcs, port, admin) = (&r.rig.mcs, r.rig.port, r.rig.admin());
+    let (pre, old_owner, new_owner) = (&r.pre, &r.old_owner, &r.new_owner);
 
-    let pre = Arc::new(key_values("add", 2000));
-    write_all(port, &pre);
-    let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
-    let old_owner = route_owners(&path, &keys);
-    let new_owner = route_owners(&new_copy, &keys);
-
-    let mut sc = proxy.client();
+    let mut sc = r.proxy.client();
     let g0 = generation(&mut sc);
-    let load = Traffic::clients(own_keys("add-own", 4, 48))
-        .reading(pre.clone())
-        .start(&proxy);
-    load.wait_replies(2000, "before the reload");
-
-    replace_file(&path, &new_text);
-    let g1 = wait_generation(&mut sc, g0);
-    assert_eq!(g1, g0 + 1, "one file change, one generation");
-    let at_change = load.replies();
+    let (load, g1, at_change) = r.reload_under_load(&mut sc, g0);
 
     // Where keys went: about a quarter moved, all of them to the new backend.
     let moved: Vec<&(String, String)> = pre
@@ -117,10 +170,7 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
 
     // The running proxy agrees, and knows where moved keys were before.
     let sample: Vec<&str> = pre.iter().take(200).map(|(k, _)| k.as_str()).collect();
-    let live = parse_route(&run_route(
-        &["--admin", &format!("127.0.0.1:{admin}")],
-        &sample,
-    ));
+    let live = r.live_route(&sample);
     assert_eq!(live.len(), sample.len());
     let mut saw_previous = 0;
     for l in &live {
@@ -148,12 +198,10 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
     // Every key written before the change reads back (hits, right values) during warm-up,
     // while the load keeps running.
     load.wait_replies(3000, "during warm-up");
-    let bad = read_all(port, &pre);
-    assert!(
-        bad.is_empty(),
-        "{} pre-written keys did not read back through memroute during warm-up, e.g. {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
+    assert_read_back(
+        port,
+        pre,
+        "pre-written keys did not read back through memroute during warm-up",
     );
     load.wait_replies(1000, "after reading every key back");
     load.finish().assert_replies(at_change + 4000);
@@ -206,7 +254,7 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
         g1,
         "no further generation after the reload"
     );
-    assert!(proxy.is_running());
+    assert!(r.proxy.is_running());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -215,29 +263,12 @@ fn adding_a_backend_under_load_moves_a_quarter_of_keys_with_no_errors_or_misses(
 
 #[test]
 fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
-    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
-    let admin = free_port();
-    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
-    let extra = "timeout = 3000\nwarmup = \"30s\"";
-    let four = named(&mcs[..4]);
-    let three = named(&mcs[..3]);
-    let old_text = config_toml(&top, &[md5_pool_toml("main", port, &four, extra)]);
-    let new_text = config_toml(&top, &[md5_pool_toml("main", port, &three, extra)]);
-    let path = files.write("memroute.toml", &old_text);
-    let new_copy = files.write("new-copy.toml", &new_text);
-    let proxy = Proxy::start_config(&path, port, &[]);
-    wait_for_port_only(admin);
-
-    let pre = Arc::new(key_values("rm", 2000));
-    write_all(port, &pre);
-    let keys: Vec<&str> = pre.iter().map(|(k, _)| k.as_str()).collect();
-    let old_owner = route_owners(&path, &keys);
-    let new_owner = route_owners(&new_copy, &keys);
+    let r = Reshard::start("rm", "timeout = 3000\nwarmup = \"30s\"", 4, 3);
+    let (mcs, port, admin) = (&r.rig.mcs, r.rig.port, r.rig.admin());
+    let (pre, old_owner, new_owner) = (&r.pre, &r.old_owner, &r.new_owner);
     let removed = mcs[3].address();
     let on_removed: Vec<(String, String)> =
-        keys_owned_by(&pre, &old_owner, std::slice::from_ref(&removed));
+        keys_owned_by(pre, old_owner, std::slice::from_ref(&removed));
     assert!(
         on_removed.len() > 300,
         "only {} keys on the backend to remove",
@@ -258,15 +289,7 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     let mut sc = Client::connect(port);
     let g0 = generation(&mut sc);
     let removed_gets_before = num_stat(&mcs[3].client().stats_map(""), "cmd_get");
-    let load = Traffic::clients(own_keys("rm-own", 4, 48))
-        .reading(pre.clone())
-        .start(&proxy);
-    load.wait_replies(2000, "before the reload");
-
-    replace_file(&path, &new_text);
-    let g1 = wait_generation(&mut sc, g0);
-    assert_eq!(g1, g0 + 1);
-    let at_change = load.replies();
+    let (load, _, at_change) = r.reload_under_load(&mut sc, g0);
 
     // During warm-up the proxy still knows where the removed backend's keys were.
     let sample: Vec<&str> = on_removed
@@ -274,10 +297,7 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
         .take(20)
         .map(|(k, _)| k.as_str())
         .collect();
-    for l in parse_route(&run_route(
-        &["--admin", &format!("127.0.0.1:{admin}")],
-        &sample,
-    )) {
+    for l in r.live_route(&sample) {
         assert_eq!(l.owner, new_owner[&l.key]);
         assert_eq!(l.previous.as_deref(), Some(removed.as_str()), "{l:?}");
     }
@@ -285,20 +305,12 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
     load.wait_replies(3000, "during warm-up");
     // Keys that lived on the removed backend are still readable (its copy is retained);
     // so is everything else.
-    let bad = read_all(port, &on_removed);
-    assert!(
-        bad.is_empty(),
-        "{} keys of the removed backend missed during warm-up, e.g. {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
+    assert_read_back(
+        port,
+        &on_removed,
+        "keys of the removed backend missed during warm-up",
     );
-    let bad = read_all(port, &pre);
-    assert!(
-        bad.is_empty(),
-        "{} keys missed after removing a backend, e.g. {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    assert_read_back(port, pre, "keys missed after removing a backend");
     load.wait_replies(1000, "after reading every key back");
     load.finish().assert_replies(at_change + 4000);
 
@@ -354,20 +366,13 @@ fn removing_a_backend_under_load_keeps_every_key_readable_during_warm_up() {
 
 #[test]
 fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
-    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
-    let admin = free_port();
-    let top = format!("threads = 2\nadmin = \"127.0.0.1:{admin}\"");
-    let servers = named(&mcs[..3]);
-    let good = config_toml(
-        &top,
-        &[md5_pool_toml("main", port, &servers, "timeout = 2000")],
-    );
+    let rig = ConfigRig::new(3, 2, true);
+    let (port, admin) = (rig.port, rig.admin());
+    let good = rig.file(3, "timeout = 2000");
     let bad = good.replace("hash = \"md5\"", "hash = \"sha1\"");
     assert_ne!(good, bad);
-    let path = files.write("memroute.toml", &good);
-    let log = files.path("memroute.log");
+    let path = rig.files.write("memroute.toml", &good);
+    let log = rig.files.path("memroute.log");
     let proxy = Proxy::start_config_logged(&path, port, &[], &log);
     wait_for_port_only(admin);
 
@@ -375,12 +380,14 @@ fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
     write_all(port, &pre);
     let mut sc = Client::connect(port);
     let g0 = generation(&mut sc);
-    let errors_before = metric(
-        &scrape(admin),
-        "memroute_reloads_total",
-        &[("result", "error")],
-    )
-    .unwrap_or(0.0);
+    let reload_errors = || {
+        metric(
+            &scrape(admin),
+            "memroute_reloads_total",
+            &[("result", "error")],
+        )
+    };
+    let errors_before = reload_errors().unwrap_or(0.0);
     let load = Traffic::clients(own_keys("inv-own", 3, 32))
         .reading(pre.clone())
         .start(&proxy);
@@ -390,11 +397,7 @@ fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
     let errors_after = poll(
         "reloads_total{result=\"error\"} to rise",
         WAIT,
-        || match metric(
-            &scrape(admin),
-            "memroute_reloads_total",
-            &[("result", "error")],
-        ) {
+        || match reload_errors() {
             Some(v) if v > errors_before => Ok(v),
             other => Err(format!("{other:?}")),
         },
@@ -443,36 +446,25 @@ fn an_invalid_config_is_rejected_and_logged_while_traffic_continues() {
 
 #[test]
 fn sighup_reloads_an_edited_file() {
-    let mcs: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
-    // memroute watches the folder of the path it is given; the file it names is a symlink
-    // to a file in another folder, so editing the target is seen only through SIGHUP.
-    let watched = TempFiles::new();
+    // memroute watches the folder of the path it is given (the rig's); the file it names is
+    // a symlink to a file in another folder, so editing the target is seen only through
+    // SIGHUP. The admin listener starts with the control loop that handles signals: waiting
+    // for it keeps this test clear of the startup race covered by the next test.
+    let rig = ConfigRig::new(3, 1, true);
+    let (mcs, port) = (&rig.mcs, rig.port);
     let real = TempFiles::new();
-    let port = free_port();
-    let admin = free_port();
-    // The admin listener starts with the control loop that handles signals: waiting for it
-    // keeps this test clear of the startup race covered by the next test.
-    let top = format!("threads = 1\nadmin = \"127.0.0.1:{admin}\"");
-    let two = named(&mcs[..2]);
-    let three = named(&mcs[..3]);
-    let target = real.write(
-        "real.toml",
-        &config_toml(&top, &[md5_pool_toml("main", port, &two, "")]),
-    );
-    let link = watched.path("memroute.toml");
+    let target = real.write("real.toml", &rig.file(2, ""));
+    let link = rig.files.path("memroute.toml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let proxy = Proxy::start_config(&link, port, &[]);
-    wait_for_port_only(admin);
+    wait_for_port_only(rig.admin());
     let mut sc = proxy.client();
     let g0 = generation(&mut sc);
     assert!(!sc
         .stats_map("backends")
         .contains_key(&format!("main:{}:state", mcs[2].address())));
 
-    replace_file(
-        &target,
-        &config_toml(&top, &[md5_pool_toml("main", port, &three, "")]),
-    );
+    replace_file(&target, &rig.file(3, ""));
     proxy.signal("HUP");
     let g1 = wait_generation(&mut sc, g0);
     assert_eq!(g1, g0 + 1);
@@ -535,25 +527,15 @@ fn a_config_edit_right_after_start_is_applied() {
 
 #[test]
 fn a_get_line_read_in_batches_during_warm_up_finds_the_moved_keys() {
-    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
+    let rig = ConfigRig::new(4, 1, false);
+    let port = rig.port;
     let extra = "warmup = \"30s\"";
-    let three = named(&mcs[..3]);
-    let four = named(&mcs[..4]);
-    let path = files.write(
-        "memroute.toml",
-        &config_toml("threads = 1", &[md5_pool_toml("main", port, &three, extra)]),
-    );
-    let proxy = Proxy::start_config(&path, port, &[]);
+    let (path, proxy) = rig.start(&rig.file(3, extra));
     let pairs = key_values("stream", 1000);
     write_all(port, &pairs);
     let mut sc = proxy.client();
     let g0 = generation(&mut sc);
-    replace_file(
-        &path,
-        &config_toml("threads = 1", &[md5_pool_toml("main", port, &four, extra)]),
-    );
+    replace_file(&path, &rig.file(4, extra));
     wait_generation(&mut sc, g0);
 
     // One get of every key (about 30 KB), sent in pieces so that memroute reads it in
@@ -583,17 +565,10 @@ fn a_get_line_read_in_batches_during_warm_up_finds_the_moved_keys() {
 
 #[test]
 fn meta_gets_during_warm_up_find_moved_keys_and_copy_them_with_their_flags() {
-    let mcs: Vec<Memcached> = (0..4).map(|_| Memcached::start()).collect();
-    let files = TempFiles::new();
-    let port = free_port();
+    let rig = ConfigRig::new(4, 1, false);
+    let mcs = &rig.mcs;
     let extra = "warmup = \"30s\"\nwarmup_ttl = 600";
-    let three = named(&mcs[..3]);
-    let four = named(&mcs[..4]);
-    let path = files.write(
-        "memroute.toml",
-        &config_toml("threads = 1", &[md5_pool_toml("main", port, &three, extra)]),
-    );
-    let proxy = Proxy::start_config(&path, port, &[]);
+    let (path, proxy) = rig.start(&rig.file(3, extra));
     // Written through memroute with the meta protocol: flags, a TTL on some, and every
     // fourth key in base64 form (routed by its decoded bytes).
     let pairs = key_values("metawarm", 400);
@@ -621,10 +596,7 @@ fn meta_gets_during_warm_up_find_moved_keys_and_copy_them_with_their_flags() {
 
     let mut sc = proxy.client();
     let g0 = generation(&mut sc);
-    replace_file(
-        &path,
-        &config_toml("threads = 1", &[md5_pool_toml("main", port, &four, extra)]),
-    );
+    replace_file(&path, &rig.file(4, extra));
     wait_generation(&mut sc, g0);
 
     // One pipeline of quiet gets of every key, a missing key, and mn: every key answers

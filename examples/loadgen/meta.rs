@@ -15,13 +15,11 @@
 //! value itself names its key, run and version.
 
 use crate::batch::{Batch, Op};
-use crate::protocol::{line, lossy, parse_num, push_num, Frame, RBuf, ReadError};
-use crate::report::{record_latency, Stats};
+use crate::protocol::{line, lossy, parse_num, push_num, Frame};
+use crate::report::Stats;
 use crate::shared::Shared;
-use crate::workload::abandon;
-use std::pin::Pin;
+use crate::workload::{abandon, Replies};
 use tokio::io::AsyncRead;
-use tokio::time::Sleep;
 
 impl Shared {
     /// `mg <key> v[ q k][ O<n>]`.
@@ -247,18 +245,8 @@ impl Reader<'_, '_> {
     /// Counts request `i` as answered now (in the measured window, by its send time).
     fn finish(&self, st: &mut Stats, i: usize) {
         let op = &self.b.ops[i];
-        if !self.sh.counted(op.t0) {
-            return;
-        }
-        st.ops += 1;
-        if op.get {
-            st.gets += 1;
-            st.get_keys += 1;
-        } else {
-            st.sets += 1;
-        }
-        if let Some(h) = st.hist.as_mut() {
-            record_latency(h, op.t0);
+        if self.sh.counted(op.t0) {
+            st.count_op(op);
         }
     }
 
@@ -287,85 +275,69 @@ impl Reader<'_, '_> {
 
 /// Reads and verifies the replies to one meta batch, in order; like the text reader, a
 /// reply that fits no request abandons the batch (the caller reconnects).
-pub async fn read_meta_batch<R: AsyncRead + Unpin>(
-    sh: &Shared,
-    r: &mut R,
-    rb: &mut RBuf,
-    b: &Batch,
-    st: &mut Stats,
-    deadline: &mut Pin<Box<Sleep>>,
-) -> Result<(), ()> {
+pub async fn read_meta_batch<R: AsyncRead + Unpin>(mut rx: Replies<'_, R>) -> Result<(), ()> {
+    let (sh, b) = (rx.sh, rx.b);
     let mut rd = Reader { sh, b, next: 0 };
     while !rd.done() {
-        let len = match rb.next_frame(r, deadline, frame_meta).await {
-            Ok(n) => n,
-            Err(ReadError::Io(e)) => {
-                st.cerr(format!("{}: {e}", sh.target));
-                abandon(sh, b, rd.next);
-                return Err(());
-            }
-            Err(ReadError::Desync(msg)) => {
-                st.verr(msg);
-                abandon(sh, b, rd.next);
-                return Err(());
-            }
+        let Some(len) = rx.next(frame_meta, rd.next).await else {
+            return Err(());
         };
-        let reply = parse_reply(&rb.data()[..len]);
+        let reply = parse_reply(&rx.rb.data()[..len]);
         let outcome = match rd.attribute(&reply) {
             Ok(o) => o,
             Err(msg) => {
-                st.verr(msg);
-                rb.consume(len);
+                rx.st.verr(msg);
+                rx.rb.consume(len);
                 abandon(sh, b, rd.next);
                 return Err(());
             }
         };
         match outcome {
             Outcome::End => {
-                rd.misses_until(st, b.ops.len());
-                rb.consume(len);
+                rd.misses_until(rx.st, b.ops.len());
+                rx.rb.consume(len);
                 return Ok(());
             }
             Outcome::Hit(i) => {
-                rd.misses_until(st, i);
+                rd.misses_until(rx.st, i);
                 let op = &b.ops[i];
                 let k = b.keys[op.first];
                 if let Err(e) = sh.check_value(k, b.floors[op.first], reply.data) {
-                    st.verr(e);
+                    rx.st.verr(e);
                 }
                 if sh.counted(op.t0) {
-                    st.hits += 1;
+                    rx.st.hits += 1;
                 }
-                rd.finish(st, i);
+                rd.finish(rx.st, i);
             }
             Outcome::Miss(i) => {
-                rd.misses_until(st, i);
+                rd.misses_until(rx.st, i);
                 if reply.code != b"EN" {
-                    st.verr(format!(
+                    rx.st.verr(format!(
                         "mg {}: reply {}",
                         b.keys[b.ops[i].first],
                         lossy(reply.line)
                     ));
                 }
-                rd.miss(st, i);
+                rd.miss(rx.st, i);
             }
             Outcome::Stored(i, ok) => {
-                rd.misses_until(st, i);
+                rd.misses_until(rx.st, i);
                 let op = &b.ops[i];
                 let now = sh.tick();
                 sh.state(b.keys[op.first]).end_set(op.ver, now, ok);
                 if !ok {
-                    st.verr(format!(
+                    rx.st.verr(format!(
                         "ms {}: reply {}",
                         b.keys[op.first],
                         lossy(reply.line)
                     ));
                 }
-                rd.finish(st, i);
+                rd.finish(rx.st, i);
             }
         }
         rd.next += 1;
-        rb.consume(len);
+        rx.rb.consume(len);
     }
     Ok(())
 }

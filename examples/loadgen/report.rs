@@ -2,6 +2,7 @@
 //! merged at the end), and the summary printed as text and written as JSON (`--json`).
 //! The JSON field names are read by `scripts/bench.sh`.
 
+use crate::batch::Op;
 use crate::cli::{Args, Protocol};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -47,6 +48,21 @@ impl Stats {
         self.connection_errors += 1;
         if self.samples.len() < MAX_SAMPLES {
             self.samples.push(format!("connection: {msg}"));
+        }
+    }
+
+    /// Counts an answered request (one in the measured window): its kind, its keys and its
+    /// latency.
+    pub fn count_op(&mut self, op: &Op) {
+        self.ops += 1;
+        if op.get {
+            self.gets += 1;
+            self.get_keys += op.n as u64;
+        } else {
+            self.sets += 1;
+        }
+        if let Some(h) = self.hist.as_mut() {
+            record_latency(h, op.t0);
         }
     }
 

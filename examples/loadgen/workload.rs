@@ -5,8 +5,8 @@
 use crate::batch::Batch;
 use crate::cli::Protocol;
 use crate::meta::read_meta_batch;
-use crate::protocol::{connect, frame_get, frame_line, line, lossy, RBuf, ReadError};
-use crate::report::{record_latency, Stats};
+use crate::protocol::{connect, frame_get, frame_line, line, lossy, Frame, RBuf, ReadError};
+use crate::report::Stats;
 use crate::shared::Shared;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -128,6 +128,36 @@ async fn run_batch(
     read_batch(sh, s, rb, b, st, deadline).await.is_ok()
 }
 
+/// Reading one batch's replies: the run state, the batch, the stream (or its read half),
+/// the read buffer and the deadline for replies still owed, and the connection's counters.
+pub struct Replies<'a, R> {
+    pub sh: &'a Shared,
+    pub b: &'a Batch,
+    r: &'a mut R,
+    pub rb: &'a mut RBuf,
+    deadline: &'a mut Pin<Box<Sleep>>,
+    pub st: &'a mut Stats,
+}
+
+impl<R: AsyncRead + Unpin> Replies<'_, R> {
+    /// The length of the next reply (as `frame` finds it) at the front of the read buffer,
+    /// read as needed. None when the connection failed or a reply does not parse: that is
+    /// counted and the batch's sets from request `from` on are abandoned.
+    pub async fn next(&mut self, frame: impl Fn(&[u8]) -> Frame, from: usize) -> Option<usize> {
+        match self.rb.next_frame(self.r, self.deadline, frame).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                match e {
+                    ReadError::Io(e) => self.st.cerr(format!("{}: {e}", self.sh.target)),
+                    ReadError::Desync(msg) => self.st.verr(msg),
+                }
+                abandon(self.sh, self.b, from);
+                None
+            }
+        }
+    }
+}
+
 /// Reads and verifies the replies for one batch, in order.
 async fn read_batch<R: AsyncRead + Unpin>(
     sh: &Shared,
@@ -137,38 +167,30 @@ async fn read_batch<R: AsyncRead + Unpin>(
     st: &mut Stats,
     deadline: &mut Pin<Box<Sleep>>,
 ) -> Result<(), ()> {
+    let replies = Replies {
+        sh,
+        b,
+        r,
+        rb,
+        deadline,
+        st,
+    };
     match sh.args.protocol {
-        Protocol::Text => read_text_batch(sh, r, rb, b, st, deadline).await,
-        Protocol::Meta => read_meta_batch(sh, r, rb, b, st, deadline).await,
+        Protocol::Text => read_text_batch(replies).await,
+        Protocol::Meta => read_meta_batch(replies).await,
     }
 }
 
 /// Reads and verifies the replies for one batch of text requests, in order.
-async fn read_text_batch<R: AsyncRead + Unpin>(
-    sh: &Shared,
-    r: &mut R,
-    rb: &mut RBuf,
-    b: &Batch,
-    st: &mut Stats,
-    deadline: &mut Pin<Box<Sleep>>,
-) -> Result<(), ()> {
+async fn read_text_batch<R: AsyncRead + Unpin>(mut rx: Replies<'_, R>) -> Result<(), ()> {
+    let (sh, b) = (rx.sh, rx.b);
     for (i, op) in b.ops.iter().enumerate() {
         let framer = if op.get { frame_get } else { frame_line };
-        let len = match rb.next_frame(r, deadline, framer).await {
-            Ok(n) => n,
-            Err(ReadError::Io(e)) => {
-                st.cerr(format!("{}: {e}", sh.target));
-                abandon(sh, b, i);
-                return Err(());
-            }
-            Err(ReadError::Desync(msg)) => {
-                st.verr(msg);
-                abandon(sh, b, i);
-                return Err(());
-            }
+        let Some(len) = rx.next(framer, i).await else {
+            return Err(());
         };
         let counted = sh.counted(op.t0);
-        let reply = &rb.data()[..len];
+        let reply = &rx.rb.data()[..len];
         let keys = &b.keys[op.first..op.first + op.n];
         if op.get {
             check_get(
@@ -176,7 +198,7 @@ async fn read_text_batch<R: AsyncRead + Unpin>(
                 reply,
                 keys,
                 &b.floors[op.first..op.first + op.n],
-                st,
+                rx.st,
                 counted,
             );
         } else {
@@ -185,27 +207,18 @@ async fn read_text_batch<R: AsyncRead + Unpin>(
             let now = sh.tick();
             sh.state(keys[0]).end_set(op.ver, now, ok);
             if !ok {
-                st.verr(format!("set {}: reply {}", keys[0], lossy(l)));
+                rx.st.verr(format!("set {}: reply {}", keys[0], lossy(l)));
                 if l.starts_with(b"VALUE") || l == b"END" {
                     // A get reply where a set reply belongs: stream is off.
-                    rb.consume(len);
+                    rx.rb.consume(len);
                     abandon(sh, b, i + 1);
                     return Err(());
                 }
             }
         }
-        rb.consume(len);
+        rx.rb.consume(len);
         if counted {
-            st.ops += 1;
-            if op.get {
-                st.gets += 1;
-                st.get_keys += op.n as u64;
-            } else {
-                st.sets += 1;
-            }
-            if let Some(h) = st.hist.as_mut() {
-                record_latency(h, op.t0);
-            }
+            rx.st.count_op(op);
         }
     }
     Ok(())

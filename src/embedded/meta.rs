@@ -183,16 +183,12 @@ impl Store {
                 b'f' => put_number(out, b'f', u64::from(e.flags)),
                 b'l' => put_number(out, b'l', u64::from(secs_u32(now).wrapping_sub(e.time))),
                 b'h' => out.extend_from_slice(if e.has(FETCHED) { b" h1" } else { b" h0" }),
-                b'O' => {
-                    if token.len() > MAX_OPAQUE_LEN {
-                        // What the flags before it changed stays; nothing is counted.
-                        out.truncate(start);
-                        out.extend_from_slice(errors::OPAQUE_TOO_LONG);
-                        return;
-                    }
-                    out.extend_from_slice(b" ");
-                    out.extend_from_slice(token);
+                b'O' if token.len() > MAX_OPAQUE_LEN => {
+                    // What the flags before it changed stays; nothing is counted.
+                    opaque_too_long(out, start);
+                    return;
                 }
+                b'O' => put_opaque(out, token),
                 b'k' => put_key(out, e.key(), e.has(KEY_BINARY)),
                 _ => {}
             }
@@ -290,10 +286,7 @@ impl Store {
         out.extend_from_slice(status);
         for token in m.req.meta_flags() {
             match token[0] {
-                b'O' => {
-                    out.extend_from_slice(b" ");
-                    out.extend_from_slice(token);
-                }
+                b'O' => put_opaque(out, token),
                 b'k' => put_key(out, m.key, f.base64),
                 b'c' => put_number(out, b'c', cas),
                 _ => {}
@@ -447,16 +440,12 @@ impl Store {
                         e.exptime = t;
                     }
                 }
-                b'O' => {
-                    if token.len() > MAX_OPAQUE_LEN {
-                        // The count (or creation) and any TTL before it stay.
-                        out.truncate(start);
-                        out.extend_from_slice(errors::OPAQUE_TOO_LONG);
-                        return;
-                    }
-                    out.extend_from_slice(b" ");
-                    out.extend_from_slice(token);
+                b'O' if token.len() > MAX_OPAQUE_LEN => {
+                    // The count (or creation) and any TTL before it stay.
+                    opaque_too_long(out, start);
+                    return;
                 }
+                b'O' => put_opaque(out, token),
                 b'k' => put_key(out, key, f.base64),
                 _ => {}
             }
@@ -539,20 +528,29 @@ impl Meta<'_> {
         for token in self.req.meta_flags() {
             match token[0] {
                 b'O' if token.len() > MAX_OPAQUE_LEN => {
-                    out.truncate(start);
-                    out.extend_from_slice(errors::OPAQUE_TOO_LONG);
+                    opaque_too_long(out, start);
                     return false;
                 }
-                b'O' => {
-                    out.extend_from_slice(b" ");
-                    out.extend_from_slice(token);
-                }
+                b'O' => put_opaque(out, token),
                 b'k' => put_key(out, self.key, self.f.base64),
                 _ => {}
             }
         }
         true
     }
+}
+
+/// ` O<opaque>`: the opaque token (the `O` flag) as sent.
+fn put_opaque(out: &mut BytesMut, token: &[u8]) {
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(token);
+}
+
+/// What was written from `start` replaced by memcached's error for an opaque token longer
+/// than [`MAX_OPAQUE_LEN`].
+fn opaque_too_long(out: &mut BytesMut, start: usize) {
+    out.truncate(start);
+    out.extend_from_slice(errors::OPAQUE_TOO_LONG);
 }
 
 /// ` <flag><n>`.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{free_port, text, Memcached, Proxy};
+use super::{free_port, text, wait_for_port_only, Memcached, Proxy};
 
 /// One `[pools.<name>]` table listening on 127.0.0.1:`port` over `servers` (entries as
 /// written in the file, e.g. `127.0.0.1:11211:1 a`); `keys` are further lines of the same
@@ -86,6 +86,69 @@ pub fn proxy_with_pool(top: &str, servers: &[String], pool_keys: &str) -> (Proxy
         &config_toml(top, &[pool_toml("main", port, servers, pool_keys)]),
     );
     (Proxy::start_config(&config, port, &[]), files)
+}
+
+/// What memroute under test from a config file starts from: `n` memcached, a temp folder for
+/// the file, a free port for pool `main`, and the top-level settings (`threads` worker
+/// threads and, when asked, an admin listener on another free port).
+pub struct ConfigRig {
+    /// The memcached, in the order [`named`] names them.
+    pub mcs: Vec<Memcached>,
+    /// The folder for config and log files.
+    pub files: TempFiles,
+    /// Pool `main`'s port.
+    pub port: u16,
+    /// The admin listener's port, if there is one.
+    pub admin: Option<u16>,
+    /// The top-level settings.
+    pub top: String,
+}
+
+impl ConfigRig {
+    /// Starts `n` memcached and picks the ports.
+    pub fn new(n: usize, threads: usize, admin: bool) -> ConfigRig {
+        let mcs: Vec<Memcached> = (0..n).map(|_| Memcached::start()).collect();
+        let files = TempFiles::new();
+        let port = free_port();
+        let admin = admin.then(free_port);
+        let mut top = format!("threads = {threads}");
+        if let Some(admin) = admin {
+            top.push_str(&format!("\nadmin = \"127.0.0.1:{admin}\""));
+        }
+        ConfigRig {
+            mcs,
+            files,
+            port,
+            admin,
+            top,
+        }
+    }
+
+    /// The admin listener's port (the rig must have one).
+    pub fn admin(&self) -> u16 {
+        self.admin.expect("a rig with an admin listener")
+    }
+
+    /// A whole file: the top-level settings, then pool `main` (see [`md5_pool_toml`]) over the
+    /// first `n` memcached, with pool settings `extra`.
+    pub fn file(&self, n: usize, extra: &str) -> String {
+        let servers = named(&self.mcs[..n]);
+        config_toml(
+            &self.top,
+            &[md5_pool_toml("main", self.port, &servers, extra)],
+        )
+    }
+
+    /// Writes `contents` as `memroute.toml` and starts memroute on it (waiting for its admin
+    /// listener, if any); returns the file's path and memroute.
+    pub fn start(&self, contents: &str) -> (PathBuf, Proxy) {
+        let path = self.files.write("memroute.toml", contents);
+        let proxy = Proxy::start_config(&path, self.port, &[]);
+        if let Some(admin) = self.admin {
+            wait_for_port_only(admin);
+        }
+        (path, proxy)
+    }
 }
 
 /// Runs `memroute route <args> <keys>…`, asserts it succeeds, and returns its stdout.

@@ -1,11 +1,15 @@
-//! Differential runs against real memcached, as tests/conformance.rs makes them (which keeps
-//! its own copy): a connection whose every read has a deadline, `version` sentinels that end
-//! a case's replies, and CAS counters brought level across servers so that both sides of a
-//! case answer the same uniques. Used by tests/meta.rs.
+//! Differential runs against real memcached, as tests/conformance.rs and tests/meta.rs make
+//! them: a connection whose every read has a deadline, `version` sentinels that end a case's
+//! replies, CAS counters brought level across servers so that both sides of a case answer
+//! the same uniques, and the rig that runs a case on a memcached and on memroute fronting
+//! memcached backends of its own.
 
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+use super::{Memcached, Proxy};
 
 /// The longest wait for a reply (or for the rest of one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -223,4 +227,88 @@ pub fn substitute(bytes: &[u8], cas_base: u64) -> Vec<u8> {
 /// Whether `bytes` holds a CAS placeholder (see [`substitute`]).
 pub fn has_placeholder(bytes: &[u8]) -> bool {
     (1..=3).any(|i| find(bytes, format!("{{C{i}}}").as_bytes()).is_some())
+}
+
+/// A memcached, and memroute (md5 hashing) over `n` memcached backends of its own.
+pub struct Rig {
+    direct_mc: Memcached,
+    backends: Vec<Memcached>,
+    proxy: Proxy,
+}
+
+impl Rig {
+    /// Starts the memcached, the backends, and memroute.
+    pub fn start(n: usize) -> Rig {
+        let direct_mc = Memcached::start();
+        let backends: Vec<Memcached> = (0..n).map(|_| Memcached::start()).collect();
+        let servers: Vec<String> = backends.iter().map(|m| m.server(1)).collect();
+        let proxy = Proxy::start(&servers, &["--hash", "md5"]);
+        Rig {
+            direct_mc,
+            backends,
+            proxy,
+        }
+    }
+
+    /// How many backends memroute has.
+    pub fn backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Runs one case on fresh connections to both sides, both flushed and the CAS counters
+    /// of the memcached and of memroute's backends brought level: `talk(conn, bytes,
+    /// sentinels)` sends the case (its CAS placeholders substituted, see [`substitute`]) and
+    /// reads its replies, `sentinels` being how many `VERSION` lines end them once a
+    /// `version` follows it (see [`Conn::read_case`]). Returns (memcached's, memroute's).
+    pub fn run_with(
+        &self,
+        bytes: &[u8],
+        mut talk: impl FnMut(&mut Conn, &[u8], usize) -> Vec<u8>,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let mut direct = Conn::open(self.direct_mc.port);
+        let mut proxied = Conn::open(self.proxy.port);
+        let mut backends: Vec<Conn> = self.backends.iter().map(|m| Conn::open(m.port)).collect();
+        flush(&mut direct);
+        flush(&mut proxied);
+        let mut level: Vec<&mut Conn> = vec![&mut direct];
+        level.extend(backends.iter_mut());
+        let cas = level_cas(&mut level);
+        let bytes = substitute(bytes, cas);
+        let sentinels = 1 + version_commands(&bytes);
+        let memcached = talk(&mut direct, &bytes, sentinels);
+        let memroute = talk(&mut proxied, &bytes, sentinels);
+        (memcached, memroute)
+    }
+}
+
+/// `b` as text, cut after `max` bytes (with the whole length noted).
+pub fn show_at_most(b: &[u8], max: usize) -> String {
+    if b.len() > max {
+        format!("{}…({} bytes)", super::text(&b[..max]), b.len())
+    } else {
+        super::text(b)
+    }
+}
+
+/// Whether a side's reply ended in a closed connection or a timeout (see [`Conn::fill`]).
+pub fn cut_short(reply: &[u8]) -> bool {
+    reply.ends_with(b"<timeout>") || reply.ends_with(b"<closed>")
+}
+
+/// The names of a case table, after checking that there are at least `at_least` of them
+/// and that no two are alike.
+pub fn case_names(names: Vec<&str>, at_least: usize) -> HashSet<&str> {
+    assert!(names.len() >= at_least, "only {} cases", names.len());
+    let mut set = HashSet::new();
+    for name in names {
+        assert!(set.insert(name), "duplicate case {name}");
+    }
+    set
+}
+
+/// Prints a case's name and both sides' replies (as shown) when the environment has `var`.
+pub fn trace_case(var: &str, name: &str, memcached: &str, memroute: &str) {
+    if std::env::var_os(var).is_some() {
+        eprintln!("{name}\n  memcached: {memcached:?}\n  memroute:  {memroute:?}");
+    }
 }
