@@ -12,7 +12,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::counters::{Kind, WorkerStats, BACKEND_ROWS, CLIENT_ROWS, RELOADS_FAILED, RELOADS_OK};
+use crate::counters::{
+    Kind, WorkerStats, BACKEND_ROWS, CLIENT_ROWS, RELOADS_FAILED, RELOADS_OK, ROUTE_ROWS,
+};
 use crate::generation::Generation;
 use crate::shared::Shared;
 
@@ -172,6 +174,7 @@ pub fn route_text(generation: &Generation, key: &[u8]) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&crate::route::explain(generation, key));
     out
 }
 
@@ -211,6 +214,14 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
             } else {
                 0.0
             });
+        }
+    }
+    for (route, st) in generation.all_route_stats() {
+        for row in ROUTE_ROWS {
+            let labels = [("route", route.clone())]
+                .into_iter()
+                .chain(row.labels.iter().map(|(k, v)| (*k, v.to_string())));
+            export(row.metric, row.kind, labels, (row.get)(st));
         }
     }
     for pool in &generation.pools {

@@ -19,12 +19,12 @@ use crate::clients::Registration;
 use crate::counters::WorkerStats;
 use crate::exec;
 use crate::links::Links;
-use crate::plan::{Action, Local, Plan};
+use crate::plan::{Action, Keys, Local, Plan};
 use crate::protocol::codec::{ClientCodec, CodecLimits, Decoded, Stream};
 use crate::protocol::reply;
 use crate::protocol::request::{Command, Request};
 use crate::reply_queue::{Reply, ReplyQueue};
-use crate::router::{Router, RouterSlot};
+use crate::route::{Listener, Routes, RoutesSlot};
 use crate::shared::Shared;
 use crate::socket::{spare, Socket};
 use crate::write_queue::WriteQueue;
@@ -44,10 +44,12 @@ struct Client<'r> {
     /// Its entry in `stats conns`.
     registration: &'r Registration,
     sock: Socket,
-    /// The pool's current router in this worker; reloads replace it.
-    slot: RouterSlot,
-    /// The router this client last used (its `links` index its backends).
-    router: Arc<Router>,
+    /// The worker's current routes; reloads replace them.
+    slot: RoutesSlot,
+    /// The routes this client last used (its `links` index their pools).
+    routes: Arc<Routes>,
+    /// Its listener in `routes`: the route it serves and its clients' settings.
+    listener: Arc<Listener>,
     /// Shutdown: finish what is in flight, then close.
     stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -74,13 +76,14 @@ struct Client<'r> {
 /// Serves one client until it leaves.
 pub async fn serve(
     stream: TcpStream,
-    slot: RouterSlot,
+    slot: RoutesSlot,
+    listener: Arc<Listener>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
     stop: watch::Receiver<bool>,
     registration: &Registration,
 ) {
-    let router = slot.load_full();
+    let routes = slot.load_full();
     let sock = match Socket::new(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -88,17 +91,19 @@ pub async fn serve(
             return;
         }
     };
-    let idle_after = router.config.client_timeout;
+    let settings = &listener.config.client;
+    let idle_after = settings.client_timeout;
     // A client accepted just as shutdown began is served as closing from the start.
     let closing = *stop.borrow();
-    let hard_cap = router.config.max_client_buffer + router.config.item_size_max;
+    let hard_cap = settings.max_client_buffer + settings.item_size_max;
     let share = Share::new(shared.budget().clone());
     let mut client = Client {
         registration,
         sock,
         slot,
-        links: Links::new(router.backends().len()),
-        router,
+        links: Links::new(),
+        routes,
+        listener,
         stop,
         shared,
         stats,
@@ -138,7 +143,7 @@ impl Client<'_> {
     /// Whether another request may be read and sent: below the in-flight and memory caps,
     /// and, when the process is over its memory budget, only if the client holds nothing.
     fn may_send(&self, room: Room) -> bool {
-        let cfg = &self.router.config;
+        let cfg = &self.listener.config.client;
         room.requests < cfg.max_client_inflight
             && room.charge < cfg.max_client_buffer
             && (room.charge == 0 || !self.share.exhausted())
@@ -146,7 +151,7 @@ impl Client<'_> {
 
     async fn run(&mut self) -> io::Result<()> {
         let mut codec = ClientCodec::new(CodecLimits {
-            item_size_max: self.router.config.item_size_max,
+            item_size_max: self.listener.config.client.item_size_max,
         });
         let mut rbuf = BytesMut::new();
         let mut idle_timer = self.idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
@@ -221,8 +226,8 @@ impl Client<'_> {
     /// buffered until replies drain). `room` is what the caps saw before the first one.
     async fn handle_input(&mut self, codec: &mut ClientCodec, rbuf: &mut BytesMut, mut room: Room) {
         let mut decoded = false;
-        let value_estimate = self.router.value_estimate();
-        let max_buffer = self.router.config.max_client_buffer;
+        let value_estimate = self.routes.value_estimate(&self.listener.route);
+        let max_buffer = self.listener.config.client.max_client_buffer;
         let mut at_cap = false;
         while !self.closing {
             if decoded && !self.may_send(room) {
@@ -257,8 +262,8 @@ impl Client<'_> {
         match item {
             Decoded::Request(req) => {
                 self.count(&req);
-                self.follow_router();
-                let plan = self.router.plan(req);
+                self.follow_routes();
+                let plan = self.routes.plan(&self.listener.route, req);
                 self.carry_out(plan).await
             }
             Decoded::Reply(msg) => {
@@ -269,8 +274,8 @@ impl Client<'_> {
                 self.stats.protocol_errors.inc();
                 let held = self.push_line(reply);
                 if let Some(key) = unlink {
-                    self.follow_router();
-                    let plan = self.router.plan_unlink(key);
+                    self.follow_routes();
+                    let plan = self.routes.plan_unlink(&self.listener.route, key);
                     self.carry_out(plan).await;
                 }
                 held
@@ -320,7 +325,7 @@ impl Client<'_> {
                 if plan.is_split() {
                     self.stats.split_retrievals.inc();
                 }
-                exec::execute(plan, &self.router, &mut self.links, &self.queue).await;
+                exec::execute(plan, &self.routes, &mut self.links, &self.queue).await;
                 reserve
             }
         }
@@ -335,7 +340,13 @@ impl Client<'_> {
                 self.push_line(line)
             }
             Local::Stats(args) => {
-                let text = crate::stats::stats_reply(&self.shared, &self.router.config, &args);
+                let pool = self.routes.first_router(&self.listener.route);
+                let text = crate::stats::stats_reply(
+                    &self.shared,
+                    &self.listener.config,
+                    &pool.config,
+                    &args,
+                );
                 let len = text.len();
                 self.queue.push_ready(text);
                 len
@@ -355,17 +366,22 @@ impl Client<'_> {
         msg.len()
     }
 
-    /// Moves to the pool's current router if a reload replaced it, keeping the connections
-    /// to backends both routers have (so request order per backend holds).
-    fn follow_router(&mut self) {
+    /// Moves to the worker's current routes if a reload replaced them, keeping the
+    /// connections to backends both have (so request order per backend holds). A client of
+    /// a listener the reload removed keeps its last routes.
+    fn follow_routes(&mut self) {
         let current = self.slot.load();
-        if Arc::ptr_eq(&current, &self.router) {
+        if Arc::ptr_eq(&current, &self.routes) {
             return;
         }
         let next = current.clone();
         drop(current);
-        self.links.follow(&self.router, &next);
-        self.router = next;
+        let Some(listener) = next.listener(&self.listener.config.name).cloned() else {
+            return;
+        };
+        self.links.follow(&self.routes, &next);
+        self.routes = next;
+        self.listener = listener;
     }
 
     /// One part of a retrieval received in batches.
@@ -376,8 +392,8 @@ impl Client<'_> {
                 exptime,
                 prefix,
             } => {
-                self.follow_router();
-                let refusal = self.router.refuses_batches(command);
+                self.follow_routes();
+                let refusal = self.routes.refuses_batches(&self.listener.route, command);
                 if let Some(msg) = refusal {
                     self.stats.protocol_errors.inc();
                     self.queue.push_ready(Reply::StreamError(msg));
@@ -398,9 +414,13 @@ impl Client<'_> {
                     return 0;
                 }
                 self.stats.cmd_get.add(keys.len() as u64);
-                let plan = self
-                    .router
-                    .plan_batch(s.command, s.exptime, s.prefix.clone(), keys);
+                let keys = Keys {
+                    command: s.command,
+                    exptime: s.exptime,
+                    prefix: s.prefix.clone(),
+                    keys,
+                };
+                let plan = self.routes.plan_batch(&self.listener.route, keys);
                 self.carry_out(plan).await
             }
             Stream::End => {

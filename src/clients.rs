@@ -105,8 +105,8 @@ impl Clients {
 
     /// Writes `stats conns`: the listeners, then every client connection.
     pub fn render(&self, generation: &Generation, stat: &mut dyn FnMut(&str, &dyn Display)) {
-        for (i, pool) in generation.pools.iter().enumerate() {
-            stat(&format!("{i}:addr"), &address(&pool.config.listen));
+        for (i, listener) in generation.config.listeners.iter().enumerate() {
+            stat(&format!("{i}:addr"), &address(&listener.listen));
             stat(&format!("{i}:state"), &"conn_listening");
         }
         let now = self.started.elapsed().as_secs();

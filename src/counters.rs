@@ -107,6 +107,53 @@ pub struct BackendStats {
     pub get_hits: Counter,
 }
 
+/// Counters of one route, kept across reloads while the route keeps its name.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Keys or requests moved on to another copy or the gutter pool (after a failure, or
+    /// with miss-failover a miss).
+    pub failovers: Counter,
+    /// Writes to every copy whose copies answered differently.
+    pub disagreements: Counter,
+    /// Copies handed to the shadow pool.
+    pub shadow_sends: Counter,
+    /// Copies dropped because the shadow pool was behind.
+    pub shadow_drops: Counter,
+}
+
+/// Route counters, as `stats routes` lists them (`<route>:<stat>`) and as `/metrics` exports
+/// them (label `route`).
+pub const ROUTE_ROWS: &[Row<RouteStats>] = &[
+    Row {
+        stat: "failovers",
+        metric: "memroute_route_failovers_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |r| r.failovers.get(),
+    },
+    Row {
+        stat: "disagreements",
+        metric: "memroute_route_replica_disagreements_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |r| r.disagreements.get(),
+    },
+    Row {
+        stat: "shadow_sends",
+        metric: "memroute_route_shadow_sends_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |r| r.shadow_sends.get(),
+    },
+    Row {
+        stat: "shadow_drops",
+        metric: "memroute_route_shadow_drops_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |r| r.shadow_drops.get(),
+    },
+];
+
 /// Whether a row only grows (a Prometheus counter) or goes up and down (a gauge).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -332,6 +379,10 @@ mod tests {
             (
                 BACKEND_ROWS.iter().map(|r| r.stat).collect(),
                 BACKEND_ROWS.iter().map(|r| (r.metric, r.kind)).collect(),
+            ),
+            (
+                ROUTE_ROWS.iter().map(|r| r.stat).collect(),
+                ROUTE_ROWS.iter().map(|r| (r.metric, r.kind)).collect(),
             ),
         ] {
             let mut unique = stats.clone();

@@ -1,28 +1,36 @@
 //! Carrying out a plan: reserving the client's reply slot in request order and sending
-//! what the plan says where it says, over the client's [`Links`] (warm-up's retrievals
-//! through [`crate::warmup`]).
+//! what the plan says where it says, over the client's [`Links`] (requests that may be asked
+//! again elsewhere through [`crate::fallback`], shadow copies through the worker's
+//! [`crate::shadow`] task).
 
 use std::sync::Arc;
 
 use crate::backend::ReplyTarget;
+use crate::fallback;
 use crate::links::Links;
 use crate::plan::{Action, Delivery, Plan};
 use crate::reply_queue::ReplyQueue;
-use crate::router::Router;
-use crate::warmup;
+use crate::route::Routes;
 
 /// Carries out `plan`'s sends over a client's `links`, its replies going to `queue`:
 /// reserves the reply slot (in request order) and sends what the plan says where it says.
 /// A local answer is the client's to give.
-pub async fn execute(plan: Plan, router: &Arc<Router>, links: &mut Links, queue: &Arc<ReplyQueue>) {
+pub async fn execute(plan: Plan, routes: &Arc<Routes>, links: &mut Links, queue: &Arc<ReplyQueue>) {
+    for copy in plan.shadow {
+        let router = routes.router(copy.dest.pool).clone();
+        routes
+            .shadow
+            .send(router, copy.dest.backend, copy.message, &copy.stats);
+    }
     match plan.action {
         Action::Answer(_) => unreachable!("a local answer is the client's"),
-        Action::Warm(warm) => warmup::begin(warm, plan.reserve, router, links, queue).await,
-        Action::WarmMeta(warm) => {
-            warmup::begin_meta(warm, plan.reserve, router, links, queue).await
+        Action::Retrieve(r) => fallback::retrieve(*r, plan.reserve, routes, links, queue).await,
+        Action::Chain(c) => fallback::chain(*c, plan.reserve, routes, links, queue).await,
+        Action::Conditional(c) => {
+            fallback::conditional(*c, plan.reserve, routes, links, queue).await
         }
         Action::One {
-            backend,
+            dest,
             message,
             reply,
             also,
@@ -33,19 +41,19 @@ pub async fn execute(plan: Plan, router: &Arc<Router>, links: &mut Links, queue:
                 }
                 Delivery::Discard => ReplyTarget::Discard,
             };
-            links.send(router, backend, message, target).await;
-            if let Some((b, message)) = also {
-                links.send(router, b, message, ReplyTarget::Discard).await;
+            links.send(routes, dest, message, target).await;
+            for (d, message) in also {
+                links.send(routes, d, message, ReplyTarget::Discard).await;
             }
         }
         Action::Gather { gather, sends } => {
             let seq = gather.map(|g| queue.reserve_gather(g, plan.reserve));
-            for (part, (b, message)) in sends.into_iter().enumerate() {
+            for (part, (dest, message)) in sends.into_iter().enumerate() {
                 let target = match seq {
                     Some(seq) => ReplyTarget::Part(queue.clone(), seq, part as u16),
                     None => ReplyTarget::Discard,
                 };
-                links.send(router, b, message, target).await;
+                links.send(routes, dest, message, target).await;
             }
         }
     }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, Kind};
 use crate::config::{Config, Endpoint, PoolConfig, ServerConfig};
+use crate::counters::RouteStats;
 use crate::embedded::{Store, StoreConfig, SystemClock};
 use crate::ring::{Ring, RingError, RingServer};
 
@@ -69,6 +70,8 @@ pub struct Generation {
     pub config: Config,
     /// The pools, in config order.
     pub pools: Vec<PoolState>,
+    /// Each route's counters, by name (the same objects across generations).
+    routes: Vec<(String, Arc<RouteStats>)>,
 }
 
 /// A pool's ring could not be built.
@@ -180,7 +183,34 @@ impl Generation {
                 previous,
             });
         }
-        Ok(Generation { id, config, pools })
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let kept = old.and_then(|g| g.routes.iter().find(|(n, _)| n == &r.name));
+                let stats = kept.map_or_else(Arc::default, |(_, s)| s.clone());
+                (r.name.clone(), stats)
+            })
+            .collect();
+        Ok(Generation {
+            id,
+            config,
+            pools,
+            routes,
+        })
+    }
+
+    /// The counters of route `name` (fresh ones for a name not configured).
+    pub fn route_stats(&self, name: &str) -> Arc<RouteStats> {
+        self.routes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(Arc::default, |(_, s)| s.clone())
+    }
+
+    /// Every route's counters, in config order.
+    pub fn all_route_stats(&self) -> &[(String, Arc<RouteStats>)] {
+        &self.routes
     }
 
     /// The same configuration again, with the ring rebuilt over the backends live now.

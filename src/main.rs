@@ -174,7 +174,8 @@ fn print_rings(config: &Config) -> Result<()> {
         println!(
             "pool {}: listen {}, hash {}, distribution {}, hash_tag {}, {} servers",
             pool.name,
-            pool.listen,
+            pool.listen
+                .map_or("none (a route target)".to_string(), |l| l.to_string()),
             pool.hash,
             pool.distribution,
             pool.hash_tag.map_or("none".to_string(), |t| t.to_string()),
@@ -190,6 +191,7 @@ fn print_rings(config: &Config) -> Result<()> {
             );
         }
     }
+    print!("{}", memroute::route::describe(config));
     Ok(())
 }
 

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use crate::backend::message::Dialect;
@@ -14,9 +13,6 @@ use crate::backend::{Backend, ConnSettings, Connections, Kind};
 use crate::config::{BackendProtocol, PoolConfig};
 use crate::generation::PoolState;
 use crate::ring::Ring;
-
-/// The router slot of one pool in one worker: clients load it per request; reloads swap it.
-pub type RouterSlot = Arc<ArcSwap<Router>>;
 
 /// Warm-up: where keys lived before the last ring change, until when.
 struct PreviousRing {
@@ -30,6 +26,8 @@ struct PreviousRing {
 pub struct Router {
     /// The pool's settings.
     pub config: PoolConfig,
+    /// The pool's index in its generation.
+    pub pool: usize,
     /// The worker it serves.
     worker: usize,
     ring: Arc<Ring>,
@@ -44,8 +42,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Worker `worker`'s router for `pool`.
-    pub fn new(pool: &PoolState, worker: usize) -> Router {
+    /// Worker `worker`'s router for `pool`, the generation's pool number `index`.
+    pub fn new(pool: &PoolState, worker: usize, index: usize) -> Router {
         let config = pool.config.clone();
         let settings = ConnSettings {
             connect_timeout: config.connect_timeout,
@@ -83,6 +81,7 @@ impl Router {
         };
         Router {
             config,
+            pool: index,
             worker,
             ring: pool.ring.clone(),
             ring_backends: pool.ring_backends.clone(),
@@ -182,7 +181,7 @@ mod tests {
             &first.pools[0].backends[0],
             &second.pools[0].backends[0]
         ));
-        let router = Router::new(&second.pools[0], 0);
+        let router = Router::new(&second.pools[0], 0, 0);
         let keys: Vec<String> = (0..400).map(|i| format!("key:{i}")).collect();
         let moved_from =
             |k: &String| router.previous_owner(k.as_bytes(), router.owner(k.as_bytes()));

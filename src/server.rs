@@ -1,5 +1,5 @@
-//! The server: binds every pool's listener and starts the worker threads, which share a
-//! [`Shared`].
+//! The server: binds every listener (pools' and routes') and starts the worker threads,
+//! which share a [`Shared`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::generation::{Generation, GenerationError};
 use crate::shared::Shared;
 use crate::socket::bind_reuseport;
@@ -16,10 +16,10 @@ use crate::socket::bind_reuseport;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} (pool {pool}): {source}")]
+    #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
-        /// The pool.
-        pool: String,
+        /// The pool or route.
+        listener: String,
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -36,7 +36,7 @@ pub enum ServerError {
 /// A bound server, ready to run.
 pub struct Server {
     shared: Arc<Shared>,
-    /// Per worker, per pool: its listening socket.
+    /// Per worker, per listener: its listening socket.
     listeners: Vec<Vec<std::net::TcpListener>>,
     addrs: Vec<SocketAddr>,
 }
@@ -48,19 +48,20 @@ impl Server {
         let mut addrs = Vec::new();
         let mut listeners: Vec<Vec<std::net::TcpListener>> =
             (0..config.threads).map(|_| Vec::new()).collect();
-        for pool in &mut config.pools {
+        for listener in &mut config.listeners {
+            let name = listener.target.to_string();
             // SO_REUSEPORT would let this process share a port another process already
             // listens on, splitting its clients silently: claim the port alone first.
-            let mut addr = std::net::TcpListener::bind(pool.listen)
+            let mut addr = std::net::TcpListener::bind(listener.listen)
                 .and_then(|l| l.local_addr())
                 .map_err(|source| ServerError::Bind {
-                    pool: pool.name.clone(),
-                    addr: pool.listen,
+                    listener: name.clone(),
+                    addr: listener.listen,
                     source,
                 })?;
             for worker in listeners.iter_mut() {
                 let l = bind_reuseport(addr).map_err(|source| ServerError::Bind {
-                    pool: pool.name.clone(),
+                    listener: name.clone(),
                     addr,
                     source,
                 })?;
@@ -68,8 +69,17 @@ impl Server {
                 worker.push(l);
             }
             // Later generations compare listen addresses: record the one actually bound.
-            pool.listen = addr;
+            listener.listen = addr;
             addrs.push(addr);
+        }
+        for pool in &mut config.pools {
+            if let Some(l) = config
+                .listeners
+                .iter()
+                .find(|l| l.target == Target::Pool(pool.name.clone()))
+            {
+                pool.listen = Some(l.listen);
+            }
         }
         let generation = Generation::build(config, None)?;
         let workers = generation.config.threads;
@@ -80,7 +90,7 @@ impl Server {
         })
     }
 
-    /// The address each pool listens on, in config order.
+    /// The address each listener listens on, in config order (pools' first, then routes').
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

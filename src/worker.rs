@@ -17,17 +17,19 @@ use crate::admission::{admit, ClientCount, Refusal, DENIED_LOG, FULL_LOG};
 use crate::counters::WorkerStats;
 use crate::generation::Generation;
 use crate::protocol::reply;
-use crate::router::{Router, RouterSlot};
+use crate::route::{Routes, RoutesSlot};
+use crate::shadow::ShadowSender;
 use crate::shared::Shared;
 use crate::socket::bind_reuseport;
 
-struct PoolEntry {
-    slot: RouterSlot,
+/// A listener this worker accepts on.
+struct ListenerEntry {
     listen: SocketAddr,
     accept: JoinHandle<()>,
 }
 
-/// Runs worker `index` until `stop`, on the listeners bound for it (one per pool).
+/// Runs worker `index` until `stop`, on the listeners bound for it (one per configured
+/// listener, in config order).
 pub fn run(
     index: usize,
     shared: Arc<Shared>,
@@ -56,22 +58,26 @@ async fn serve(
     let stats = shared.workers()[index].clone();
     let mut changes = shared.subscribe();
     let mut generation = shared.generation();
-    let mut pools: HashMap<String, PoolEntry> = HashMap::new();
-    for (pool, listener) in generation.pools.iter().zip(listeners) {
-        let slot: RouterSlot = Arc::new(ArcSwap::from_pointee(Router::new(pool, index)));
+    let shadow = ShadowSender::start();
+    let slot: RoutesSlot = Arc::new(ArcSwap::from_pointee(Routes::new(
+        &generation,
+        index,
+        shadow.clone(),
+    )));
+    let mut entries: HashMap<String, ListenerEntry> = HashMap::new();
+    for (config, listener) in generation.config.listeners.iter().zip(listeners) {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!("pool {}: {e}", pool.config.name);
+                tracing::error!("listener {}: {e}", config.name);
                 continue;
             }
         };
-        let accept = spawn_accept(listener, &slot, &pool.config.name, &shared, &stats, &stop);
-        pools.insert(
-            pool.config.name.clone(),
-            PoolEntry {
-                slot,
-                listen: pool.config.listen,
+        let accept = spawn_accept(listener, &slot, &config.name, &shared, &stats, &stop);
+        entries.insert(
+            config.name.clone(),
+            ListenerEntry {
+                listen: config.listen,
                 accept,
             },
         );
@@ -87,14 +93,15 @@ async fn serve(
                 }
                 let next = shared.generation();
                 if next.id != generation.id {
-                    apply(index, &next, &mut pools, &shared, &stats, &stop_for_new);
+                    let routes = Routes::new(&next, index, shadow.clone());
+                    apply(index, &next, routes, &slot, &mut entries, &shared, &stats, &stop_for_new);
                     generation = next;
                 }
             }
         }
     }
     // Shutdown: no new clients; those connected finish what is in flight and close.
-    for entry in pools.values() {
+    for entry in entries.values() {
         entry.accept.abort();
     }
     ejection.abort();
@@ -108,68 +115,70 @@ async fn serve(
     }
 }
 
-/// Brings worker `index` to generation `next`.
+/// Brings worker `index` to generation `next`, whose routes for this worker are `routes`:
+/// swaps them in, retires connections to backends no longer used, and opens listeners for
+/// new or moved ones before closing the old.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     index: usize,
     next: &Generation,
-    pools: &mut HashMap<String, PoolEntry>,
+    routes: Routes,
+    slot: &RoutesSlot,
+    entries: &mut HashMap<String, ListenerEntry>,
     shared: &Arc<Shared>,
     stats: &Arc<WorkerStats>,
     stop: &watch::Receiver<bool>,
 ) {
-    for pool in &next.pools {
-        let name = &pool.config.name;
-        match pools.get_mut(name) {
-            Some(entry) => {
-                let old = entry.slot.load_full();
-                let router = Router::new(pool, index);
-                // Backends this worker no longer routes to (not even for warm-up): their
-                // connections here finish what is in flight and close.
-                for b in old.backends() {
-                    if !router.backends().iter().any(|n| Arc::ptr_eq(n, b)) {
-                        b.retire(index);
-                    }
-                }
-                entry.slot.store(Arc::new(router));
-                if entry.listen != pool.config.listen {
-                    // Open the new listener before closing the old one.
-                    match listen(pool.config.listen) {
-                        Ok(l) => {
-                            let accept = spawn_accept(l, &entry.slot, name, shared, stats, stop);
-                            std::mem::replace(&mut entry.accept, accept).abort();
-                            entry.listen = pool.config.listen;
-                        }
-                        Err(e) => tracing::error!(
-                            "pool {name}: cannot listen on {}: {e}; keeping {}",
-                            pool.config.listen,
-                            entry.listen
-                        ),
-                    }
-                }
+    let old = slot.load_full();
+    // Backends this worker no longer routes to (not even for warm-up): their connections
+    // here finish what is in flight and close.
+    for r in &old.routers {
+        for b in r.backends() {
+            let kept = routes
+                .routers
+                .iter()
+                .any(|n| n.backends().iter().any(|x| Arc::ptr_eq(x, b)));
+            if !kept {
+                b.retire(index);
             }
-            None => match listen(pool.config.listen) {
+        }
+    }
+    slot.store(Arc::new(routes));
+    for config in &next.config.listeners {
+        let name = &config.name;
+        match entries.get_mut(name) {
+            Some(entry) if entry.listen == config.listen => {}
+            Some(entry) => match listen(config.listen) {
+                // Open the new listener before closing the old one.
                 Ok(l) => {
-                    let slot: RouterSlot =
-                        Arc::new(ArcSwap::from_pointee(Router::new(pool, index)));
-                    let accept = spawn_accept(l, &slot, name, shared, stats, stop);
-                    pools.insert(
+                    let accept = spawn_accept(l, slot, name, shared, stats, stop);
+                    std::mem::replace(&mut entry.accept, accept).abort();
+                    entry.listen = config.listen;
+                }
+                Err(e) => tracing::error!(
+                    "{name}: cannot listen on {}: {e}; keeping {}",
+                    config.listen,
+                    entry.listen
+                ),
+            },
+            None => match listen(config.listen) {
+                Ok(l) => {
+                    let accept = spawn_accept(l, slot, name, shared, stats, stop);
+                    entries.insert(
                         name.clone(),
-                        PoolEntry {
-                            slot,
-                            listen: pool.config.listen,
+                        ListenerEntry {
+                            listen: config.listen,
                             accept,
                         },
                     );
                 }
-                Err(e) => {
-                    tracing::error!("pool {name}: cannot listen on {}: {e}", pool.config.listen)
-                }
+                Err(e) => tracing::error!("{name}: cannot listen on {}: {e}", config.listen),
             },
         }
     }
-    // Pools no longer configured stop accepting; their clients keep their last router.
-    pools.retain(|name, entry| {
-        let keep = next.pools.iter().any(|p| &p.config.name == name);
+    // Listeners no longer configured stop accepting; their clients keep their last routes.
+    entries.retain(|name, entry| {
+        let keep = next.config.listeners.iter().any(|l| &l.name == name);
         if !keep {
             entry.accept.abort();
         }
@@ -181,10 +190,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(bind_reuseport(addr)?)
 }
 
-/// Starts accepting clients of pool `name` on `listener`.
+/// Starts accepting clients of listener `name` on `listener`.
 fn spawn_accept(
     listener: TcpListener,
-    slot: &RouterSlot,
+    slot: &RoutesSlot,
     name: &str,
     shared: &Arc<Shared>,
     stats: &Arc<WorkerStats>,
@@ -192,6 +201,7 @@ fn spawn_accept(
 ) -> JoinHandle<()> {
     tokio::spawn(accept_loop(
         listener,
+        name.to_owned(),
         slot.clone(),
         shared.listener_clients(name),
         shared.clone(),
@@ -202,7 +212,8 @@ fn spawn_accept(
 
 async fn accept_loop(
     listener: TcpListener,
-    slot: RouterSlot,
+    name: String,
+    slot: RoutesSlot,
     clients: Arc<ClientCount>,
     shared: Arc<Shared>,
     stats: Arc<WorkerStats>,
@@ -224,20 +235,24 @@ async fn accept_loop(
                 continue;
             }
         };
+        let routes = slot.load_full();
+        let Some(this) = routes.listener(&name).cloned() else {
+            // Removed by a reload an instant ago: this loop is being stopped.
+            continue;
+        };
         let admitted = {
-            let router = slot.load();
-            let pool = &router.config;
+            let client = &this.config.client;
             let max_clients = shared.generation().config.max_clients;
             let process = (shared.process_clients(), max_clients);
             match admit(
                 peer.ip(),
-                &pool.access,
-                (&clients, pool.max_client_connections),
+                &client.access,
+                (&clients, client.max_client_connections),
                 process,
             ) {
                 Ok(admitted) => admitted,
                 Err(refusal) => {
-                    refuse(refusal, &stream, peer, &pool.name, &stats);
+                    refuse(refusal, &stream, peer, &name, &stats);
                     continue;
                 }
             }
@@ -248,7 +263,16 @@ async fn accept_loop(
         let (slot, stats, stop) = (slot.clone(), stats.clone(), stop.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            crate::client::serve(stream, slot, shared, stats.clone(), stop, &registration).await;
+            crate::client::serve(
+                stream,
+                slot,
+                this,
+                shared,
+                stats.clone(),
+                stop,
+                &registration,
+            )
+            .await;
             drop(registration);
             drop(admitted);
             stats.curr_connections.dec();
@@ -263,14 +287,14 @@ fn refuse(
     refusal: Refusal,
     stream: &tokio::net::TcpStream,
     peer: SocketAddr,
-    pool: &str,
+    listener: &str,
     stats: &WorkerStats,
 ) {
     let limit = match refusal {
         Refusal::Denied => {
             stats.denied_connections.inc();
             DENIED_LOG.warn(format_args!(
-                "pool {pool}: refused client {peer}: not permitted by client_allow/client_deny"
+                "{listener}: refused client {peer}: not permitted by client_allow/client_deny"
             ));
             return;
         }
@@ -279,7 +303,7 @@ fn refuse(
     };
     stats.rejected_connections.inc();
     FULL_LOG.warn(format_args!(
-        "pool {pool}: refused client {peer}: {limit} reached"
+        "{listener}: refused client {peer}: {limit} reached"
     ));
     let _ = stream.try_write(reply::TOO_MANY_CONNECTIONS);
 }

@@ -3,8 +3,10 @@
 //!
 //! - [`raw`]: the file as written, and errors that say which key they are at.
 //! - `validate`: one small check per key.
+//! - `routes`: routes and listeners: references resolved, circles refused.
 
 mod raw;
+mod routes;
 mod validate;
 
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use serde::Deserialize;
 use crate::admission::AccessList;
 use crate::ring::{server_identity, Distribution, HashFunction, HashTag};
 
-pub use raw::{MemoryFull, RawConfig, RawPool, RawSize};
+pub use raw::{MemoryFull, RawConfig, RawPool, RawRoute, RawSize, ReadPolicy, WritePolicy};
 pub use validate::{parse_duration, parse_server, parse_size};
 
 /// A configuration that cannot be used, with the field it is about.
@@ -57,6 +59,120 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// The pools.
     pub pools: Vec<PoolConfig>,
+    /// The routes over them.
+    pub routes: Vec<RouteConfig>,
+    /// Where clients connect: every pool and route with a `listen`.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+impl Config {
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// What a listener or a route hands requests to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A pool (its ring).
+    Pool(String),
+    /// A route.
+    Route(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Pool(p) => write!(f, "pool {p}"),
+            Target::Route(r) => write!(f, "route {r}"),
+        }
+    }
+}
+
+/// A validated route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteConfig {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub kind: RouteKind,
+}
+
+/// The kinds of route, with their settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RouteKind {
+    /// The longest matching key prefix picks the target; `default` takes the rest.
+    Prefix {
+        /// Prefixes and their targets, longest prefix first.
+        prefixes: Vec<(String, Target)>,
+        /// For keys matching no prefix.
+        default: Target,
+    },
+    /// Copies of the data in several pools (the first is the designated copy).
+    Replicated {
+        /// The pools, by name.
+        copies: Vec<String>,
+        /// How writes are answered.
+        write: WritePolicy,
+        /// When reads move on to the next copy.
+        read: ReadPolicy,
+        /// Reads start at a copy picked by the key's hash.
+        spread_reads: bool,
+    },
+    /// A pool whose failed requests go to a gutter pool, writes with a capped TTL.
+    Gutter {
+        /// The pool that serves.
+        primary: String,
+        /// The pool that takes over.
+        gutter: String,
+        /// Longest TTL of a write in the gutter, seconds.
+        failover_ttl: u32,
+    },
+    /// A route whose requests for part of the keys are also sent to a shadow pool.
+    Shadow {
+        /// The route or pool that serves.
+        primary: Target,
+        /// The pool that gets the copies (its answers are dropped).
+        shadow: String,
+        /// The part of the key hash space copied, 0 to 1.
+        fraction: f64,
+    },
+}
+
+/// A listener's settings for the clients it serves.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Largest value accepted.
+    pub item_size_max: usize,
+    /// Per-client cap on requests in flight.
+    pub max_client_inflight: usize,
+    /// Per-client cap on buffered reply bytes.
+    pub max_client_buffer: usize,
+    /// Cap on this listener's client connections.
+    pub max_client_connections: Option<usize>,
+    /// Idle client connections are closed after this long.
+    pub client_timeout: Option<Duration>,
+    /// Which client networks may connect.
+    pub access: AccessList,
+}
+
+/// A listener: a pool's or a route's `listen`.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// The pool's or route's name.
+    pub name: String,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// What it serves.
+    pub target: Target,
+    /// Its clients' settings.
+    pub client: ClientSettings,
 }
 
 /// A validated pool.
@@ -64,8 +180,8 @@ pub struct Config {
 pub struct PoolConfig {
     /// The pool's name.
     pub name: String,
-    /// Where it listens.
-    pub listen: SocketAddr,
+    /// Where it listens, if it has a listener of its own (else it is a route target only).
+    pub listen: Option<SocketAddr>,
     /// Key hash.
     pub hash: HashFunction,
     /// Hash tag, if any.
@@ -188,6 +304,20 @@ impl Endpoint {
     }
 }
 
+impl PoolConfig {
+    /// The settings of a pool's own listener.
+    pub fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            item_size_max: self.item_size_max,
+            max_client_inflight: self.max_client_inflight,
+            max_client_buffer: self.max_client_buffer,
+            max_client_connections: self.max_client_connections,
+            client_timeout: self.client_timeout,
+            access: self.access.clone(),
+        }
+    }
+}
+
 impl ServerConfig {
     /// The identity string the ring hashes, as twemproxy computes it.
     pub fn identity(&self) -> String {
@@ -231,6 +361,9 @@ pub mod defaults {
     pub const MAX_CLIENT_MEMORY: u64 = 1024 * 1024 * 1024;
     /// Warm-up after a ring change.
     pub const WARMUP_SECS: u64 = 60;
+    /// Longest TTL of a write failed over to a gutter pool (mcrouter's and routelib's usual
+    /// 300 s: short enough that the gutter forgets what the primary will serve again).
+    pub const FAILOVER_TTL: u32 = 300;
     /// TTL of values copied to their new owner during warm-up.
     pub const WARMUP_TTL: u32 = 3600;
 }

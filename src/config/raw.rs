@@ -29,6 +29,114 @@ pub struct RawConfig {
     /// The pools, by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    /// Routes over the pools, by name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRoute>,
+}
+
+/// A route's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteType {
+    /// The longest matching key prefix picks the route.
+    Prefix,
+    /// Copies of the data in several pools.
+    Replicated,
+    /// A pool whose failures go to another pool.
+    Gutter,
+    /// A route whose requests are also sent, in part, to another pool.
+    Shadow,
+}
+
+/// How a replicated route answers a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WritePolicy {
+    /// Waits for every copy; answers the worst reply (mcrouter's AllSyncRoute).
+    AllSync,
+    /// Answers the first copy's reply; the others finish in the background (mcrouter's
+    /// AllInitialRoute).
+    AllInitial,
+}
+
+impl std::fmt::Display for WritePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WritePolicy::AllSync => "all_sync",
+            WritePolicy::AllInitial => "all_initial",
+        })
+    }
+}
+
+/// How a replicated route reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    /// The next copy only after an error or timeout: a miss is an answer (mcrouter's
+    /// FailoverRoute).
+    Failover,
+    /// The next copy after a miss too (mcrouter's MissFailoverRoute).
+    MissFailover,
+}
+
+impl std::fmt::Display for ReadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadPolicy::Failover => "failover",
+            ReadPolicy::MissFailover => "miss_failover",
+        })
+    }
+}
+
+/// One route as written. Which keys apply depends on `type`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// The kind of route.
+    #[serde(rename = "type")]
+    pub kind: RouteType,
+    /// Address clients connect to, if the route has a listener of its own.
+    pub listen: Option<String>,
+    /// prefix: key prefix → the route or pool it picks.
+    #[serde(default)]
+    pub prefixes: BTreeMap<String, String>,
+    /// prefix: the route or pool for keys matching no prefix.
+    pub default: Option<String>,
+    /// replicated: the pools holding the copies, the first being the designated one.
+    #[serde(default)]
+    pub copies: Vec<String>,
+    /// replicated: how writes are answered.
+    pub write: Option<WritePolicy>,
+    /// replicated: when a read moves on to the next copy.
+    pub read: Option<ReadPolicy>,
+    /// replicated: start reads at a copy chosen by the key's hash, instead of the first.
+    pub spread_reads: Option<bool>,
+    /// gutter, shadow: the route or pool that serves.
+    pub primary: Option<String>,
+    /// gutter: the pool that takes over a failed primary's requests.
+    pub gutter: Option<String>,
+    /// gutter: the longest TTL a write gets in the gutter, e.g. `"300s"`.
+    pub failover_ttl: Option<String>,
+    /// shadow: the pool that gets a copy of part of the traffic.
+    pub shadow: Option<String>,
+    /// shadow: the part of the keys (by hash) whose requests are copied, 0 to 1.
+    pub fraction: Option<f64>,
+    /// Listener: largest value accepted from clients.
+    pub item_size_max: Option<RawSize>,
+    /// Listener: requests of one client in flight at most.
+    pub max_client_inflight: Option<usize>,
+    /// Listener: reply bytes held and reserved for one client at most.
+    pub max_client_buffer: Option<RawSize>,
+    /// Listener: client connections it accepts at most.
+    pub max_client_connections: Option<usize>,
+    /// Listener: close a client connection idle this long.
+    pub client_timeout: Option<String>,
+    /// Listener: client networks allowed.
+    #[serde(default)]
+    pub client_allow: Vec<String>,
+    /// Listener: client networks refused.
+    #[serde(default)]
+    pub client_deny: Vec<String>,
 }
 
 /// A byte size: a number, or a string with a `k`, `m` or `g` suffix.
@@ -155,8 +263,8 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
         .filter(|k| !table.is_empty() && TOP_LEVEL_KEYS.contains(k));
     let hint = match misplaced {
         Some(k) => format!(
-            " ({k} is a top-level key: put it above the first [pools.*] table, or it is read \
-             as part of [{table}])"
+            " ({k} is a top-level key: put it above the first [pools.*] or [routes.*] table, \
+             or it is read as part of [{table}])"
         ),
         None => String::new(),
     };

@@ -12,7 +12,7 @@ use super::{
 use crate::admission::AccessList;
 use crate::ring::HashTag;
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         message: message.into(),
@@ -30,7 +30,8 @@ impl RawConfig {
             .iter()
             .map(|(name, raw)| raw.validate(name))
             .collect::<Result<Vec<_>, _>>()?;
-        distinct_listeners(&pools)?;
+        let routes = super::routes::validate(&self.routes, &pools)?;
+        let listeners = super::routes::listeners(&self.routes, &pools)?;
         Ok(Config {
             threads: threads(self.threads)?,
             max_clients: at_least_one("max_clients", self.max_clients, defaults::MAX_CLIENTS)?,
@@ -42,6 +43,8 @@ impl RawConfig {
                 .transpose()?,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout.unwrap_or(10_000)),
             pools,
+            routes,
+            listeners,
         })
     }
 }
@@ -54,7 +57,11 @@ fn threads(threads: Option<usize>) -> Result<usize, ConfigError> {
     }
 }
 
-fn at_least_one(field: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+pub(super) fn at_least_one(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
     match value.unwrap_or(default) {
         0 => Err(invalid(field, "must be at least 1")),
         n => Ok(n),
@@ -72,23 +79,11 @@ fn max_client_memory(raw: Option<&RawSize>) -> Result<usize, ConfigError> {
     Ok(bytes as usize)
 }
 
-fn address(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn address(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.to_socket_addrs()
         .ok()
         .and_then(|mut it| it.next())
         .ok_or_else(|| invalid(field, format!("'{text}' is not host:port")))
-}
-
-fn distinct_listeners(pools: &[PoolConfig]) -> Result<(), ConfigError> {
-    for (i, a) in pools.iter().enumerate() {
-        if let Some(b) = pools[..i].iter().find(|b| b.listen == a.listen) {
-            return Err(invalid(
-                format!("pools.{}.listen", a.name),
-                format!("{} is already used by pool {}", a.listen, b.name),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Parses a size: bytes, or a number with `k`, `m` or `g`.
@@ -219,30 +214,29 @@ fn parse_weight(field: &str, text: &str, weight: Option<&str>) -> Result<u32, Co
     }
 }
 
-/// The dotted name of a pool's key, for errors.
-struct Keys<'a>(&'a str);
+/// The dotted name of a pool's (or a route's) key, for errors.
+pub(super) struct Keys<'a>(pub &'static str, pub &'a str);
 
 impl Keys<'_> {
-    fn of(&self, key: &str) -> String {
-        format!("pools.{}.{key}", self.0)
+    pub(super) fn of(&self, key: &str) -> String {
+        format!("{}.{}.{key}", self.0, self.1)
     }
 }
 
 impl RawPool {
     /// Validates one pool.
     pub fn validate(&self, name: &str) -> Result<PoolConfig, ConfigError> {
-        let f = Keys(name);
+        let f = Keys("pools", name);
         let protocol = self.protocol.unwrap_or(BackendProtocol::Memcached);
         let servers = self.servers(&f, protocol)?;
         let preserve_flags = self.preserve_flags(&f, protocol)?;
         Ok(PoolConfig {
             name: name.to_owned(),
-            listen: address(
-                &f.of("listen"),
-                self.listen
-                    .as_deref()
-                    .ok_or_else(|| invalid(f.of("listen"), "missing"))?,
-            )?,
+            listen: self
+                .listen
+                .as_deref()
+                .map(|l| address(&f.of("listen"), l))
+                .transpose()?,
             hash: self.hash.unwrap_or(defaults::HASH),
             hash_tag: self.hash_tag(&f)?,
             distribution: self.distribution.unwrap_or(defaults::DISTRIBUTION),
@@ -254,16 +248,16 @@ impl RawPool {
             )?,
             server_connections: self.server_connections(&f)?,
             servers,
-            item_size_max: self.item_size_max(&f)?,
+            item_size_max: item_size_max(&f, self.item_size_max.as_ref())?,
             max_client_inflight: at_least_one(
                 &f.of("max_client_inflight"),
                 self.max_client_inflight,
                 defaults::MAX_CLIENT_INFLIGHT,
             )?,
-            max_client_buffer: self.max_client_buffer(&f)?,
-            max_client_connections: self.max_client_connections(&f)?,
-            client_timeout: self.client_timeout(&f)?,
-            access: self.access(&f)?,
+            max_client_buffer: max_client_buffer(&f, self.max_client_buffer.as_ref())?,
+            max_client_connections: max_client_connections(&f, self.max_client_connections)?,
+            client_timeout: client_timeout(&f, self.client_timeout.as_deref())?,
+            access: access(&f, &self.client_allow, &self.client_deny)?,
             retrieval_failure: self.retrieval_failure.unwrap_or(RetrievalFailure::Miss),
             protocol,
             preserve_flags,
@@ -328,57 +322,6 @@ impl RawPool {
         Ok(servers)
     }
 
-    fn item_size_max(&self, f: &Keys<'_>) -> Result<usize, ConfigError> {
-        let bytes = match &self.item_size_max {
-            None => defaults::ITEM_SIZE_MAX,
-            Some(s) => parse_size(&f.of("item_size_max"), s)?,
-        };
-        if !(1024..=1024 * 1024 * 1024).contains(&bytes) {
-            return Err(invalid(f.of("item_size_max"), "must be between 1k and 1g"));
-        }
-        Ok(bytes as usize)
-    }
-
-    fn max_client_buffer(&self, f: &Keys<'_>) -> Result<usize, ConfigError> {
-        let bytes = match &self.max_client_buffer {
-            None => defaults::MAX_CLIENT_BUFFER,
-            Some(s) => parse_size(&f.of("max_client_buffer"), s)?,
-        };
-        if bytes < 4096 {
-            return Err(invalid(f.of("max_client_buffer"), "must be at least 4k"));
-        }
-        Ok(bytes as usize)
-    }
-
-    fn max_client_connections(&self, f: &Keys<'_>) -> Result<Option<usize>, ConfigError> {
-        match self.max_client_connections {
-            Some(0) => Err(invalid(
-                f.of("max_client_connections"),
-                "must be at least 1",
-            )),
-            other => Ok(other),
-        }
-    }
-
-    fn client_timeout(&self, f: &Keys<'_>) -> Result<Option<Duration>, ConfigError> {
-        match &self.client_timeout {
-            None => Ok(None),
-            Some(t) => {
-                Ok(Some(parse_duration(&f.of("client_timeout"), t)?).filter(|d| !d.is_zero()))
-            }
-        }
-    }
-
-    fn access(&self, f: &Keys<'_>) -> Result<AccessList, ConfigError> {
-        AccessList::parse(&self.client_allow, &self.client_deny).map_err(|e| {
-            let key = match AccessList::parse(&self.client_allow, &[]) {
-                Err(_) => "client_allow",
-                Ok(_) => "client_deny",
-            };
-            invalid(f.of(key), e)
-        })
-    }
-
     fn preserve_flags(&self, f: &Keys<'_>, protocol: BackendProtocol) -> Result<bool, ConfigError> {
         let preserve = self.preserve_flags.unwrap_or(false);
         if preserve && protocol != BackendProtocol::TokyoTyrant {
@@ -422,6 +365,70 @@ impl RawPool {
             retry_timeout,
         }))
     }
+}
+
+/// A listener's largest value.
+pub(super) fn item_size_max(f: &Keys<'_>, raw: Option<&RawSize>) -> Result<usize, ConfigError> {
+    let bytes = match raw {
+        None => defaults::ITEM_SIZE_MAX,
+        Some(s) => parse_size(&f.of("item_size_max"), s)?,
+    };
+    if !(1024..=1024 * 1024 * 1024).contains(&bytes) {
+        return Err(invalid(f.of("item_size_max"), "must be between 1k and 1g"));
+    }
+    Ok(bytes as usize)
+}
+
+/// A listener's per-client reply buffer.
+pub(super) fn max_client_buffer(f: &Keys<'_>, raw: Option<&RawSize>) -> Result<usize, ConfigError> {
+    let bytes = match raw {
+        None => defaults::MAX_CLIENT_BUFFER,
+        Some(s) => parse_size(&f.of("max_client_buffer"), s)?,
+    };
+    if bytes < 4096 {
+        return Err(invalid(f.of("max_client_buffer"), "must be at least 4k"));
+    }
+    Ok(bytes as usize)
+}
+
+/// A listener's cap on connections.
+pub(super) fn max_client_connections(
+    f: &Keys<'_>,
+    value: Option<usize>,
+) -> Result<Option<usize>, ConfigError> {
+    match value {
+        Some(0) => Err(invalid(
+            f.of("max_client_connections"),
+            "must be at least 1",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// A listener's idle timeout (zero or absent: none).
+pub(super) fn client_timeout(
+    f: &Keys<'_>,
+    text: Option<&str>,
+) -> Result<Option<Duration>, ConfigError> {
+    match text {
+        None => Ok(None),
+        Some(t) => Ok(Some(parse_duration(&f.of("client_timeout"), t)?).filter(|d| !d.is_zero())),
+    }
+}
+
+/// A listener's access lists.
+pub(super) fn access(
+    f: &Keys<'_>,
+    allow: &[String],
+    deny: &[String],
+) -> Result<AccessList, ConfigError> {
+    AccessList::parse(allow, deny).map_err(|e| {
+        let key = match AccessList::parse(allow, &[]) {
+            Err(_) => "client_allow",
+            Ok(_) => "client_deny",
+        };
+        invalid(f.of(key), e)
+    })
 }
 
 /// A positive number of milliseconds.

@@ -5,10 +5,14 @@
 
 pub mod stats;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::config::RetrievalFailure;
+use crate::counters::RouteStats;
 use crate::error::{self, Answer, UpstreamError};
+use crate::protocol::meta::Quiet;
 use crate::protocol::reply::{self, value_items, Reply};
 use stats::{combine, Merge};
 
@@ -39,6 +43,19 @@ pub enum Gather {
         error: Option<Reply>,
         /// Backends still outstanding.
         remaining: usize,
+    },
+    /// A write sent to every copy of a replicated route: the worst answer wins (mcrouter's
+    /// AllSyncRoute: a failure, then a refusal — not stored, not found, exists — then a
+    /// success; the first copy's among equals); copies answering differently are counted.
+    Replicated {
+        /// Each copy's answer, in copy order.
+        answers: Vec<Option<Answer>>,
+        /// Copies still outstanding.
+        remaining: usize,
+        /// What the client asked not to get (meta `q`).
+        quiet: Quiet,
+        /// The route's counters.
+        stats: Arc<RouteStats>,
     },
     /// A `stats` subcommand sent to every backend, its answers combined.
     Stats {
@@ -87,6 +104,16 @@ impl Gather {
             merge,
             answers: vec![Err(UpstreamError::Closed); n],
             remaining: n,
+        }
+    }
+
+    /// A gather for a write to `n` copies.
+    pub fn replicated(n: usize, quiet: Quiet, stats: Arc<RouteStats>) -> Self {
+        Gather::Replicated {
+            answers: vec![None; n],
+            remaining: n,
+            quiet,
+            stats,
         }
     }
 
@@ -146,6 +173,13 @@ impl Gather {
                 *remaining -= 1;
                 *remaining == 0
             }
+            Gather::Replicated {
+                answers, remaining, ..
+            } => {
+                answers[part] = Some(answer);
+                *remaining -= 1;
+                *remaining == 0
+            }
         }
     }
 
@@ -172,6 +206,31 @@ impl Gather {
             Gather::MultiGet { error: Some(e), .. } => Reply::Static(error::reply(e)),
             Gather::Broadcast { error, .. } => error.unwrap_or(Reply::Static(reply::OK)),
             Gather::Stats { merge, answers, .. } => Reply::Data(combine(merge, &answers)),
+            Gather::Replicated {
+                answers,
+                quiet,
+                stats,
+                ..
+            } => {
+                let answers: Vec<Answer> = answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or(Err(UpstreamError::Closed)))
+                    .collect();
+                if answers.windows(2).any(|w| w[0] != w[1]) {
+                    stats.disagreements.inc();
+                }
+                let worst = answers
+                    .into_iter()
+                    .enumerate()
+                    .max_by_key(|(i, a)| (severity(a), std::cmp::Reverse(*i)))
+                    .map(|(_, a)| a)
+                    .expect("at least one copy");
+                match worst {
+                    Ok(bytes) if quiet.drops(&bytes) => Reply::Static(b""),
+                    Ok(bytes) => Reply::Data(bytes),
+                    Err(e) => Reply::Static(error::reply(e)),
+                }
+            }
         }
     }
 }
@@ -195,6 +254,22 @@ pub fn place_values<'k>(
         }
         items[positions[cursor] as usize] = Some(reply.slice(item.range));
         cursor += 1;
+    }
+}
+
+/// How bad a copy's answer to a write is: a failure, a refusal, a success.
+fn severity(answer: &Answer) -> u8 {
+    match answer {
+        Err(_) => 3,
+        Ok(b) if reply::is_error_line(b) => 3,
+        Ok(b) => {
+            let refusals: [&[u8]; 6] =
+                [b"NOT_STORED", b"NOT_FOUND", b"EXISTS", b"NS", b"NF", b"EX"];
+            match refusals.iter().any(|r| b.starts_with(r)) {
+                true => 2,
+                false => 1,
+            }
+        }
     }
 }
 

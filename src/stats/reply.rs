@@ -7,16 +7,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::backend::Kind;
-use crate::config::PoolConfig;
-use crate::counters::{WorkerStats, BACKEND_ROWS, CLIENT_ROWS};
+use crate::config::{ListenerConfig, PoolConfig};
+use crate::counters::{WorkerStats, BACKEND_ROWS, CLIENT_ROWS, ROUTE_ROWS};
 use crate::protocol::reply;
 use crate::reply_queue::Reply;
 use crate::shared::Shared;
 
-/// The reply to `stats [args]` asked on a listener of `pool`, in memcached's
+/// The reply to `stats [args]` asked on `listener` (whose first pool is `pool`), in memcached's
 /// `STAT name value` format; subcommands memroute does not answer itself get `ERROR`, as
 /// memcached answers an unknown one.
-pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
+pub fn stats_reply(
+    shared: &Shared,
+    listener: &ListenerConfig,
+    pool: &PoolConfig,
+    args: &[u8],
+) -> Reply {
     let sub = args
         .split(|b| *b == b' ')
         .find(|t| !t.is_empty())
@@ -122,7 +127,14 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
                 }
             }
         }
-        b"settings" => settings(shared, pool, &mut stat),
+        b"routes" => {
+            for (name, st) in generation.all_route_stats() {
+                for row in ROUTE_ROWS {
+                    stat(&format!("{name}:{}", row.stat), &(row.get)(st));
+                }
+            }
+        }
+        b"settings" => settings(shared, listener, pool, &mut stat),
         b"conns" => shared.registry().render(&generation, &mut stat),
         _ => return Reply::Static(reply::ERROR),
     }
@@ -135,9 +147,11 @@ pub fn stats_reply(shared: &Shared, pool: &PoolConfig, args: &[u8]) -> Reply {
 /// pool's own.
 fn settings(
     shared: &Shared,
+    listener: &ListenerConfig,
     pool: &PoolConfig,
     stat: &mut dyn FnMut(&str, &dyn std::fmt::Display),
 ) {
+    let client = &listener.client;
     let generation = shared.generation();
     let config = &generation.config;
     let embedded: usize = pool
@@ -151,9 +165,9 @@ fn settings(
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     stat("maxbytes", &embedded);
     stat("maxconns", &config.max_clients);
-    stat("tcpport", &pool.listen.port());
+    stat("tcpport", &listener.listen.port());
     stat("udpport", &0);
-    stat("inter", &pool.listen.ip());
+    stat("inter", &listener.listen.ip());
     stat("verbosity", &0);
     stat("evictions", &if pool.memory_evict { "on" } else { "off" });
     stat("domain_socket", &"NULL");
@@ -164,15 +178,16 @@ fn settings(
     stat("binding_protocol", &"ascii");
     stat("auth_enabled_sasl", &"no");
     stat("auth_enabled_ascii", &"no");
-    stat("item_size_max", &pool.item_size_max);
+    stat("item_size_max", &client.item_size_max);
     stat("maxconns_fast", &"yes");
     stat("flush_enabled", &"yes");
     stat("dump_enabled", &"yes");
     stat(
         "idle_timeout",
-        &pool.client_timeout.map_or(0, |d| d.as_secs()),
+        &client.client_timeout.map_or(0, |d| d.as_secs()),
     );
     stat("ssl_enabled", &"no");
+    stat("memroute_listener", &listener.name);
     stat("memroute_pool", &pool.name);
     stat("memroute_servers", &pool.servers.len());
     stat("memroute_hash", &pool.hash);
@@ -187,12 +202,12 @@ fn settings(
         &pool.connect_timeout.as_millis(),
     );
     stat("memroute_server_connections", &pool.server_connections);
-    stat("memroute_max_client_inflight", &pool.max_client_inflight);
-    stat("memroute_max_client_buffer", &pool.max_client_buffer);
+    stat("memroute_max_client_inflight", &client.max_client_inflight);
+    stat("memroute_max_client_buffer", &client.max_client_buffer);
     stat("memroute_max_client_memory", &config.max_client_memory);
     stat(
         "memroute_max_client_connections",
-        &pool.max_client_connections.unwrap_or(0),
+        &client.max_client_connections.unwrap_or(0),
     );
     stat(
         "memroute_retrieval_failure",

@@ -37,7 +37,7 @@ pub fn soak_plan(args: &Args, path: &std::path::Path) -> Result<SoakPlan, String
         [one] => one,
         pools => pools
             .iter()
-            .find(|p| Some(p.config.listen) == target)
+            .find(|p| p.config.listen.is_some() && p.config.listen == target)
             .ok_or_else(|| format!("no pool of {} listens on {}", path.display(), args.target))?,
     };
     if pool.config.distribution == Distribution::Random {
