@@ -119,6 +119,8 @@ pub struct RouteStats {
     pub shadow_sends: Counter,
     /// Copies dropped because the shadow pool was behind.
     pub shadow_drops: Counter,
+    /// Copies the shadow pool failed (down, timed out, an error line).
+    pub shadow_errors: Counter,
 }
 
 /// Route counters, as `stats routes` lists them (`<route>:<stat>`) and as `/metrics` exports
@@ -151,6 +153,13 @@ pub const ROUTE_ROWS: &[Row<RouteStats>] = &[
         labels: &[],
         kind: Kind::Counter,
         get: |r| r.shadow_drops.get(),
+    },
+    Row {
+        stat: "shadow_errors",
+        metric: "memroute_route_shadow_errors_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |r| r.shadow_errors.get(),
     },
 ];
 

@@ -36,6 +36,8 @@ pub enum ReplyTarget {
     Discard,
     /// A task waiting for the answer (warm-up's follow-up requests).
     Oneshot(tokio::sync::oneshot::Sender<Answer>),
+    /// Nobody (a shadow copy); a failure is counted for the shadow route.
+    Shadow(Arc<crate::counters::RouteStats>),
 }
 
 impl ReplyTarget {
@@ -53,6 +55,11 @@ impl ReplyTarget {
             ReplyTarget::Discard => {
                 if answer.as_deref().map_or(true, reply::is_error_line) {
                     backend.stats.noreply_errors.inc();
+                }
+            }
+            ReplyTarget::Shadow(stats) => {
+                if answer.as_deref().map_or(true, reply::is_error_line) {
+                    stats.shadow_errors.inc();
                 }
             }
         }

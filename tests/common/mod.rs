@@ -538,6 +538,7 @@ pub mod bad_backend;
 pub mod config;
 pub mod differential;
 pub mod relay;
+pub mod routes;
 pub mod traffic;
 pub mod tyrant;
 
