@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+# systemd-analyze verifies config/memroute.service (tests/packaging.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The real client libraries tests/real_clients.rs drives (tests/clients/): libmemcached's
 # tools, PHP's Memcached, Perl's Cache::Memcached::Fast, and python-memcached, pymemcache and
 # pylibmc for the Debian python at /usr/bin/python3.

@@ -1,4 +1,5 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/health`, and `/route?key=K`
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/health` (= `/health/ready`:
+//! readiness), `/health/live` (liveness) and `/route?key=K`
 //! (where a key goes now, and where it went before the last ring change during warm-up).
 //!
 //! memroute's counters are plain atomics on the hot path; they are copied into the `metrics`
@@ -29,16 +30,42 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     builder.install_recorder().ok()
 }
 
-/// Serves the admin endpoints on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, metrics: Option<PrometheusHandle>) {
-    let listener = match TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("admin: cannot listen on {addr}: {e}");
-            return;
-        }
-    };
-    tracing::info!("admin listening on {addr} (/metrics, /health, /route?key=)");
+/// The admin listener, serving until dropped.
+pub struct Admin {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Admin {
+    /// Binds `addr` (an error if it is taken: at start that is fatal, on reload the reload
+    /// is refused) and serves the admin endpoints on it. Needs a Tokio runtime.
+    pub fn start(
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        metrics: Option<PrometheusHandle>,
+    ) -> std::io::Result<Admin> {
+        let std = std::net::TcpListener::bind(addr)?;
+        std.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std)?;
+        let addr = listener.local_addr()?;
+        tracing::info!("admin listening on {addr} (/metrics, /health, /health/live, /route?key=)");
+        let task = tokio::spawn(serve(listener, shared, metrics));
+        Ok(Admin { addr, task })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Option<PrometheusHandle>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors and the like: pause rather than spin.
@@ -73,7 +100,9 @@ async fn answer(
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, body) = match path {
         "/metrics" => ("200 OK", render_metrics(shared, metrics)),
-        "/health" => health(&shared.generation()),
+        "/health" | "/health/ready" => health(&shared.generation()),
+        // Liveness: the process answers (restart it only when this fails).
+        "/health/live" => ("200 OK", "live\n".to_string()),
         "/route" => {
             let key = query
                 .split('&')
@@ -123,33 +152,15 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
-/// 200 when every pool has a backend that is up and not ejected, else 503.
+/// `/health` and `/health/ready`: 200 when every listener can reach a live backend, 503
+/// otherwise (take the instance out of a load balancer); the body says which is not.
 fn health(generation: &Generation) -> (&'static str, String) {
-    let mut body = String::new();
-    let mut ok = true;
-    for pool in &generation.pools {
-        let live = pool
-            .backends
-            .iter()
-            .filter(|b| b.is_up() && !b.is_ejected())
-            .count();
-        let _ = writeln!(
-            body,
-            "pool {}: {live}/{} backends live",
-            pool.config.name,
-            pool.backends.len()
-        );
-        ok &= live > 0;
-    }
-    let _ = writeln!(body, "generation {}", generation.id);
-    (
-        if ok {
-            "200 OK"
-        } else {
-            "503 Service Unavailable"
-        },
-        body,
-    )
+    let r = crate::health::readiness(generation);
+    let status = match r.ready {
+        true => "200 OK",
+        false => "503 Service Unavailable",
+    };
+    (status, r.text)
 }
 
 /// Where `key` goes in each pool, and during warm-up where it went before.

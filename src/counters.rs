@@ -105,6 +105,10 @@ pub struct BackendStats {
     pub warmup_hits: Counter,
     /// `VALUE` items returned by retrievals.
     pub get_hits: Counter,
+    /// Active health checks answered.
+    pub checks_ok: Counter,
+    /// Active health checks failed (refused, timed out, or a wrong answer).
+    pub checks_failed: Counter,
 }
 
 /// Counters of one route, kept across reloads while the route keeps its name.
@@ -368,6 +372,20 @@ pub const BACKEND_ROWS: &[Row<BackendStats>] = &[
         labels: &[],
         kind: Kind::Counter,
         get: |b| b.get_hits.get(),
+    },
+    Row {
+        stat: "health_checks_ok",
+        metric: "memroute_backend_health_checks_ok_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |b| b.checks_ok.get(),
+    },
+    Row {
+        stat: "health_checks_failed",
+        metric: "memroute_backend_health_checks_failed_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |b| b.checks_failed.get(),
     },
 ];
 

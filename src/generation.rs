@@ -161,6 +161,11 @@ impl Generation {
             let before = old.and_then(|g| g.pools.iter().find(|p| p.config.name == pool.name));
             let previous = match before {
                 Some(b) if !pool.warmup.is_zero() && moved(b, &ring, &ring_owners) => {
+                    tracing::info!(
+                        "pool {}: keys moved; warm-up for {:?}: misses on a new owner are read from the previous one",
+                        pool.name,
+                        pool.warmup
+                    );
                     Some(Previous {
                         ring: b.ring.clone(),
                         backends: b

@@ -107,6 +107,7 @@ impl Links {
         backend.stats.requests.inc();
         if let Some(store) = backend.store() {
             message.execute(store, &mut self.scratch);
+            backend.stats.replies.inc();
             let answer = self.scratch.split().freeze();
             target.deliver(Ok(answer), backend);
             return;

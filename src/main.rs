@@ -2,13 +2,17 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
 
+use memroute::admin::Admin;
 use memroute::config::{
-    parse_name, BackendProtocol, Config, RawConfig, RawPool, RawSize, RetrievalFailure,
+    parse_name, BackendProtocol, Config, RawConfig, RawDuration, RawPool, RawSize, RetrievalFailure,
 };
 use memroute::generation::Generation;
 use memroute::ring::{Distribution, HashFunction};
@@ -31,9 +35,14 @@ struct Cli {
     /// Validate the configuration, print each pool's ring, and exit.
     #[arg(long)]
     check: bool,
-    /// Log level or filter (e.g. info, debug, memroute=trace); RUST_LOG also works.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log_level: String,
+    /// Log level — error, warn, info, debug, trace or off (warning, notice, critical are
+    /// read as warn, info, error) — or filters such as `info,memroute=debug`. Overrides
+    /// RUST_LOG, which applies when this is not given; the default is info. The last given wins.
+    #[arg(long, value_name = "LEVEL", value_parser = log_filter, overrides_with = "log_level")]
+    log_level: Option<String>,
+    /// Log format: text (ANSI colours only on a terminal) or json (one object per line).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -67,12 +76,12 @@ struct Cli {
     /// Flag-defined pool: ketama, modula or random.
     #[arg(long, value_parser = parse_name::<Distribution>)]
     distribution: Option<Distribution>,
-    /// Flag-defined pool: upstream request timeout (ms).
-    #[arg(long, value_name = "MS")]
-    timeout: Option<u64>,
-    /// Flag-defined pool: upstream connect timeout (ms).
-    #[arg(long, value_name = "MS")]
-    connect_timeout: Option<u64>,
+    /// Flag-defined pool: upstream request timeout (milliseconds, or e.g. 2s).
+    #[arg(long, value_name = "DURATION", value_parser = raw_duration)]
+    timeout: Option<RawDuration>,
+    /// Flag-defined pool: upstream connect timeout (milliseconds, or e.g. 2s).
+    #[arg(long, value_name = "DURATION", value_parser = raw_duration)]
+    connect_timeout: Option<RawDuration>,
     /// Flag-defined pool: connections per backend per worker thread.
     #[arg(long)]
     server_connections: Option<usize>,
@@ -88,6 +97,49 @@ struct Cli {
     /// Flag-defined pool (tokyotyrant): keep client flags by storing them in values.
     #[arg(long)]
     preserve_flags: bool,
+}
+
+/// A log level (with the common aliases syslog and other tools use), or comma-separated
+/// `target=level` filters, normalised for tracing; anything else is refused rather than
+/// silently read as a target name (which would turn every log line off).
+fn log_filter(s: &str) -> Result<String, String> {
+    let level = |w: &str| -> Result<&'static str, String> {
+        Ok(match w.trim().to_ascii_lowercase().as_str() {
+            "trace" => "trace",
+            "debug" => "debug",
+            "info" | "notice" => "info",
+            "warn" | "warning" => "warn",
+            "error" | "err" | "critical" | "crit" | "fatal" => "error",
+            "off" | "none" => "off",
+            other => {
+                return Err(format!(
+                    "unknown log level '{other}' (error, warn, info, debug, trace, off)"
+                ))
+            }
+        })
+    };
+    let mut out = Vec::new();
+    for directive in s.split(',').filter(|d| !d.trim().is_empty()) {
+        match directive.split_once('=') {
+            Some((target, l)) if !target.trim().is_empty() => {
+                out.push(format!("{}={}", target.trim(), level(l)?))
+            }
+            Some(_) => return Err(format!("'{directive}': a filter is target=level")),
+            None => out.push(level(directive)?.to_string()),
+        }
+    }
+    match out.is_empty() {
+        true => Err("empty log level".into()),
+        false => Ok(out.join(",")),
+    }
+}
+
+/// A duration flag: a number of milliseconds, or a number with its unit.
+fn raw_duration(s: &str) -> Result<RawDuration, String> {
+    match s.parse::<u64>() {
+        Ok(ms) => Ok(RawDuration::Number(ms)),
+        Err(_) => Ok(RawDuration::Text(s.to_owned())),
+    }
 }
 
 /// Subcommands.
@@ -138,8 +190,8 @@ impl Cli {
                     hash: self.hash,
                     hash_tag: self.hash_tag.clone(),
                     distribution: self.distribution,
-                    timeout: self.timeout,
-                    connect_timeout: self.connect_timeout,
+                    timeout: self.timeout.clone(),
+                    connect_timeout: self.connect_timeout.clone(),
                     server_connections: self.server_connections,
                     servers,
                     item_size_max: self.item_size_max.clone().map(RawSize::Text),
@@ -169,9 +221,12 @@ impl Cli {
 fn print_rings(config: &Config) -> Result<()> {
     // The same rings the server would build (every backend live at start).
     let generation = Generation::build(config.clone(), None)?;
+    // Written, not printed: a reader that leaves (`| head`) ends the output, not a panic.
+    let mut out = std::io::stdout().lock();
     for (pool, state) in config.pools.iter().zip(&generation.pools) {
         let ring = &state.ring;
-        println!(
+        writeln!(
+            out,
             "pool {}: listen {}, hash {}, distribution {}, hash_tag {}, {} servers",
             pool.name,
             pool.listen
@@ -180,59 +235,106 @@ fn print_rings(config: &Config) -> Result<()> {
             pool.distribution,
             pool.hash_tag.map_or("none".to_string(), |t| t.to_string()),
             pool.servers.len()
-        );
+        )?;
         for (server, points) in pool.servers.iter().zip(ring.points_per_server()) {
-            println!(
+            writeln!(
+                out,
                 "  {:<28} weight {:<4} name {:<28} points {}",
                 server.address(),
                 server.weight,
                 server.identity(),
                 points
-            );
+            )?;
         }
     }
-    print!("{}", memroute::route::describe(config));
+    write!(out, "{}", memroute::route::describe(config))?;
     Ok(())
 }
 
 /// Re-reads the config file and switches to it; an invalid file changes nothing.
-fn reload(cli: &Cli, shared: &Shared, why: &str, last: &mut String) {
-    let Some(path) = &cli.config else {
-        tracing::warn!("{why}: no config file to reload (pool given by flags)");
-        return;
-    };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            memroute::counters::RELOADS_FAILED.inc();
-            tracing::error!(
-                "{why}: cannot read {}: {e}; keeping the running configuration",
-                path.display()
-            );
+/// Applies config file changes to the running proxy.
+struct Reloader<'a> {
+    cli: &'a Cli,
+    shared: Arc<Shared>,
+    /// The file's text when last applied (the file watch skips events that change nothing).
+    last: String,
+    admin: Option<Admin>,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl Reloader<'_> {
+    /// Re-reads the file and applies it, all or nothing: a file that does not validate, a
+    /// listen or admin address that cannot be bound, or a ring that cannot be built keeps
+    /// the running configuration (counted in `memroute_reloads_total{result="error"}`).
+    /// `always`: SIGHUP re-applies an unchanged file (re-resolving host names).
+    fn reload(&mut self, why: &str, always: bool) {
+        let Some(path) = &self.cli.config else {
+            tracing::warn!("{why}: no config file to reload (pool given by flags)");
+            return;
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                memroute::counters::RELOADS_FAILED.inc();
+                tracing::error!(
+                    "{why}: cannot read {}: {e}; keeping the running configuration",
+                    path.display()
+                );
+                return;
+            }
+        };
+        if text == self.last && !always {
             return;
         }
-    };
-    if text == *last {
-        return;
+        match self.apply(&text) {
+            Ok((id, changes)) => {
+                memroute::counters::RELOADS_OK.inc();
+                self.last = text;
+                if changes.is_empty() {
+                    tracing::info!(
+                        "{why}: configuration reloaded, nothing changed (generation {id})"
+                    );
+                } else {
+                    tracing::info!(
+                        "{why}: configuration reloaded (generation {id}), {} changes",
+                        changes.len()
+                    );
+                }
+                for change in changes {
+                    tracing::info!("reload: {change}");
+                }
+            }
+            Err(e) => {
+                memroute::counters::RELOADS_FAILED.inc();
+                tracing::error!("{why}: configuration rejected, keeping the running one: {e}");
+            }
+        }
     }
-    let parsed = RawConfig::parse(&text).and_then(|mut raw| {
-        raw.threads = cli.threads.or(raw.threads);
-        raw.max_clients = cli.max_clients.or(raw.max_clients);
-        raw.validate()
-    });
-    let result = parsed
-        .map_err(|e| e.to_string())
-        .and_then(|config| shared.reload(config).map_err(|e| e.to_string()));
-    match result {
-        Ok(id) => {
-            memroute::counters::RELOADS_OK.inc();
-            *last = text;
-            tracing::info!("{why}: configuration reloaded (generation {id})");
+
+    fn apply(&mut self, text: &str) -> Result<(u64, Vec<String>)> {
+        let mut raw = RawConfig::parse(text)?;
+        raw.threads = self.cli.threads.or(raw.threads);
+        raw.max_clients = self.cli.max_clients.or(raw.max_clients);
+        let config = raw.validate()?;
+        let current = self.admin.as_ref().map(Admin::addr);
+        // The new admin listener is bound before anything changes: if it cannot be, nothing does.
+        let admin = match config.admin {
+            Some(addr) if Some(addr) != current => {
+                let admin = Admin::start(addr, self.shared.clone(), self.metrics.clone())
+                    .with_context(|| format!("admin: cannot listen on {addr}"))?;
+                Some(Some(admin))
+            }
+            Some(_) => None,
+            None => Some(None),
+        };
+        let applied = self.shared.reload(config)?;
+        if let Some(admin) = admin {
+            if admin.is_none() && self.admin.is_some() {
+                tracing::info!("admin listener closed");
+            }
+            self.admin = admin;
         }
-        Err(e) => {
-            memroute::counters::RELOADS_FAILED.inc();
-            tracing::error!("{why}: configuration rejected, keeping the running one: {e}");
-        }
+        Ok(applied)
     }
 }
 
@@ -277,7 +379,7 @@ async fn run(cli: &Cli) -> Result<()> {
         },
         None => None,
     };
-    let mut last = match &cli.config {
+    let last = match &cli.config {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => String::new(),
@@ -299,21 +401,32 @@ async fn run(cli: &Cli) -> Result<()> {
         );
     }
     let shared = server.shared();
-    if let Some(addr) = config.admin {
-        tokio::spawn(memroute::admin::serve(addr, shared.clone(), metrics));
-    }
+    let admin = match config.admin {
+        Some(addr) => Some(
+            Admin::start(addr, shared.clone(), metrics.clone())
+                .with_context(|| format!("admin: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut reloader = Reloader {
+        cli,
+        shared,
+        last,
+        admin,
+        metrics,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = std::thread::spawn(move || server.run(stop_rx));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => reload(cli, &shared, "SIGHUP", &mut last),
+            _ = hup.recv() => reloader.reload("SIGHUP", true),
             Some(()) = changes.recv() => {
                 // Editors write in several steps: let the burst settle, then read once.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 while changes.try_recv().is_ok() {}
-                reload(cli, &shared, "config file changed", &mut last);
+                reloader.reload("config file changed", false);
             }
         }
     }
@@ -360,15 +473,70 @@ fn route(config: Option<&Path>, admin: Option<&str>, keys: &[String]) -> Result<
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
-        .context("--log-level")?;
-    tracing_subscriber::fmt()
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // `memroute --check | head -1`: the reader left; nothing more to say.
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memroute: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// An error and its causes on one line, each cause once (an error that already quotes its
+/// source is not followed by it again).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+/// Sets up logging: `--log-level`, else RUST_LOG, else info; text (colours only on a
+/// terminal) or JSON, to standard error.
+fn init_logging(cli: &Cli) -> Result<()> {
+    use std::io::IsTerminal;
+    let filter = match &cli.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(
+                log_filter(&v).map_err(|e| anyhow::anyhow!("RUST_LOG: {e}"))?,
+            )?,
+            _ => tracing_subscriber::EnvFilter::new("info"),
+        },
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => builder.json().init(),
+        _ => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
+}
+
+fn run_cli() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli)?;
 
     if let Some(Cmd::Route {
         config,
@@ -388,7 +556,7 @@ fn main() -> Result<()> {
         };
         let config = cli.raw_config(text.as_deref())?.validate()?;
         print_rings(&config)?;
-        println!("configuration ok");
+        writeln!(std::io::stdout(), "configuration ok")?;
         return Ok(());
     }
     tokio::runtime::Builder::new_current_thread()

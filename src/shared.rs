@@ -14,6 +14,24 @@ use crate::config::Config;
 use crate::counters::WorkerStats;
 use crate::generation::{Generation, GenerationError};
 
+/// A reload that was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A pool's ring could not be built.
+    #[error(transparent)]
+    Ring(#[from] GenerationError),
+    /// A new listen address is taken (by another process, most likely).
+    #[error("cannot listen on {addr} ({listener}): {source}")]
+    Bind {
+        /// The pool or route.
+        listener: String,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// What all workers share.
 pub struct Shared {
     started: std::time::Instant,
@@ -104,7 +122,10 @@ impl Shared {
     /// Switches to a new configuration: builds the next generation beside the current one
     /// (reusing backends present in both) and swaps it in; workers follow. The worker count
     /// cannot change without a restart; a different `threads` is ignored with a warning.
-    pub fn reload(&self, mut config: Config) -> Result<u64, GenerationError> {
+    ///
+    /// All or nothing: every new listen address is claimed first (alone, as at start), and
+    /// if one cannot be, nothing changes. Returns the new generation's id and what changed.
+    pub fn reload(&self, mut config: Config) -> Result<(u64, Vec<String>), ReloadError> {
         let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.generation();
         if config.threads != current.config.threads {
@@ -115,9 +136,25 @@ impl Shared {
             );
             config.threads = current.config.threads;
         }
+        for l in &config.listeners {
+            let ours = current
+                .config
+                .listeners
+                .iter()
+                .any(|o| o.listen == l.listen);
+            if !ours {
+                // Dropped at once: each worker binds its own (SO_REUSEPORT) socket next.
+                std::net::TcpListener::bind(l.listen).map_err(|source| ReloadError::Bind {
+                    listener: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?;
+            }
+        }
+        let changes = crate::config::changes(&current.config, &config);
         let next = Generation::build(config, Some(&current))?;
         self.budget.set_limit(next.config.max_client_memory);
-        Ok(self.publish(next))
+        Ok((self.publish(next), changes))
     }
 
     /// Rebuilds the rings over the backends live now (after an ejection or a return).
@@ -125,7 +162,8 @@ impl Shared {
         let _guard = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         match self.generation().rebuild() {
             Ok(next) => {
-                self.publish(next);
+                let id = self.publish(next);
+                tracing::info!("rings rebuilt over the live backends (generation {id})");
             }
             Err(e) => tracing::error!("ring rebuild failed: {e}"),
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::config::{config_toml, pool_toml, TempFiles};
-use common::{free_port, set_request_bytes, Client, Proxy};
+use common::{free_port, num_stat, set_request_bytes, Client, Proxy};
 
 #[test]
 fn filling_past_the_limit_keeps_memory_bounded_and_evicts_lru_first() {
@@ -98,4 +98,12 @@ fn a_full_cache_can_refuse_instead_of_evicting_and_reports_metrics() {
         body.contains("memroute_embedded_evictions_total{"),
         "{body}"
     );
+    // The embedded cache answers every request it is sent, and says so.
+    let b = c.stats_map("backends");
+    let (requests, replies) = (
+        num_stat(&b, "near:memory:1mb:requests"),
+        num_stat(&b, "near:memory:1mb:replies"),
+    );
+    assert!(requests > refused_at as u64, "{b:?}");
+    assert_eq!(replies, requests, "{b:?}");
 }

@@ -47,6 +47,12 @@ struct Health {
     ejected_until: Mutex<Option<Instant>>,
     /// The pool's ejection policy.
     ejection: Mutex<Option<Ejection>>,
+    /// Consecutive failed active health checks.
+    check_failures: AtomicU32,
+    /// An active health check is in flight (they never overlap).
+    checking: AtomicBool,
+    /// When the next active health check is due.
+    next_check: Mutex<Option<Instant>>,
 }
 
 /// One backend, shared by every worker.
@@ -93,6 +99,9 @@ impl Backend {
                 failures: AtomicU32::new(0),
                 ejected_until: Mutex::new(None),
                 ejection: Mutex::new(None),
+                check_failures: AtomicU32::new(0),
+                checking: AtomicBool::new(false),
+                next_check: Mutex::new(None),
             },
             connections: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
         }
@@ -206,6 +215,42 @@ impl Backend {
     /// Whether the backend is believed reachable.
     pub fn is_up(&self) -> bool {
         self.health.up.load(Ordering::Relaxed)
+    }
+
+    /// Starts an active health check if one is due at `now` (and none is in flight),
+    /// scheduling the next one `interval` later; the caller runs it and reports with
+    /// [`Backend::checked`].
+    pub fn begin_check(&self, now: Instant, interval: Duration) -> bool {
+        let mut next = Self::lock(&self.health.next_check);
+        if next.is_some_and(|t| t > now) || self.health.checking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        *next = Some(now + interval);
+        true
+    }
+
+    /// The outcome of an active health check. `failures` consecutive failures mark the
+    /// backend down (and each counts toward ejection, like a failed request); one success
+    /// marks it up. Returns true when the failure ejected the backend (rebuild the rings).
+    pub fn checked(&self, result: Result<(), String>, failures: u32) -> bool {
+        self.health.checking.store(false, Ordering::Release);
+        match result {
+            Ok(()) => {
+                self.health.check_failures.store(0, Ordering::Relaxed);
+                self.stats.checks_ok.inc();
+                self.set_up(true, &"");
+                false
+            }
+            Err(why) => {
+                let n = self.health.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                self.stats.checks_failed.inc();
+                if n >= failures {
+                    let why = format!("{n} consecutive health checks failed, the last: {why}");
+                    self.set_up(false, &why);
+                }
+                self.record_failure()
+            }
+        }
     }
 
     /// Records the outcome of a connection attempt, logging only state changes.

@@ -4,7 +4,9 @@
 //! - [`raw`]: the file as written, and errors that say which key they are at.
 //! - `validate`: one small check per key.
 //! - `routes`: routes and listeners: references resolved, circles refused.
+//! - `diff`: what a reload changes, for the log.
 
+mod diff;
 mod raw;
 mod routes;
 mod validate;
@@ -17,7 +19,10 @@ use serde::Deserialize;
 use crate::admission::AccessList;
 use crate::ring::{server_identity, Distribution, HashFunction, HashTag};
 
-pub use raw::{MemoryFull, RawConfig, RawPool, RawRoute, RawSize, ReadPolicy, WritePolicy};
+pub use diff::changes;
+pub use raw::{
+    MemoryFull, RawConfig, RawDuration, RawPool, RawRoute, RawSize, ReadPolicy, WritePolicy,
+};
 pub use validate::{parse_duration, parse_server, parse_size};
 
 /// A configuration that cannot be used, with the field it is about.
@@ -220,8 +225,19 @@ pub struct PoolConfig {
     pub warmup_ttl: u32,
     /// Ejection of failing backends.
     pub ejection: Option<Ejection>,
+    /// Active health checks of the backends (none: off).
+    pub health_check: Option<HealthCheck>,
     /// Embedded caches evict least-recently-used items when full (else they refuse).
     pub memory_evict: bool,
+}
+
+/// Active health checks: each backend probed with `version` on a connection of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// How often.
+    pub interval: Duration,
+    /// Consecutive failed probes that mark a backend down.
+    pub failures: u32,
 }
 
 /// twemproxy's ejection settings (`auto_eject_hosts = true`).
@@ -331,6 +347,7 @@ impl ServerConfig {
     /// `host:port` (or `memory:<size>`), for logs and stats.
     pub fn address(&self) -> String {
         match &self.endpoint {
+            Endpoint::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
             Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
             Endpoint::Memory { size, .. } => format!("memory:{size}"),
         }
@@ -339,6 +356,8 @@ impl ServerConfig {
 
 /// Defaults, chosen for a production proxy (twemproxy's where it has one).
 pub mod defaults {
+    use std::time::Duration;
+
     use crate::ring::{Distribution, HashFunction};
 
     /// twemproxy's default hash.
@@ -346,9 +365,11 @@ pub mod defaults {
     /// twemproxy's default distribution.
     pub const DISTRIBUTION: Distribution = Distribution::Ketama;
     /// Every request gets a deadline (twemproxy's default is none).
-    pub const TIMEOUT_MS: u64 = 1000;
+    pub const TIMEOUT: Duration = Duration::from_millis(1000);
     /// Connect timeout.
-    pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+    /// How often each backend is probed.
+    pub const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
     /// memcached's default item size limit.
     pub const ITEM_SIZE_MAX: u64 = 1024 * 1024;
     /// Requests in flight per client.
@@ -443,6 +464,89 @@ mod tests {
             .contains("pools.main.protocol"));
         assert!(err(&OK.replace("timeout = 400", "preserve_flags = true"))
             .contains("pools.main.preserve_flags"));
+    }
+
+    #[test]
+    fn durations_take_units_and_integers_keep_their_twemproxy_meaning() {
+        let with = |keys: &str| {
+            let text = OK.replace("timeout = 400", keys);
+            RawConfig::parse(&text).and_then(|r| r.validate())
+        };
+        let p = |keys: &str| with(keys).unwrap().pools.remove(0);
+        assert_eq!(p("timeout = 250").timeout, Duration::from_millis(250));
+        assert_eq!(p("timeout = \"250ms\"").timeout, Duration::from_millis(250));
+        assert_eq!(p("timeout = \"2s\"").timeout, Duration::from_secs(2));
+        assert_eq!(p("timeout = \"1.5s\"").timeout, Duration::from_millis(1500));
+        assert_eq!(p("timeout = \"0.25m\"").timeout, Duration::from_secs(15));
+        assert!(with("timeout = \"1.2.3s\"").is_err());
+        assert!(with("timeout = \".s\"").is_err());
+        assert_eq!(p("warmup = \"5m\"").warmup, Duration::from_secs(300));
+        assert_eq!(p("warmup = 1500").warmup, Duration::from_millis(1500));
+        assert_eq!(
+            p("client_timeout = \"1h\"").client_timeout,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            p("server_retry_timeout = \"10s\"\nauto_eject_hosts = true")
+                .ejection
+                .unwrap()
+                .retry_timeout,
+            Duration::from_secs(10)
+        );
+        // TTLs are memcached's seconds.
+        assert_eq!(p("warmup_ttl = 600").warmup_ttl, 600);
+        assert_eq!(p("warmup_ttl = \"2h\"").warmup_ttl, 7200);
+        assert_eq!(
+            p("health_check_interval = \"500ms\"").health_check,
+            Some(HealthCheck {
+                interval: Duration::from_millis(500),
+                failures: 2
+            })
+        );
+        assert_eq!(p("health_check_interval = 0").health_check, None);
+        let e = with("warmup = \"60\"").unwrap_err().to_string();
+        assert!(
+            e.contains("pools.main.warmup") && e.contains("needs a unit"),
+            "{e}"
+        );
+        let e = with("timeout = \"2 fortnights\"").unwrap_err().to_string();
+        assert!(e.contains("unknown unit"), "{e}");
+        let e = with("timeout = 0").unwrap_err().to_string();
+        assert!(e.contains("pools.main.timeout"), "{e}");
+        let shutdown = RawConfig::parse(&format!("shutdown_timeout = \"3s\"\n{OK}"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(shutdown.shutdown_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn sizes_take_units_and_servers_take_bracketed_ipv6() {
+        let c = RawConfig::parse(&OK.replace("\"2m\"", "\"2mb\""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.pools[0].item_size_max, 2 * 1024 * 1024);
+        let c = RawConfig::parse(&OK.replace("\"2m\"", "\"512KiB\""))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(c.pools[0].item_size_max, 512 * 1024);
+        assert!(err(&OK.replace("\"2m\"", "\"2 parsecs\"")).contains("item_size_max"));
+        let v6 = OK.replace("\"127.0.0.1:11211:1\"", "\"[::1]:11211:3\"");
+        let c = RawConfig::parse(&v6).unwrap().validate().unwrap();
+        let s = &c.pools[0].servers[0];
+        assert_eq!((s.address(), s.weight), ("[::1]:11211".to_string(), 3));
+        assert_eq!(s.endpoint.addr().unwrap(), "[::1]:11211".parse().unwrap());
+        let v6 = OK.replace("\"127.0.0.1:11211:1\"", "\"[::1]:11211\"");
+        assert!(RawConfig::parse(&v6).unwrap().validate().is_ok());
+        assert!(err(&OK.replace("\"127.0.0.1:11211:1\"", "\"[::1:11211\"")).contains("servers[0]"));
+    }
+
+    #[test]
+    fn admin_may_not_share_a_listen_address() {
+        let e = err(&format!("admin = \"127.0.0.1:22121\"\n{OK}"));
+        assert!(e.contains("admin") && e.contains("pool main"), "{e}");
     }
 
     #[test]

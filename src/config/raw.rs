@@ -24,8 +24,8 @@ pub struct RawConfig {
     pub max_client_memory: Option<RawSize>,
     /// Address of the admin HTTP listener (`/metrics`, `/health`); none by default.
     pub admin: Option<String>,
-    /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish (ms).
-    pub shutdown_timeout: Option<u64>,
+    /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish.
+    pub shutdown_timeout: Option<RawDuration>,
     /// The pools, by name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
@@ -115,8 +115,9 @@ pub struct RawRoute {
     pub primary: Option<String>,
     /// gutter: the pool that takes over a failed primary's requests.
     pub gutter: Option<String>,
-    /// gutter: the longest TTL a write gets in the gutter, e.g. `"300s"`.
-    pub failover_ttl: Option<String>,
+    /// gutter: the longest TTL a write gets in the gutter, e.g. `"300s"` (an integer:
+    /// seconds).
+    pub failover_ttl: Option<RawDuration>,
     /// shadow: the pool that gets a copy of part of the traffic.
     pub shadow: Option<String>,
     /// shadow: the part of the keys (by hash) whose requests are copied, 0 to 1.
@@ -130,13 +131,25 @@ pub struct RawRoute {
     /// Listener: client connections it accepts at most.
     pub max_client_connections: Option<usize>,
     /// Listener: close a client connection idle this long.
-    pub client_timeout: Option<String>,
+    pub client_timeout: Option<RawDuration>,
     /// Listener: client networks allowed.
     #[serde(default)]
     pub client_allow: Vec<String>,
     /// Listener: client networks refused.
     #[serde(default)]
     pub client_deny: Vec<String>,
+}
+
+/// A duration: a string with a unit (`"500ms"`, `"2s"`, `"5m"`, `"1h"`), or an integer in the
+/// key's own unit (milliseconds, twemproxy's, for timeouts and periods; seconds,
+/// memcached's, for TTLs).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    /// In the key's unit.
+    Number(u64),
+    /// With a unit.
+    Text(String),
 }
 
 /// A byte size: a number, or a string with a `k`, `m` or `g` suffix.
@@ -171,10 +184,10 @@ pub struct RawPool {
     pub hash_tag: Option<String>,
     /// `ketama`, `modula` or `random`.
     pub distribution: Option<Distribution>,
-    /// Upstream request timeout in milliseconds.
-    pub timeout: Option<u64>,
-    /// Upstream connect timeout in milliseconds.
-    pub connect_timeout: Option<u64>,
+    /// Upstream request timeout.
+    pub timeout: Option<RawDuration>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Option<RawDuration>,
     /// Connections per backend per worker thread.
     pub server_connections: Option<usize>,
     /// `host:port:weight [name]` entries.
@@ -191,7 +204,7 @@ pub struct RawPool {
     pub max_client_connections: Option<usize>,
     /// Close a client connection idle (no request, nothing in flight) this long, e.g.
     /// `"300s"`; absent or `"0s"`: never, as memcached.
-    pub client_timeout: Option<String>,
+    pub client_timeout: Option<RawDuration>,
     /// Client networks allowed on this listener (CIDR or address); empty: all.
     #[serde(default)]
     pub client_allow: Vec<String>,
@@ -206,18 +219,53 @@ pub struct RawPool {
     pub preserve_flags: Option<bool>,
     /// After a reload moves keys, how long a miss on a key's new owner is retried on its
     /// previous owner, e.g. `"30s"`; `"0s"` turns warm-up off.
-    pub warmup: Option<String>,
-    /// TTL (seconds) of values copied to their new owner during warm-up.
-    pub warmup_ttl: Option<u32>,
+    pub warmup: Option<RawDuration>,
+    /// TTL of values copied to their new owner during warm-up (an integer: seconds).
+    pub warmup_ttl: Option<RawDuration>,
     /// Embedded caches of this pool when full.
     pub memory_full: Option<MemoryFull>,
     /// twemproxy's: take a failing backend off the ring.
     pub auto_eject_hosts: Option<bool>,
     /// twemproxy's: consecutive failures that eject a backend.
     pub server_failure_limit: Option<u32>,
-    /// twemproxy's: how long an ejected backend stays out before it is probed (ms).
-    pub server_retry_timeout: Option<u64>,
+    /// twemproxy's: how long an ejected backend stays out before it is probed.
+    pub server_retry_timeout: Option<RawDuration>,
+    /// How often each backend is probed with `version` on a connection of its own; `"0s"`
+    /// turns active health checks off.
+    pub health_check_interval: Option<RawDuration>,
+    /// Consecutive failed probes that mark a backend down.
+    pub health_check_failures: Option<u32>,
 }
+
+/// Keys of a pool's table (for the hint when one is written at the top of the file).
+const POOL_KEYS: &[&str] = &[
+    "listen",
+    "hash",
+    "hash_tag",
+    "distribution",
+    "timeout",
+    "connect_timeout",
+    "server_connections",
+    "servers",
+    "item_size_max",
+    "max_client_inflight",
+    "max_client_buffer",
+    "max_client_connections",
+    "client_timeout",
+    "client_allow",
+    "client_deny",
+    "retrieval_failure",
+    "protocol",
+    "preserve_flags",
+    "warmup",
+    "warmup_ttl",
+    "memory_full",
+    "auto_eject_hosts",
+    "server_failure_limit",
+    "server_retry_timeout",
+    "health_check_interval",
+    "health_check_failures",
+];
 
 /// Keys that belong at the top of the file, before any `[pools.*]` table.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -261,12 +309,18 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let misplaced = key
         .as_deref()
         .filter(|k| !table.is_empty() && TOP_LEVEL_KEYS.contains(k));
-    let hint = match misplaced {
-        Some(k) => format!(
+    let pool_key_at_top = key
+        .as_deref()
+        .filter(|k| table.is_empty() && !TOP_LEVEL_KEYS.contains(k) && POOL_KEYS.contains(k));
+    let hint = match (misplaced, pool_key_at_top) {
+        (Some(k), _) => format!(
             " ({k} is a top-level key: put it above the first [pools.*] or [routes.*] table, \
              or it is read as part of [{table}])"
         ),
-        None => String::new(),
+        (None, Some(k)) => {
+            format!(" ({k} is a key of a pool: put it inside a [pools.<name>] table)")
+        }
+        (None, None) => String::new(),
     };
     ConfigError::Syntax(format!("line {line_no}: {field}: {message}{hint}"))
 }
@@ -313,8 +367,14 @@ mod tests {
             e.contains("pools.main.hash") && e.contains("fnv1a_64"),
             "{e}"
         );
-        let e = error("[pools.main]\ntimeout = \"5s\"\n");
+        let e = error("[pools.main]\ntimeout = true\n");
         assert!(e.contains("pools.main.timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_key_at_the_top_says_where_it_belongs() {
+        let e = error("listen = \"127.0.0.1:1\"\n[pools.main]\n");
+        assert!(e.contains("listen is a key of a pool"), "{e}");
     }
 
     #[test]

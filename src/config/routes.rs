@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use super::raw::{RawRoute, RouteType};
 use super::validate::{
     access, address, at_least_one, client_timeout, invalid, item_size_max, max_client_buffer,
-    max_client_connections, parse_duration, Keys,
+    max_client_connections, ttl, Keys,
 };
 use super::{
     defaults, ClientSettings, ConfigError, ListenerConfig, PoolConfig, ReadPolicy, RouteConfig,
@@ -83,16 +83,11 @@ pub(super) fn validate(
                 if primary == gutter {
                     return Err(invalid(f.of("gutter"), "must differ from primary"));
                 }
-                let failover_ttl = match &r.failover_ttl {
-                    None => defaults::FAILOVER_TTL,
-                    Some(t) => {
-                        let d = parse_duration(&f.of("failover_ttl"), t)?;
-                        match d.as_secs() {
-                            0 => return Err(invalid(f.of("failover_ttl"), "at least 1s")),
-                            s => u32::try_from(s).unwrap_or(u32::MAX),
-                        }
-                    }
-                };
+                let failover_ttl = ttl(
+                    &f.of("failover_ttl"),
+                    r.failover_ttl.as_ref(),
+                    defaults::FAILOVER_TTL,
+                )?;
                 RouteKind::Gutter {
                     primary,
                     gutter,
@@ -157,7 +152,7 @@ pub(super) fn listeners(
                 )?,
                 max_client_buffer: max_client_buffer(&f, r.max_client_buffer.as_ref())?,
                 max_client_connections: max_client_connections(&f, r.max_client_connections)?,
-                client_timeout: client_timeout(&f, r.client_timeout.as_deref())?,
+                client_timeout: client_timeout(&f, r.client_timeout.as_ref())?,
                 access: access(&f, &r.client_allow, &r.client_deny)?,
             },
         });

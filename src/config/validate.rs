@@ -4,9 +4,9 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::raw::{MemoryFull, RawConfig, RawPool, RawSize};
+use super::raw::{MemoryFull, RawConfig, RawDuration, RawPool, RawSize};
 use super::{
-    defaults, BackendProtocol, Config, ConfigError, Ejection, Endpoint, PoolConfig,
+    defaults, BackendProtocol, Config, ConfigError, Ejection, Endpoint, HealthCheck, PoolConfig,
     RetrievalFailure, ServerConfig,
 };
 use crate::admission::AccessList;
@@ -32,16 +32,27 @@ impl RawConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let routes = super::routes::validate(&self.routes, &pools)?;
         let listeners = super::routes::listeners(&self.routes, &pools)?;
+        let admin = self
+            .admin
+            .as_deref()
+            .map(|a| address("admin", a))
+            .transpose()?;
+        if let Some(l) = listeners.iter().find(|l| Some(l.listen) == admin) {
+            return Err(invalid(
+                "admin",
+                format!("{} is also the listen address of {}", l.listen, l.target),
+            ));
+        }
         Ok(Config {
             threads: threads(self.threads)?,
             max_clients: at_least_one("max_clients", self.max_clients, defaults::MAX_CLIENTS)?,
             max_client_memory: max_client_memory(self.max_client_memory.as_ref())?,
-            admin: self
-                .admin
-                .as_deref()
-                .map(|a| address("admin", a))
-                .transpose()?,
-            shutdown_timeout: Duration::from_millis(self.shutdown_timeout.unwrap_or(10_000)),
+            admin,
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                self.shutdown_timeout.as_ref(),
+                Duration::from_secs(10),
+            )?,
             pools,
             routes,
             listeners,
@@ -86,54 +97,91 @@ pub(super) fn address(field: &str, text: &str) -> Result<SocketAddr, ConfigError
         .ok_or_else(|| invalid(field, format!("'{text}' is not host:port")))
 }
 
-/// Parses a size: bytes, or a number with `k`, `m` or `g`.
+/// Parses a size: bytes, or a number with a unit — `k`, `m`, `g` (or `kb`/`kib`, `mb`/`mib`,
+/// `gb`/`gib`, all powers of 1024 as memcached's `-m` and `-I` read them), or `b`.
 pub fn parse_size(field: &str, raw: &RawSize) -> Result<u64, ConfigError> {
-    match raw {
-        RawSize::Bytes(n) => Ok(*n),
-        RawSize::Text(s) => {
-            let t = s.trim().to_ascii_lowercase();
-            let (digits, mult) = match t.char_indices().last() {
-                Some((i, 'k')) => (&t[..i], 1024),
-                Some((i, 'm')) => (&t[..i], 1024 * 1024),
-                Some((i, 'g')) => (&t[..i], 1024 * 1024 * 1024),
-                _ => (&t[..], 1),
-            };
-            digits
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| n.checked_mul(mult))
-                .ok_or_else(|| {
-                    invalid(
-                        field,
-                        format!("'{s}' is not a size (e.g. 1048576 or \"1m\")"),
-                    )
-                })
-        }
-    }
+    let s = match raw {
+        RawSize::Bytes(n) => return Ok(*n),
+        RawSize::Text(s) => s,
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| mult > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("'{s}' is not a size (e.g. 1048576, \"1m\", \"64kb\")"),
+            )
+        })
 }
 
-/// Parses `"30s"`, `"500ms"`, `"5m"`, `"1h"` or a bare number of seconds.
+/// Parses a duration written with its unit: `"500ms"`, `"30s"`, `"5m"`, `"1h"` (a number
+/// alone in a string is ambiguous and refused: write `500` for milliseconds or `"500ms"`).
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, ConfigError> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
+    let not_a_duration = || {
         invalid(
             field,
-            format!("'{text}' is not a duration (e.g. \"30s\", \"500ms\")"),
+            format!(
+                "'{text}' is not a duration (e.g. \"30s\", \"1.5s\", \"500ms\", or 500 for milliseconds)"
+            ),
         )
-    })?;
-    match unit.trim() {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(invalid(
-            field,
-            format!("'{text}': unknown unit (ms, s, m, h)"),
-        )),
+    };
+    // Whole and fractional parts kept apart: "1.5s" is exactly 1500 ms, with no float.
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if whole.is_empty() && frac.is_empty() || frac.contains('.') {
+        return Err(not_a_duration());
     }
+    let whole: u64 = match whole {
+        "" => 0,
+        w => w.parse().map_err(|_| not_a_duration())?,
+    };
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => {
+            return Err(invalid(
+                field,
+                format!("'{text}' needs a unit: \"{num}s\", \"{num}ms\" (or a whole number without quotes for milliseconds)"),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                field,
+                format!("'{text}': unknown unit (ms, s, m, h)"),
+            ))
+        }
+    };
+    // The fraction, to the millisecond (digits beyond are dropped).
+    let mut frac_ms = 0u64;
+    let mut scale = unit_ms;
+    for d in frac.bytes() {
+        scale /= 10;
+        frac_ms += u64::from(d - b'0') * scale;
+    }
+    whole
+        .checked_mul(unit_ms)
+        .and_then(|ms| ms.checked_add(frac_ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| invalid(field, format!("'{text}' is too long")))
 }
 
 /// Parses `host:port[:weight] [name]` or `memory:<size>[:weight] [name]`.
@@ -176,11 +224,25 @@ pub fn parse_server(field: &str, text: &str) -> Result<ServerConfig, ConfigError
             name,
         });
     }
-    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
-    let (host, port, weight) = match parts.as_slice() {
-        [w, p, h] => (*h, *p, Some(*w)),
-        [p, h] => (*h, *p, None),
-        _ => return Err(shape()),
+    // `[v6-address]:port[:weight]`, or `host:port[:weight]` (an unbracketed IPv6 address
+    // works too when the weight is given, as twemproxy reads it).
+    let (host, port, weight) = match spec.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']').ok_or_else(shape)?;
+            let after = after.strip_prefix(':').ok_or_else(shape)?;
+            match after.split_once(':') {
+                Some((p, w)) => (host, p, Some(w)),
+                None => (host, after, None),
+            }
+        }
+        None => {
+            let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+            match parts.as_slice() {
+                [w, p, h] => (*h, *p, Some(*w)),
+                [p, h] => (*h, *p, None),
+                _ => return Err(shape()),
+            }
+        }
     };
     let port: u16 = port
         .parse()
@@ -240,11 +302,11 @@ impl RawPool {
             hash: self.hash.unwrap_or(defaults::HASH),
             hash_tag: self.hash_tag(&f)?,
             distribution: self.distribution.unwrap_or(defaults::DISTRIBUTION),
-            timeout: milliseconds(&f.of("timeout"), self.timeout, defaults::TIMEOUT_MS)?,
-            connect_timeout: milliseconds(
+            timeout: positive(&f.of("timeout"), self.timeout.as_ref(), defaults::TIMEOUT)?,
+            connect_timeout: positive(
                 &f.of("connect_timeout"),
-                self.connect_timeout,
-                defaults::CONNECT_TIMEOUT_MS,
+                self.connect_timeout.as_ref(),
+                defaults::CONNECT_TIMEOUT,
             )?,
             server_connections: self.server_connections(&f)?,
             servers,
@@ -256,13 +318,18 @@ impl RawPool {
             )?,
             max_client_buffer: max_client_buffer(&f, self.max_client_buffer.as_ref())?,
             max_client_connections: max_client_connections(&f, self.max_client_connections)?,
-            client_timeout: client_timeout(&f, self.client_timeout.as_deref())?,
+            client_timeout: client_timeout(&f, self.client_timeout.as_ref())?,
             access: access(&f, &self.client_allow, &self.client_deny)?,
             retrieval_failure: self.retrieval_failure.unwrap_or(RetrievalFailure::Miss),
             protocol,
             preserve_flags,
             warmup: self.warmup(&f, protocol)?,
-            warmup_ttl: self.warmup_ttl.unwrap_or(defaults::WARMUP_TTL),
+            warmup_ttl: ttl(
+                &f.of("warmup_ttl"),
+                self.warmup_ttl.as_ref(),
+                defaults::WARMUP_TTL,
+            )?,
+            health_check: self.health_check(&f)?,
             ejection: self.ejection(&f)?,
             memory_evict: self.memory_full.unwrap_or(MemoryFull::Evict) == MemoryFull::Evict,
         })
@@ -333,11 +400,25 @@ impl RawPool {
         Ok(preserve)
     }
 
-    fn warmup(&self, f: &Keys<'_>, protocol: BackendProtocol) -> Result<Duration, ConfigError> {
-        let warmup = match &self.warmup {
-            None => Duration::from_secs(defaults::WARMUP_SECS),
-            Some(t) => parse_duration(&f.of("warmup"), t)?,
+    fn health_check(&self, f: &Keys<'_>) -> Result<Option<HealthCheck>, ConfigError> {
+        let interval = duration(
+            &f.of("health_check_interval"),
+            self.health_check_interval.as_ref(),
+            defaults::HEALTH_CHECK_INTERVAL,
+        )?;
+        let failures = match self.health_check_failures.unwrap_or(2) {
+            0 => return Err(invalid(f.of("health_check_failures"), "must be at least 1")),
+            n => n,
         };
+        Ok((!interval.is_zero()).then_some(HealthCheck { interval, failures }))
+    }
+
+    fn warmup(&self, f: &Keys<'_>, protocol: BackendProtocol) -> Result<Duration, ConfigError> {
+        let warmup = duration(
+            &f.of("warmup"),
+            self.warmup.as_ref(),
+            Duration::from_secs(defaults::WARMUP_SECS),
+        )?;
         if protocol == BackendProtocol::TokyoTyrant && !warmup.is_zero() && self.warmup.is_some() {
             return Err(invalid(
                 f.of("warmup"),
@@ -355,10 +436,10 @@ impl RawPool {
             0 => return Err(invalid(f.of("server_failure_limit"), "must be at least 1")),
             n => n,
         };
-        let retry_timeout = milliseconds(
+        let retry_timeout = positive(
             &f.of("server_retry_timeout"),
-            self.server_retry_timeout,
-            30_000,
+            self.server_retry_timeout.as_ref(),
+            Duration::from_secs(30),
         )?;
         Ok(Some(Ejection {
             failure_limit,
@@ -408,12 +489,10 @@ pub(super) fn max_client_connections(
 /// A listener's idle timeout (zero or absent: none).
 pub(super) fn client_timeout(
     f: &Keys<'_>,
-    text: Option<&str>,
+    raw: Option<&RawDuration>,
 ) -> Result<Option<Duration>, ConfigError> {
-    match text {
-        None => Ok(None),
-        Some(t) => Ok(Some(parse_duration(&f.of("client_timeout"), t)?).filter(|d| !d.is_zero())),
-    }
+    let d = duration(&f.of("client_timeout"), raw, Duration::ZERO)?;
+    Ok((!d.is_zero()).then_some(d))
 }
 
 /// A listener's access lists.
@@ -431,10 +510,48 @@ pub(super) fn access(
     })
 }
 
-/// A positive number of milliseconds.
-fn milliseconds(field: &str, value: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
-    match value.unwrap_or(default) {
-        0 => Err(invalid(field, "must be at least 1 (milliseconds)")),
-        n => Ok(Duration::from_millis(n)),
+/// A duration (an integer: milliseconds, twemproxy's unit), or `default`.
+pub(super) fn duration(
+    field: &str,
+    raw: Option<&RawDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(RawDuration::Number(ms)) => Ok(Duration::from_millis(*ms)),
+        Some(RawDuration::Text(t)) => parse_duration(field, t),
+    }
+}
+
+/// A duration that must not be zero.
+fn positive(
+    field: &str,
+    raw: Option<&RawDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match duration(field, raw, default)? {
+        d if d.is_zero() => Err(invalid(
+            field,
+            "must be more than 0 (e.g. 500 or \"500ms\")",
+        )),
+        d => Ok(d),
+    }
+}
+
+/// A TTL in seconds (an integer: seconds, memcached's unit), or `default`.
+pub(super) fn ttl(
+    field: &str,
+    raw: Option<&RawDuration>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let secs = match raw {
+        None => return Ok(default),
+        Some(RawDuration::Number(s)) => *s,
+        Some(RawDuration::Text(t)) => parse_duration(field, t)?.as_secs(),
+    };
+    match u32::try_from(secs) {
+        Ok(0) => Err(invalid(field, "must be at least 1 second")),
+        Ok(s) => Ok(s),
+        Err(_) => Err(invalid(field, "too long")),
     }
 }
