@@ -4,7 +4,7 @@
 # Usage (from the repo root): bash scripts/soak.sh [--duration S] [--backends N]
 #     [--volatile I] [--connections N] [--depth N] [--rate OPS] [--keys N] [--threads N]
 #     [--up S] [--down S,S,...] [--tail S] [--timeout MS] [--retrieval-failure miss|error]
-#     [--no-faults]
+#     [--no-faults] [--replicated [--read miss_failover|failover]]
 #
 # Builds release binaries, starts N real memcached backends (default 4) and memroute over
 # them (ketama, fnv1a_64, auto_eject_hosts off, --timeout 500 ms, 2 worker threads, 2 server
@@ -29,6 +29,28 @@
 # Stable-key timeouts usually mean an overloaded host (see monitor.tsv: load, memroute CPU,
 # descriptors, RSS every 5 s). Output: target/soak-results/<timestamp>/ (loadgen.json,
 # monitor.tsv, logs). Env: MEMROUTE_BIN, LOADGEN_BIN use prebuilt binaries, not cargo.
+#
+# --replicated: memroute serves a replicated route (write = "all_sync") over two pools,
+# copy A = backends 1..N/2 (the designated copy, read first) and copy B = the rest; the
+# route listens, the pools do not; retrieval_failure is error unless told. Backend I is
+# killed and restarted as above (default 2: in copy A with 4 backends) and comes back
+# empty. --read sets the route's read policy, default miss_failover: a restarted memcached
+# is a cold copy, and with plain "failover" a miss is an answer, so reads of the keys it
+# owns miss until rewritten although the other copy holds them; `--read failover` FAILS
+# (lost writes: misses after a write) by design, showing that the checks bite. Volatile
+# keys are then those with a copy on backend I. Besides the above, the run fails unless:
+# no read fails, misses a key after a version was acknowledged or seen, or returns an
+# older version, for any key, whichever backend is down (only writes to volatile keys may
+# fail while it is down, all_sync answering the worst reply; such a write may or may not
+# have landed on the live copy, so either version may be read until the key's next
+# acknowledged write; a read failing over to the other copy asks it once the first has
+# answered, so it may return a write the connection pipelined after the get: newer,
+# allowed, counted); at the end every key is read on its owner in each copy (memroute's
+# rings): nothing misplaced in either pool, every version acknowledged or seen held on
+# backends that never restarted, and on the restarted one every version acknowledged by a
+# write sent after its last restart (keys written before it came back may be missing:
+# reported); the loadgen's probes saw one restart per kill; and, the volatile backend in
+# copy A, reads failed over to copy B (stats routes: failovers > 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,12 +65,14 @@ THREADS=2
 UP=12
 DOWNS=2,4,6
 TAIL=25
-RFAIL=miss
+RFAIL=""
 FAULTS=1
+REPLICATED=0
+READ=""
 TIMEOUT=500
 RECOVERY=5 # seconds after the last restart by which volatile errors must have stopped
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --duration) DURATION="$2"; shift ;;
@@ -65,6 +89,8 @@ while [ $# -gt 0 ]; do
     --retrieval-failure) RFAIL="$2"; shift ;;
     --timeout) TIMEOUT="$2"; shift ;;
     --no-faults) FAULTS=0 ;;
+    --replicated) REPLICATED=1 ;;
+    --read) READ="$2"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -77,6 +103,15 @@ die() { log "ERROR: $*"; exit 1; }
 [ "$NBACKENDS" -ge 2 ] || die "--backends must be at least 2"
 [ "$VOLATILE" -ge 1 ] && [ "$VOLATILE" -le "$NBACKENDS" ] || die "--volatile must be in 1..$NBACKENDS"
 [ "${DURATION%.*}" -ge $((TAIL + 15)) ] || die "--duration must be at least --tail + 15 s"
+if [ "$REPLICATED" = 1 ]; then
+    READ=${READ:-miss_failover}
+    RFAIL=${RFAIL:-error}
+    case "$READ" in miss_failover | failover) ;; *) die "--read must be miss_failover or failover" ;; esac
+    NA=$((NBACKENDS / 2)) # copy A: backends 1..NA; copy B: NA+1..NBACKENDS
+else
+    [ -z "$READ" ] || die "--read needs --replicated"
+    RFAIL=${RFAIL:-miss}
+fi
 
 # --- prerequisites ----------------------------------------------------------
 if ! command -v memcached >/dev/null; then
@@ -133,11 +168,9 @@ start_backend() { # index (1-based)
 for i in $(seq 1 "$NBACKENDS"); do start_backend "$i"; done
 
 CONFIG=$OUT/memroute.toml
-{
-    echo "threads = $THREADS"
-    echo
-    echo "[pools.soak]"
-    echo "listen = \"127.0.0.1:$MR_PORT\""
+pool() { # name listen-address-or-empty first-backend last-backend
+    echo "[pools.$1]"
+    [ -z "$2" ] || echo "listen = \"$2\""
     echo 'hash = "fnv1a_64"'
     echo 'distribution = "ketama"'
     echo "timeout = $TIMEOUT"
@@ -146,8 +179,26 @@ CONFIG=$OUT/memroute.toml
     echo 'auto_eject_hosts = false'
     echo "retrieval_failure = \"$RFAIL\""
     echo 'servers = ['
-    for i in $(seq 1 "$NBACKENDS"); do echo "    \"127.0.0.1:${PORTS[$((i - 1))]}:1\","; done
+    for i in $(seq "$3" "$4"); do echo "    \"127.0.0.1:${PORTS[$((i - 1))]}:1\","; done
     echo ']'
+}
+{
+    echo "threads = $THREADS"
+    echo
+    if [ "$REPLICATED" = 1 ]; then
+        pool soak_a "" 1 "$NA"
+        echo
+        pool soak_b "" $((NA + 1)) "$NBACKENDS"
+        echo
+        echo "[routes.soak]"
+        echo 'type = "replicated"'
+        echo "listen = \"127.0.0.1:$MR_PORT\""
+        echo 'copies = ["soak_a", "soak_b"]'
+        echo 'write = "all_sync"'
+        echo "read = \"$READ\""
+    else
+        pool soak "127.0.0.1:$MR_PORT" 1 "$NBACKENDS"
+    fi
 } >"$CONFIG"
 "$MEMROUTE" --config "$CONFIG" --check >"$OUT/logs/check.txt" || die "memroute --check failed"
 "$MEMROUTE" --config "$CONFIG" >"$OUT/logs/memroute.log" 2>&1 &
@@ -155,6 +206,11 @@ MR_PID=$!
 wait_port "$MR_PID" "$MR_PORT"
 VOL_ADDR=127.0.0.1:${PORTS[$((VOLATILE - 1))]}
 log "backends ${PORTS[*]:0:$NBACKENDS}; memroute on $MR_PORT; volatile backend $VOLATILE ($VOL_ADDR); ${DURATION}s; output $OUT"
+if [ "$REPLICATED" = 1 ]; then
+    COPY_OF_VOLATILE=B
+    [ "$VOLATILE" -gt "$NA" ] || COPY_OF_VOLATILE=A
+    log "replicated route (write all_sync, read $READ, retrieval_failure $RFAIL): copy A = backends 1..$NA, copy B = backends $((NA + 1))..$NBACKENDS; the volatile backend is in copy $COPY_OF_VOLATILE"
+fi
 
 # --- load -------------------------------------------------------------------
 T0=$(date +%s.%N)
@@ -236,11 +292,11 @@ FAILED=0
 for i in $(seq 1 "$NBACKENDS"); do
     kill -0 "${BPID[$i]}" 2>/dev/null || { log "FAIL: backend $i is not running"; FAILED=1; }
 done
-if kill -0 "$MR_PID" 2>/dev/null; then
-    python3 - "$MR_PORT" >"$OUT/logs/stats-backends.txt" <<'EOF' || true
+mr_stats() { # memroute's `stats $1`
+    python3 - "$MR_PORT" "$1" <<'EOF' || true
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
-s.sendall(b"stats backends\r\n")
+s.sendall(b"stats " + sys.argv[2].encode() + b"\r\n")
 buf = b""
 while not buf.endswith(b"END\r\n"):
     d = s.recv(65536)
@@ -249,6 +305,14 @@ while not buf.endswith(b"END\r\n"):
     buf += d
 sys.stdout.write(buf.decode(errors="replace"))
 EOF
+}
+FAILOVERS=""
+if kill -0 "$MR_PID" 2>/dev/null; then
+    mr_stats backends >"$OUT/logs/stats-backends.txt"
+    if [ "$REPLICATED" = 1 ]; then
+        mr_stats routes >"$OUT/logs/stats-routes.txt"
+        FAILOVERS=$(awk '$2 == "soak:failovers" { print $3 }' "$OUT/logs/stats-routes.txt" | tr -d '\r')
+    fi
 else
     log "FAIL: memroute died (see $OUT/logs/memroute.log)"
     FAILED=1
@@ -260,7 +324,12 @@ if grep -qiE 'panic' "$OUT/logs/memroute.log"; then
 fi
 [ "$KILLS" -ge 1 ] || [ "$FAULTS" = 0 ] || { log "FAIL: no kill/restart cycle fitted in ${DURATION}s"; FAILED=1; }
 
-python3 - "$OUT/loadgen.json" "${LAST_RESTART:-}" "$RECOVERY" "$OUT/monitor.tsv" "$(nproc)" "$TIMEOUT" <<'EOF' || FAILED=1
+REPLICA_ARGS=()
+if [ "$REPLICATED" = 1 ]; then
+    REPLICA_ARGS=("$KILLS" "$COPY_OF_VOLATILE" "$FAILOVERS" "$READ")
+fi
+python3 - "$OUT/loadgen.json" "${LAST_RESTART:-}" "$RECOVERY" "$OUT/monitor.tsv" "$(nproc)" "$TIMEOUT" \
+    "${REPLICA_ARGS[@]}" <<'EOF' || FAILED=1
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
@@ -285,6 +354,24 @@ if last is not None and last_restart is not None and last > last_restart + recov
                f"{last_restart:.1f}s (+{recovery:.0f}s allowed): memroute did not recover")
 if d["final_volatile_unreachable"]:
     bad.append("the volatile backend could not be read at the end")
+rep = d.get("replicated")
+if len(sys.argv) > 7 and not rep:
+    bad.append("--replicated, but the loadgen did not find the replicated route in the config")
+if rep:
+    kills, vol_copy, failovers, read = sys.argv[7], sys.argv[8], sys.argv[9], sys.argv[10]
+    if d["volatile_read_errors"]:
+        bad.append(f"volatile_read_errors = {d['volatile_read_errors']}: reads failed "
+                   "although the other copy was up")
+    if d["volatile"] and last_restart is not None and d["volatile_set_errors"] == 0:
+        bad.append("no write to a volatile key failed: the kills were not felt")
+    if d["volatile"]:
+        seen = d["restarts_detected"].get(d["volatile"])
+        if seen != int(kills):
+            bad.append(f"the loadgen's probes saw {seen} restarts of the volatile backend, "
+                       f"but it was killed and restarted {kills} times")
+    if d["volatile"] and int(kills) > 0 and vol_copy == "A" and failovers in ("", "0"):
+        bad.append(f"no read failed over to copy B (stats routes soak:failovers = "
+                   f"{failovers or 'unknown'}) although copy A's backend was down and cold")
 print(f"ops {d['ops']} ({d['ops_per_sec']:.0f}/s), stable get keys {d['stable_get_keys']}, "
       f"volatile get keys {d['volatile_get_keys']}")
 print(f"volatile: misses {d['volatile_misses']}, get errors {d['volatile_get_errors']}, "
@@ -292,10 +379,24 @@ print(f"volatile: misses {d['volatile_misses']}, get errors {d['volatile_get_err
       f"stale {d['volatile_stale']}; last non-timeout error at "
       f"{last if last is None else round(last, 1)}s, last restart at {last_restart}s")
 print(f"failures: wrong values {d['wrong_values']}, lost writes {d['lost_writes']} "
-      f"(misses {d['stable_misses_after_write']}, stale {d['stable_stale_reads']}), "
+      f"(misses {d['stable_misses_after_write'] + d.get('volatile_misses_after_write', 0)}, "
+      f"stale {d['stable_stale_reads'] + d.get('volatile_stale_reads', 0)}), "
       f"stable-key errors {d['stable_errors']} (timeouts {d['stable_timeouts']}), "
       f"misplaced {d['misplaced']}, lost in final read {d['final_lost']}, "
       f"connection errors {d['connection_errors']}")
+if rep:
+    copies = "; ".join(f"{c['pool']}: {', '.join(c['servers'])}" for c in rep["copies"])
+    print(f"replicated route {rep['route']} (write {rep['write']}, read {rep['read']}): {copies}")
+    print(f"replicated: volatile-key read errors {d['volatile_read_errors']}, misses after a "
+          f"write {d['volatile_misses_after_write']}, stale {d['volatile_stale_reads']} "
+          f"(must be 0); errored writes read back {d['errored_writes_read']}; reads answered "
+          f"with a write pipelined after them {d['later_writes_read']}; failovers "
+          f"{failovers or 'unknown'}; restarts seen by the probes {d['restarts_detected']}")
+    print(f"final (per copy): {d['final_copies_checked']} copies checked, "
+          f"{d['final_copies_on_steady_backends']} on backends that never restarted; on the "
+          f"restarted backend {d['final_since_restart']} acknowledged since its restart (held), "
+          f"{d['final_before_restart_present']} others present, "
+          f"{d['final_before_restart_missing']} missing (allowed: it came back empty)")
 try:
     import csv
     mon = list(csv.DictReader(open(sys.argv[4]), delimiter="\t"))
@@ -328,4 +429,8 @@ EOF
 
 log "results in $OUT"
 [ "$FAILED" = 0 ] || die "soak FAILED"
-log "soak PASSED: $KILLS kill/restart cycles of backend $VOLATILE, no loss, no misrouting"
+if [ "$REPLICATED" = 1 ]; then
+    log "soak PASSED (replicated, read $READ): $KILLS kill/restart cycles of backend $VOLATILE (copy $COPY_OF_VOLATILE), no failed or missed read, no stale value, no loss, no misrouting"
+else
+    log "soak PASSED: $KILLS kill/restart cycles of backend $VOLATILE, no loss, no misrouting"
+fi

@@ -1,8 +1,13 @@
 //! Soak-mode bookkeeping: what a connection knows of each of its keys (`Track`), the
 //! run's counters, and `Soak`, the shared state that judges every reply (wrong values,
 //! lost writes, errors on stable keys) and records failures with samples and timestamps.
+//!
+//! A write answered with an error is uncertain: it may have landed (on the live copy of a
+//! replicated route, or late) or not, so a read may return the version before it or the
+//! erroring one until the key's next acknowledged write (or the first read of the newer).
 
-use super::ownership::SoakServer;
+use super::ownership::{Replication, SoakCopy, SoakServer};
+use super::watch::Watch;
 use crate::protocol::{lossy, parse_num};
 use crate::shared::{lock, Shared};
 use std::collections::BTreeMap;
@@ -20,6 +25,8 @@ pub struct Track {
     pub acked: u32,
     /// Newest version a get returned (0: none).
     pub seen: u32,
+    /// When the write of version `acked` was sent.
+    pub acked_at: Option<Instant>,
 }
 
 impl Track {
@@ -30,14 +37,14 @@ impl Track {
 }
 
 macro_rules! soak_counters {
-    ($($name:ident),* $(,)?) => {
-        /// Soak counters, shared by all connections.
+    ($(#[$doc:meta])* $counters:ident: $($name:ident),* $(,)?) => {
+        $(#[$doc])*
         #[derive(Default)]
-        pub struct SoakCounters {
+        pub struct $counters {
             $(pub $name: AtomicU64,)*
         }
 
-        impl SoakCounters {
+        impl $counters {
             pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
                 let mut m = serde_json::Map::new();
                 $(m.insert(stringify!($name).into(), self.$name.load(Ordering::Relaxed).into());)*
@@ -48,6 +55,8 @@ macro_rules! soak_counters {
 }
 
 soak_counters!(
+    /// Soak counters, shared by all connections.
+    SoakCounters:
     ops,
     gets,
     sets,
@@ -86,6 +95,35 @@ soak_counters!(
     final_volatile_unreachable,
 );
 
+soak_counters!(
+    /// Counters of a replicated route's soak (in its report only). Its volatile keys are those
+    /// with a copy on the volatile backend; their reads are held to the stable keys' rules
+    /// (the other copy answers), only their writes may fail.
+    ReplicaCounters:
+    // Failures: a read of a volatile key answered with an error (the whole get); misses
+    // and stale reads of volatile keys, parts of `lost_writes`.
+    volatile_read_errors,
+    volatile_misses_after_write,
+    volatile_stale_reads,
+    // Versions whose write was answered with an error, read (first time): they landed.
+    errored_writes_read,
+    // Reads that returned a version the connection wrote after the get, in the same
+    // pipelined batch: a read failing over asks the next copy once the first has answered
+    // (a miss, an error), and the write may be there by then. Newer than acknowledged, so
+    // allowed; not taken as seen (the read is still before that write).
+    later_writes_read,
+    // The final direct read, per copy of each key: copies on a backend that never
+    // restarted (held to every version acknowledged or seen); on a restarted one, keys
+    // last acknowledged by a write sent since its last restart (held to that version),
+    // and the others (none acknowledged since: they may be missing, it came back empty),
+    // present or missing.
+    final_copies_checked,
+    final_copies_on_steady_backends,
+    final_since_restart,
+    final_before_restart_present,
+    final_before_restart_missing,
+);
+
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -94,14 +132,19 @@ pub fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-/// The soak run's shared state: every key's owner, the counters and the failure records.
+/// The soak run's shared state: every key's owners, the counters and the failure records.
 pub struct Soak {
     pub sh: Shared,
     pub servers: Vec<SoakServer>,
-    /// Owner of each key (index into `servers`).
-    pub owners: Vec<u16>,
+    /// The copies (one, unless the target is a replicated route), each key's owner in each.
+    pub copies: Vec<SoakCopy>,
     pub volatile: Option<usize>,
+    /// The replicated route the target listens for.
+    pub replication: Option<Replication>,
     pub c: SoakCounters,
+    pub rc: ReplicaCounters,
+    /// Replicated: each server's restarts, seen directly (see `watch`).
+    pub watch: Vec<Watch>,
     pub samples: Mutex<Vec<String>>,
     /// Failures per second of the run, to line them up with the faults.
     pub failure_seconds: Mutex<BTreeMap<u64, u64>>,
@@ -124,12 +167,22 @@ const BACKEND_TIMEOUT: &[u8] = b"SERVER_ERROR backend timeout";
 const SOAK_SAMPLES: usize = 30;
 
 impl Soak {
-    pub fn is_volatile(&self, k: u32) -> bool {
-        self.volatile == Some(self.owners[k as usize] as usize)
+    /// The backend owning key `k` in copy `copy` (an index into `servers`).
+    pub fn owner(&self, copy: usize, k: u32) -> usize {
+        self.copies[copy].owners[k as usize] as usize
     }
 
-    pub fn owner_name(&self, k: u32) -> &str {
-        &self.servers[self.owners[k as usize] as usize].address
+    /// Whether a copy of `k` is on the volatile backend.
+    pub fn is_volatile(&self, k: u32) -> bool {
+        (0..self.copies.len()).any(|c| self.volatile == Some(self.owner(c, k)))
+    }
+
+    /// The owner of `k`; replicated: its owner in every copy.
+    pub fn owner_name(&self, k: u32) -> String {
+        let names: Vec<&str> = (0..self.copies.len())
+            .map(|c| self.servers[self.owner(c, k)].address.as_str())
+            .collect();
+        names.join(" and ")
     }
 
     /// Counts a failure (or connection error) and keeps a sample of it.
@@ -170,6 +223,17 @@ impl Soak {
             + load(&c.stable_errors)
             + load(&c.misplaced)
             + load(&c.final_lost)
+            + load(&self.rc.volatile_read_errors)
+    }
+
+    /// A get including volatile keys answered with an error: expected while their backend
+    /// is down, but a failure on a replicated route (the other copy answers).
+    pub fn volatile_get_error(&self, line: &[u8], msg: impl FnOnce() -> String) {
+        bump(&self.c.volatile_get_errors);
+        self.volatile_error(line);
+        if self.replication.is_some() {
+            self.note(&self.rc.volatile_read_errors, "read error", msg());
+        }
     }
 
     /// Decodes a value returned for key `k`: `Ok(Some(version))` for this run's values,
@@ -187,7 +251,8 @@ impl Soak {
         }
     }
 
-    /// A get returned a value for `k`; `sent` is the highest version sent before the get.
+    /// A get returned a value for `k`; `sent` is the highest version sent before the get
+    /// (`t.sent`: before the reply, the get's batch being written whole).
     pub fn hit(&self, k: u32, sent: u32, t: &mut Track, flags: u64, data: &[u8]) {
         let vol = self.is_volatile(k);
         let c = &self.c;
@@ -208,6 +273,15 @@ impl Soak {
             Ok(None) => 0,
             Ok(Some(v)) => v,
         };
+        if ver > sent && ver <= t.sent && self.replication.is_some() {
+            bump(&self.rc.later_writes_read);
+            bump(if vol {
+                &c.volatile_hits
+            } else {
+                &c.stable_hits
+            });
+            return;
+        }
         if ver > sent {
             let msg = format!(
                 "key {k} (on {}): version {ver} returned, but only {sent} sent before the get",
@@ -216,7 +290,7 @@ impl Soak {
             return self.note(&c.wrong_values, "wrong value", msg);
         }
         if ver < t.floor() {
-            if vol {
+            if vol && self.replication.is_none() {
                 bump(&c.volatile_stale);
             } else {
                 let what = match ver {
@@ -229,10 +303,17 @@ impl Soak {
                     t.acked,
                     t.seen
                 );
-                bump(&c.stable_stale_reads);
+                bump(if vol {
+                    &self.rc.volatile_stale_reads
+                } else {
+                    &c.stable_stale_reads
+                });
                 self.note(&c.lost_writes, "lost write", msg);
             }
         } else {
+            if ver > t.acked && ver > t.seen && self.replication.is_some() {
+                bump(&self.rc.errored_writes_read);
+            }
             t.seen = ver;
         }
         bump(if vol {
@@ -242,9 +323,12 @@ impl Soak {
         });
     }
 
+    /// A miss. Replicated, a volatile key's miss is a lost write as soon as a version was
+    /// acknowledged or seen: the copy not on the volatile backend holds it.
     pub fn miss(&self, k: u32, t: &Track) {
         let c = &self.c;
-        if self.is_volatile(k) {
+        let vol = self.is_volatile(k);
+        if vol && (self.replication.is_none() || t.floor() == 0) {
             bump(&c.volatile_misses);
         } else if t.floor() > 0 {
             let msg = format!(
@@ -253,7 +337,11 @@ impl Soak {
                 t.acked,
                 t.seen
             );
-            bump(&c.stable_misses_after_write);
+            bump(if vol {
+                &self.rc.volatile_misses_after_write
+            } else {
+                &c.stable_misses_after_write
+            });
             self.note(&c.lost_writes, "lost write", msg);
         } else {
             bump(&c.stable_initial_misses);

@@ -78,8 +78,9 @@ async fn soak_read<R: AsyncRead + Unpin>(
                 soak_check_get(sk, reply, keys, &b.floors[op.first..op.first + op.n], own);
             } else if first.starts_with(b"SERVER_ERROR ") && keys.iter().any(|&k| sk.is_volatile(k))
             {
-                bump(&c.volatile_get_errors);
-                sk.volatile_error(first);
+                sk.volatile_get_error(first, || {
+                    format!("get {keys:?} (volatile keys): {}", lossy(first))
+                });
             } else if first.starts_with(b"SERVER_ERROR ") {
                 let msg = format!("get {keys:?} (stable keys): {}", lossy(first));
                 sk.stable_error(first, msg);
@@ -93,7 +94,9 @@ async fn soak_read<R: AsyncRead + Unpin>(
             let k = keys[0];
             let vol = sk.is_volatile(k);
             if first == b"STORED" {
-                own.track(k).acked = op.ver;
+                let t = own.track(k);
+                t.acked = op.ver;
+                t.acked_at = Some(op.t0);
                 bump(if vol {
                     &c.volatile_sets_stored
                 } else {

@@ -18,21 +18,35 @@
 //! An older version than one acknowledged is counted (`volatile_stale`), not failed: a
 //! write that timed out may still land late.
 //!
+//! Replicated: when the target is a replicated route's listener, every key has an owner in
+//! each copy (pool) of the route, and its volatile keys are those with a copy on
+//! --volatile. Only their writes may fail (the route answers a write with the worst of
+//! the copies' replies; a write answered with an error may have landed on the live copy,
+//! and either version is fine until the next one acknowledged). Their reads are held to
+//! the stable keys' rules: an error (`volatile_read_errors`), a miss after a version was
+//! acknowledged or seen, or an older version are failures — the other copy holds the key
+//! (with `read = "miss_failover"`; plain failover answers the restarted copy's misses).
+//! At the end each copy is checked on its own owner (see `final_check`), against the
+//! backends' restarts as `watch` saw them.
+//!
 //! `ownership` computes who owns each key, `conn` drives one connection and checks its
-//! replies with `bookkeeping`, `final_check` reads every backend directly at the end and
-//! `report` prints and writes the result.
+//! replies with `bookkeeping`, `final_check` reads every backend directly at the end,
+//! `watch` dates the backends' restarts (replicated) and `report` prints and writes the
+//! result.
 
 mod bookkeeping;
 mod conn;
 mod final_check;
 mod ownership;
 mod report;
+mod watch;
 
-use self::bookkeeping::{load, Soak, SoakCounters, Track};
+use self::bookkeeping::{load, ReplicaCounters, Soak, SoakCounters, Track};
 use self::conn::soak_conn;
 use self::final_check::soak_final_check;
 use self::ownership::{soak_plan, SoakPlan};
 use self::report::soak_report;
+use self::watch::{watch_backend, Watch};
 use crate::cli::Args;
 use crate::report::new_hist;
 use crate::shared::{build_shared, lock};
@@ -70,8 +84,9 @@ fn stall_watch(sk: Arc<Soak>) {
 pub async fn soak_mode(args: Args, path: PathBuf) -> i32 {
     let SoakPlan {
         servers,
-        owners,
+        copies,
         volatile,
+        replication,
     } = match soak_plan(&args, &path) {
         Ok(p) => p,
         Err(e) => {
@@ -80,17 +95,24 @@ pub async fn soak_mode(args: Args, path: PathBuf) -> i32 {
         }
     };
     let mut per_server = vec![0u64; servers.len()];
-    for &o in &owners {
+    for &o in copies.iter().flat_map(|c| &c.owners) {
         per_server[o as usize] += 1;
     }
+    let watch = match replication {
+        Some(_) => servers.iter().map(|_| Watch::default()).collect(),
+        None => Vec::new(),
+    };
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.duration);
     let sk = Arc::new(Soak {
         sh: build_shared(&args, start, end),
         servers,
-        owners,
+        copies,
         volatile,
+        replication,
         c: SoakCounters::default(),
+        rc: ReplicaCounters::default(),
+        watch,
         samples: Mutex::new(Vec::new()),
         failure_seconds: Mutex::new(Default::default()),
         stalls: Mutex::new(Vec::new()),
@@ -112,11 +134,26 @@ pub async fn soak_mode(args: Args, path: PathBuf) -> i32 {
             args.duration,
             String::from_utf8_lossy(&format_hex8(sk.sh.run_id))
         );
-        for (i, s) in sk.servers.iter().enumerate() {
+        if let Some(r) = &sk.replication {
+            let pools: Vec<&str> = sk.copies.iter().map(|c| c.pool.as_str()).collect();
             println!(
-                "soak: backend {} {}{}: {} keys",
+                "soak: replicated route {} over copies {} (write = {}, read = {})",
+                r.route,
+                pools.join(", "),
+                r.write,
+                r.read
+            );
+        }
+        for (i, s) in sk.servers.iter().enumerate() {
+            let copy = match sk.replication {
+                Some(_) => format!(" (copy {})", sk.copies[s.copy].pool),
+                None => String::new(),
+            };
+            println!(
+                "soak: backend {} {}{}{}: {} keys",
                 i + 1,
                 s.address,
+                copy,
                 if sk.volatile == Some(i) {
                     " (volatile)"
                 } else {
@@ -157,6 +194,9 @@ pub async fn soak_mode(args: Args, path: PathBuf) -> i32 {
         let sk = sk.clone();
         std::thread::spawn(move || stall_watch(sk))
     };
+    let restarts: Vec<_> = (0..sk.watch.len())
+        .map(|i| tokio::spawn(watch_backend(sk.clone(), i)))
+        .collect();
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| tokio::spawn(soak_conn(sk.clone(), i)))
         .collect();
@@ -178,6 +218,11 @@ pub async fn soak_mode(args: Args, path: PathBuf) -> i32 {
         p.abort();
     }
     let _ = watch.join();
+    for r in restarts {
+        if let Err(e) = r.await {
+            sk.note(&sk.c.connection_errors, "restart watch", e.to_string());
+        }
+    }
     soak_final_check(&sk, &tracks).await;
     soak_report(&args, &sk, &per_server, &hist, elapsed)
 }

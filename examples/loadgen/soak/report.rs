@@ -62,6 +62,43 @@ pub fn soak_report(
     m.insert("duration_s".into(), elapsed.into());
     m.insert("failures".into(), failures.into());
     m.extend(c.to_json());
+    if let Some(r) = &sk.replication {
+        let copies: Vec<serde_json::Value> = sk
+            .copies
+            .iter()
+            .enumerate()
+            .map(|(i, copy)| {
+                let servers: Vec<&str> = sk
+                    .servers
+                    .iter()
+                    .filter(|s| s.copy == i)
+                    .map(|s| s.address.as_str())
+                    .collect();
+                serde_json::json!({"pool": copy.pool, "servers": servers})
+            })
+            .collect();
+        m.insert(
+            "replicated".into(),
+            serde_json::json!({
+                "route": r.route,
+                "write": r.write.to_string(),
+                "read": r.read.to_string(),
+                "copies": copies,
+            }),
+        );
+        m.extend(sk.rc.to_json());
+        let mut restarts = serde_json::Map::new();
+        let mut last = serde_json::Map::new();
+        for (s, w) in sk.servers.iter().zip(&sk.watch) {
+            restarts.insert(s.address.clone(), load(&w.restarts).into());
+            let at = w
+                .last_restart()
+                .map(|t| (t.duration_since(sk.start).as_secs_f64() * 1000.0).round() / 1000.0);
+            last.insert(s.address.clone(), at.into());
+        }
+        m.insert("restarts_detected".into(), restarts.into());
+        m.insert("last_restart_detected_s".into(), last.into());
+    }
     m.insert(
         "ops_per_sec".into(),
         (load(&c.ops) as f64 / elapsed.max(1e-9)).into(),
@@ -126,22 +163,74 @@ pub fn soak_report(
             g(&c.volatile_timeouts),
             g(&c.volatile_stale)
         );
+        let rc = &sk.rc;
+        if sk.replication.is_none() {
+            println!(
+                "  final direct read: {} keys checked; volatile: {} present, {} missing, {} stale, unreachable {}",
+                g(&c.final_keys_checked),
+                g(&c.final_volatile_present),
+                g(&c.final_volatile_missing),
+                g(&c.final_volatile_stale),
+                g(&c.final_volatile_unreachable)
+            );
+        } else {
+            println!(
+                "  replicated: reads of volatile keys: {} errors, {} misses after a write, {} stale (all failures); {} versions whose write was answered with an error were read (they landed on the live copy); {} reads returned a write pipelined after them (a read failing over to the next copy)",
+                g(&rc.volatile_read_errors),
+                g(&rc.volatile_misses_after_write),
+                g(&rc.volatile_stale_reads),
+                g(&rc.errored_writes_read),
+                g(&rc.later_writes_read)
+            );
+            let restarts: Vec<String> = sk
+                .servers
+                .iter()
+                .zip(&sk.watch)
+                .filter(|(_, w)| load(&w.restarts) > 0 || w.last_restart().is_some())
+                .map(|(s, w)| {
+                    format!(
+                        "{} {} times, last at {}",
+                        s.address,
+                        load(&w.restarts),
+                        w.last_restart().map_or("-".into(), |t| format!(
+                            "{:.1}s",
+                            t.duration_since(sk.start).as_secs_f64()
+                        ))
+                    )
+                })
+                .collect();
+            println!(
+                "  restarts seen by the probes: {}",
+                if restarts.is_empty() {
+                    "none".to_string()
+                } else {
+                    restarts.join("; ")
+                }
+            );
+            println!(
+                "  final direct read: {} keys, {} copies checked ({} on backends that never restarted); on restarted backends: {} acknowledged since the restart (held), {} others present, {} missing (it came back empty: allowed); volatile unreachable {}",
+                g(&c.final_keys_checked),
+                g(&rc.final_copies_checked),
+                g(&rc.final_copies_on_steady_backends),
+                g(&rc.final_since_restart),
+                g(&rc.final_before_restart_present),
+                g(&rc.final_before_restart_missing),
+                g(&c.final_volatile_unreachable)
+            );
+        }
+        let read_errors = match sk.replication {
+            Some(_) => format!("  volatile-key read errors {}", g(&rc.volatile_read_errors)),
+            None => String::new(),
+        };
         println!(
-            "  final direct read: {} keys checked; volatile: {} present, {} missing, {} stale, unreachable {}",
-            g(&c.final_keys_checked),
-            g(&c.final_volatile_present),
-            g(&c.final_volatile_missing),
-            g(&c.final_volatile_stale),
-            g(&c.final_volatile_unreachable)
-        );
-        println!(
-            "  FAILURES (must be 0): wrong values {}  lost writes {} (misses {}, stale {})  stable-key errors {} (timeouts {})  misplaced keys {}  lost in final read {}  connection errors {} (reconnects {})",
+            "  FAILURES (must be 0): wrong values {}  lost writes {} (misses {}, stale {})  stable-key errors {} (timeouts {}){}  misplaced keys {}  lost in final read {}  connection errors {} (reconnects {})",
             g(&c.wrong_values),
             g(&c.lost_writes),
-            g(&c.stable_misses_after_write),
-            g(&c.stable_stale_reads),
+            g(&c.stable_misses_after_write) + g(&rc.volatile_misses_after_write),
+            g(&c.stable_stale_reads) + g(&rc.volatile_stale_reads),
             g(&c.stable_errors),
             g(&c.stable_timeouts),
+            read_errors,
             g(&c.misplaced),
             g(&c.final_lost),
             conn_errors,
