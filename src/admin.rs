@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::counters::{
     Kind, WorkerStats, BACKEND_ROWS, CLIENT_ROWS, RELOADS_FAILED, RELOADS_OK, ROUTE_ROWS,
@@ -73,14 +73,29 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, metrics: Option<Prome
             continue;
         };
         let (shared, metrics) = (shared.clone(), metrics.clone());
+        // The current generation's certificate: a reload that replaces it applies to the
+        // next connection.
+        let tls = shared.generation().config.admin_tls.clone();
         tokio::spawn(async move {
-            let _ = answer(stream, &shared, metrics.as_ref()).await;
+            match tls {
+                None => {
+                    let _ = answer(stream, &shared, metrics.as_ref()).await;
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                    let handshake =
+                        tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream));
+                    if let Ok(Ok(stream)) = handshake.await {
+                        let _ = answer(stream, &shared, metrics.as_ref()).await;
+                    }
+                }
+            }
         });
     }
 }
 
 async fn answer(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     shared: &Shared,
     metrics: Option<&PrometheusHandle>,
 ) -> std::io::Result<()> {
@@ -255,6 +270,16 @@ fn render_metrics(shared: &Shared, handle: Option<&PrometheusHandle>) -> String 
             metrics::counter!("memroute_embedded_get_expired_total", &labels)
                 .absolute(st.get_expired);
         }
+    }
+    let expiry = generation
+        .config
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l.name.as_str(), l.client.tls.as_ref()?)))
+        .chain(generation.config.admin_tls.as_ref().map(|t| ("admin", t)));
+    for (listener, tls) in expiry {
+        metrics::gauge!("memroute_tls_cert_expiry_timestamp_seconds", "listener" => listener.to_string())
+            .set(tls.not_after as f64);
     }
     metrics::counter!("memroute_reloads_total", "result" => "ok").absolute(RELOADS_OK.get());
     metrics::counter!("memroute_reloads_total", "result" => "error").absolute(RELOADS_FAILED.get());

@@ -27,6 +27,7 @@ use crate::reply_queue::{Reply, ReplyQueue};
 use crate::route::{Listener, Routes, RoutesSlot};
 use crate::shared::Shared;
 use crate::socket::{spare, Socket};
+use crate::tls::ListenerTls;
 use crate::write_queue::WriteQueue;
 
 /// A retrieval whose keys arrive in batches.
@@ -92,6 +93,13 @@ pub async fn serve(
         }
     };
     let settings = &listener.config.client;
+    let sock = match &settings.tls {
+        None => sock,
+        Some(tls) => match tls_accept(sock, tls, &stats).await {
+            Some(s) => s,
+            None => return,
+        },
+    };
     let idle_after = settings.client_timeout;
     // A client accepted just as shutdown began is served as closing from the start.
     let closing = *stop.borrow();
@@ -120,6 +128,39 @@ pub async fn serve(
         tracing::debug!("client connection ended: {e}");
     }
     client.queue.close();
+}
+
+/// The TLS handshake with a client of a TLS listener, bounded by its handshake timeout,
+/// then the identity check; `None` (counted, logged at debug) when the client may not go on.
+async fn tls_accept(sock: Socket, tls: &ListenerTls, stats: &WorkerStats) -> Option<Socket> {
+    let conn = match rustls::ServerConnection::new(tls.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("TLS session setup failed: {e}");
+            return None;
+        }
+    };
+    let sock = sock.with_tls(conn);
+    match tokio::time::timeout(tls.handshake_timeout, sock.handshake()).await {
+        Err(_) => {
+            stats.tls_handshake_timeouts.inc();
+            tracing::debug!("TLS handshake timed out");
+            return None;
+        }
+        Ok(Err(e)) => {
+            stats.tls_handshake_failures.inc();
+            tracing::debug!("TLS handshake failed: {e}");
+            return None;
+        }
+        Ok(Ok(())) => {}
+    }
+    if let Err(why) = crate::tls::allowed(tls, sock.peer_certificates().as_deref()) {
+        stats.tls_clients_refused.inc();
+        tracing::debug!("TLS client refused: {why}");
+        return None;
+    }
+    stats.tls_handshakes.inc();
+    Some(sock)
 }
 
 /// Completes when the idle timer fires; never without one.
@@ -157,7 +198,7 @@ impl Client<'_> {
         let mut idle_timer = self.idle_after.map(|d| Box::pin(tokio::time::sleep(d)));
         loop {
             let outstanding = self.queue.take_ready(&mut self.wq);
-            if !self.wq.is_empty() {
+            if !self.wq.is_empty() || self.sock.pending_output() {
                 let before = self.wq.len();
                 self.sock.try_write(&mut self.wq)?;
                 self.stats
@@ -170,7 +211,8 @@ impl Client<'_> {
                 charge: outstanding.held + outstanding.reserved + self.wq.len(),
             };
             self.share.set(room.charge);
-            if self.closing && self.wq.is_empty() && outstanding.requests == 0 {
+            let unsent = !self.wq.is_empty() || self.sock.pending_output();
+            if self.closing && !unsent && outstanding.requests == 0 {
                 return Ok(());
             }
             let may_send = self.may_send(room);
@@ -190,7 +232,7 @@ impl Client<'_> {
                         self.closing = true;
                     }
                 }
-                r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
+                r = self.sock.write(&mut self.wq), if unsent => {
                     r?;
                     self.stats.bytes_written.add((before - self.wq.len()) as u64);
                 }

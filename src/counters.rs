@@ -76,6 +76,15 @@ pub struct WorkerStats {
     pub bytes_read: Counter,
     /// Bytes written to clients.
     pub bytes_written: Counter,
+    /// TLS handshakes completed with clients.
+    pub tls_handshakes: Counter,
+    /// TLS handshakes that failed (a protocol error, a refused certificate, a plaintext
+    /// client on a TLS port).
+    pub tls_handshake_failures: Counter,
+    /// TLS handshakes not finished within `tls_handshake_timeout`.
+    pub tls_handshake_timeouts: Counter,
+    /// Verified clients whose identity is not in `tls_client_names`.
+    pub tls_clients_refused: Counter,
 }
 
 /// Counters of one backend, shared by every worker.
@@ -290,6 +299,34 @@ pub const CLIENT_ROWS: &[Row<WorkerStats>] = &[
         labels: &[],
         kind: Kind::Counter,
         get: |w| w.bytes_written.get(),
+    },
+    Row {
+        stat: "tls_handshakes",
+        metric: "memroute_tls_handshakes_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |w| w.tls_handshakes.get(),
+    },
+    Row {
+        stat: "tls_handshake_failures",
+        metric: "memroute_tls_handshake_failures_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |w| w.tls_handshake_failures.get(),
+    },
+    Row {
+        stat: "tls_handshake_timeouts",
+        metric: "memroute_tls_handshake_timeouts_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |w| w.tls_handshake_timeouts.get(),
+    },
+    Row {
+        stat: "tls_clients_refused",
+        metric: "memroute_tls_clients_refused_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |w| w.tls_clients_refused.get(),
     },
 ];
 

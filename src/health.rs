@@ -12,15 +12,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
-use crate::backend::{Backend, Kind};
+use crate::backend::{tls_connect, Backend, Kind};
 use crate::config::{Config, Target};
 use crate::generation::{Generation, EJECTION_CHECK};
 use crate::shared::Shared;
+use crate::socket::Socket;
+use crate::tls::BackendTls;
+use crate::write_queue::WriteQueue;
 
 /// How long a large value keeps raising reply room estimates after it was last seen (one
 /// to two periods).
@@ -62,11 +65,9 @@ pub async fn watch(shared: Arc<Shared>, worker: usize, mut stop: watch::Receiver
         for pool in &generation.pools {
             for backend in &pool.backends {
                 let due = backend.ejected_until().is_some_and(|t| t <= Instant::now());
-                if due
-                    && probe(backend, pool.config.connect_timeout, pool.config.timeout)
-                        .await
-                        .is_ok()
-                {
+                let tls = pool.config.server_tls.as_deref();
+                let (connect, reply) = (pool.config.connect_timeout, pool.config.timeout);
+                if due && probe(backend, connect, reply, tls).await.is_ok() {
                     changed |= backend.readmit();
                 } else if due {
                     backend.extend_ejection();
@@ -99,8 +100,9 @@ fn start_checks(shared: &Arc<Shared>, generation: &Generation) {
             // A probe may take as long as the interval, never longer: the next is due then.
             let connect = pool.config.connect_timeout.min(check.interval);
             let reply = pool.config.timeout.min(check.interval);
+            let tls = pool.config.server_tls.clone();
             tokio::spawn(async move {
-                let result = probe(&backend, connect, reply).await;
+                let result = probe(&backend, connect, reply, tls.as_deref()).await;
                 if backend.checked(result, check.failures) {
                     shared.rebuild();
                 }
@@ -123,27 +125,40 @@ fn rings_out_of_date(generation: &Generation) -> bool {
     })
 }
 
-/// Connects, sends `version` (memcached and ttserver both answer it) and expects a
-/// `VERSION …` line back; the error says what went wrong.
-async fn probe(backend: &Backend, connect: Duration, reply: Duration) -> Result<(), String> {
+/// Connects (with TLS when the pool's servers speak it), sends `version` (memcached and
+/// ttserver both answer it) and expects a `VERSION …` line back; the error says what went
+/// wrong.
+async fn probe(
+    backend: &Backend,
+    connect: Duration,
+    reply: Duration,
+    tls: Option<&BackendTls>,
+) -> Result<(), String> {
     let Kind::Remote(addr) = backend.kind else {
         return Ok(());
     };
-    let mut s = match timeout(connect, TcpStream::connect(addr)).await {
+    let stream = match timeout(connect, TcpStream::connect(addr)).await {
         Err(_) => return Err(format!("connect timed out after {connect:?}")),
         Ok(Err(e)) => return Err(format!("connect: {e}")),
         Ok(Ok(s)) => s,
     };
+    let mut sock = Socket::new(stream).map_err(|e| format!("socket: {e}"))?;
+    if let Some(tls) = tls {
+        sock = match timeout(connect, tls_connect(sock, tls, &backend.name)).await {
+            Err(_) => return Err(format!("TLS handshake timed out after {connect:?}")),
+            Ok(Err(e)) => return Err(format!("TLS: {e}")),
+            Ok(Ok(s)) => s,
+        };
+    }
     let exchange = async {
-        s.write_all(b"version\r\n").await?;
-        let mut line = Vec::with_capacity(64);
-        let mut buf = [0u8; 64];
+        let mut wq = WriteQueue::new();
+        wq.push(Bytes::from_static(b"version\r\n"));
+        while !sock.write(&mut wq).await? {}
+        let mut line = BytesMut::new();
         while !line.ends_with(b"\n") && line.len() < 256 {
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
+            if sock.read(&mut line).await? == 0 {
                 break;
             }
-            line.extend_from_slice(&buf[..n]);
         }
         Ok::<_, std::io::Error>(line)
     };

@@ -22,7 +22,9 @@
 //!   combined `stats`).
 //! - `reply_queue`: the per-client queue that puts replies back in request order.
 //! - `client`: one client connection's task: socket I/O and carrying out plans.
-//! - `warmup`: after a ring change, misses retried on the previous owner and copied over.
+//! - `fallback`: after a ring change, misses retried on the previous owner and copied over.
+//! - `route`: routes over pools (prefix, replicated, gutter, shadow) and their plans;
+//!   `shadow`: the bounded queue shadow copies go through.
 //! - `budget`: the reply memory a client (and all clients) may make memroute hold.
 //! - `error`: typed upstream failures and the one mapping to protocol replies.
 //! - [`generation`]: the routing snapshot all workers share; reloads and ejections swap it.
@@ -36,7 +38,9 @@
 //!   `stats`: memroute's `stats` replies; `clients`: the registry `stats conns` lists.
 //! - [`embedded`]: the in-process cache backend (`memory:<size>` servers).
 //! - `tyrant`: Tokyo Tyrant pools: the command subset ttserver understands, flags in values.
-//! - `socket`, `write_queue`: readiness-driven socket IO; vectored writes.
+//! - `socket`, `write_queue`: readiness-driven socket IO (TLS included); vectored writes.
+//! - [`tls`]: TLS settings from PEM files: listeners (mutual TLS, allowed identities) and
+//!   backends.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
@@ -67,6 +71,7 @@ mod shadow;
 pub mod shared;
 mod socket;
 mod stats;
+pub mod tls;
 mod tyrant;
 mod worker;
 mod write_queue;

@@ -82,6 +82,9 @@ struct Cli {
     /// Flag-defined pool: upstream connect timeout (milliseconds, or e.g. 2s).
     #[arg(long, value_name = "DURATION", value_parser = raw_duration)]
     connect_timeout: Option<RawDuration>,
+    /// Flag-defined pool: how often each backend is health-checked (e.g. 2s; 0s: never).
+    #[arg(long, value_name = "DURATION", value_parser = raw_duration)]
+    health_check_interval: Option<RawDuration>,
     /// Flag-defined pool: connections per backend per worker thread.
     #[arg(long)]
     server_connections: Option<usize>,
@@ -192,6 +195,7 @@ impl Cli {
                     distribution: self.distribution,
                     timeout: self.timeout.clone(),
                     connect_timeout: self.connect_timeout.clone(),
+                    health_check_interval: self.health_check_interval.clone(),
                     server_connections: self.server_connections,
                     servers,
                     item_size_max: self.item_size_max.clone().map(RawSize::Text),
@@ -260,6 +264,8 @@ struct Reloader<'a> {
     last: String,
     admin: Option<Admin>,
     metrics: Option<PrometheusHandle>,
+    /// The file watch, told which TLS files the configuration in use reads.
+    watch: Option<FileWatch>,
 }
 
 impl Reloader<'_> {
@@ -290,6 +296,9 @@ impl Reloader<'_> {
             Ok((id, changes)) => {
                 memroute::counters::RELOADS_OK.inc();
                 self.last = text;
+                if let Some(w) = &mut self.watch {
+                    w.set_tls_files(self.shared.generation().config.tls_files());
+                }
                 if changes.is_empty() {
                     tracing::info!(
                         "{why}: configuration reloaded, nothing changed (generation {id})"
@@ -338,27 +347,80 @@ impl Reloader<'_> {
     }
 }
 
-/// Watches the config file (its folder, since editors replace files) for changes.
-fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let target = path.file_name().map(|n| n.to_owned());
-    let dir = match path.parent() {
+/// What changed on disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Changed {
+    /// The config file.
+    Config,
+    /// A certificate, key or CA file the config names.
+    Tls,
+}
+
+/// Watches the config file and the TLS files it names (their folders, since editors and
+/// certificate tools replace files) for changes.
+struct FileWatch {
+    watcher: notify::RecommendedWatcher,
+    dirs: std::collections::HashSet<PathBuf>,
+    tls: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let ours = event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == target.as_deref());
-            if ours && (event.kind.is_modify() || event.kind.is_create()) {
-                let _ = tx.try_send(());
+    }
+}
+
+impl FileWatch {
+    fn start(config: &Path, tx: mpsc::Sender<Changed>) -> notify::Result<FileWatch> {
+        use notify::Watcher;
+        let target = config.file_name().map(|n| n.to_owned());
+        let tls: Arc<std::sync::Mutex<Vec<PathBuf>>> = Arc::default();
+        let files = tls.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if !(event.kind.is_modify() || event.kind.is_create()) {
+                    return;
+                }
+                let files = files.lock().unwrap_or_else(|e| e.into_inner());
+                for p in &event.paths {
+                    let changed = match files.iter().any(|f| f == p) {
+                        true => Changed::Tls,
+                        false if p.file_name() == target.as_deref() => Changed::Config,
+                        false => continue,
+                    };
+                    let _ = tx.try_send(changed);
+                }
+            })?;
+        let dir = parent(config);
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(FileWatch {
+            watcher,
+            dirs: [dir].into(),
+            tls,
+        })
+    }
+
+    /// Watches `files` from now on (the TLS files of the configuration in use).
+    fn set_tls_files(&mut self, files: Vec<PathBuf>) {
+        use notify::Watcher;
+        for f in &files {
+            let dir = parent(f);
+            if !self.dirs.contains(&dir) {
+                match self
+                    .watcher
+                    .watch(&dir, notify::RecursiveMode::NonRecursive)
+                {
+                    Ok(()) => {
+                        self.dirs.insert(dir);
+                    }
+                    Err(e) => tracing::warn!("not watching {} for changes: {e}", f.display()),
+                }
             }
         }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = files;
+    }
 }
 
 /// Starts the proxy and runs until SIGTERM/SIGINT, reloading on SIGHUP and when the config
@@ -369,8 +431,8 @@ async fn run(cli: &Cli) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let (tx, mut changes) = mpsc::channel(16);
-    let _watcher = match &cli.config {
-        Some(path) => match watch_file(path, tx) {
+    let mut watch = match &cli.config {
+        Some(path) => match FileWatch::start(path, tx) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!("not watching {} for changes: {e}", path.display());
@@ -389,14 +451,15 @@ async fn run(cli: &Cli) -> Result<()> {
     let metrics = config
         .admin
         .and_then(|_| memroute::admin::install_metrics());
+    if let Some(w) = &mut watch {
+        w.set_tls_files(config.tls_files());
+    }
     let server = Server::bind(config.clone())?;
-    for (pool, addr) in config.pools.iter().zip(server.local_addrs()) {
+    for (l, addr) in config.listeners.iter().zip(server.local_addrs()) {
+        let tls = if l.client.tls.is_some() { " (TLS)" } else { "" };
         tracing::info!(
-            "pool {} listening on {addr}: {} servers, {} {}, {} worker threads",
-            pool.name,
-            pool.servers.len(),
-            pool.hash,
-            pool.distribution,
+            "{} listening on {addr}{tls}, {} worker threads",
+            l.target,
             config.threads
         );
     }
@@ -414,6 +477,7 @@ async fn run(cli: &Cli) -> Result<()> {
         last,
         admin,
         metrics,
+        watch,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let running = std::thread::spawn(move || server.run(stop_rx));
@@ -422,11 +486,18 @@ async fn run(cli: &Cli) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => reloader.reload("SIGHUP", true),
-            Some(()) = changes.recv() => {
+            Some(first) = changes.recv() => {
                 // Editors write in several steps: let the burst settle, then read once.
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                while changes.try_recv().is_ok() {}
-                reloader.reload("config file changed", false);
+                let mut tls = first == Changed::Tls;
+                while let Ok(c) = changes.try_recv() {
+                    tls |= c == Changed::Tls;
+                }
+                match tls {
+                    // Same file text, new certificates: apply it all the same.
+                    true => reloader.reload("TLS file changed", true),
+                    false => reloader.reload("config file changed", false),
+                }
             }
         }
     }

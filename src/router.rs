@@ -53,6 +53,7 @@ impl Router {
             // Values are stored through memroute up to `item_size_max`; Tokyo Tyrant pools
             // with preserved flags add a 4-byte prefix.
             max_value: config.item_size_max + 4,
+            tls: config.server_tls.clone(),
         };
         let mut backends: Vec<Arc<Backend>> = pool.backends.clone();
         let previous = pool.previous.as_ref().map(|p| {
@@ -109,7 +110,7 @@ impl Router {
             return None;
         };
         let size = self.config.server_connections;
-        Some(backend.connections(self.worker, || (addr, self.settings, size)))
+        Some(backend.connections(self.worker, || (addr, self.settings.clone(), size)))
     }
 
     /// The backend owning `key`.

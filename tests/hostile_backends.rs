@@ -91,7 +91,10 @@ fn rig(bad: BadBackend, prefix: &str, timeout_ms: u64, policy: &str) -> Rig {
         format!("{} h1", healthy[0].server(1)),
         format!("{} h2", healthy[1].server(1)),
     ];
-    let pool_keys = format!("timeout = {timeout_ms}\nretrieval_failure = \"{policy}\"");
+    // These tests count the bad backend's connections and requests: no health checks.
+    let pool_keys = format!(
+        "timeout = {timeout_ms}\nretrieval_failure = \"{policy}\"\nhealth_check_interval = \"0s\""
+    );
     let config = dir.write(
         "memroute.toml",
         &config_toml(

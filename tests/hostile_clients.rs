@@ -650,8 +650,13 @@ fn clients_vanishing_with_hundreds_in_flight_leave_shared_connections_intact() {
         .map(|_| Memcached::start_with(&["-m", "64"]))
         .collect();
     let servers: Vec<String> = backends.iter().map(|m| m.server(1)).collect();
-    // One worker, one connection per backend: every client's requests share them.
-    let (proxy, _dir) = proxy_with("threads = 1", &servers, "server_connections = 1");
+    // One worker, one connection per backend: every client's requests share them. No health
+    // checks: the backends' connection counts must show every connection memroute opens.
+    let (proxy, _dir) = proxy_with(
+        "threads = 1",
+        &servers,
+        "server_connections = 1\nhealth_check_interval = \"0s\"",
+    );
     let shared: Vec<String> = (0..40).map(|i| format!("shared:{i}")).collect();
     let mut setup = proxy.client();
     for (i, k) in shared.iter().enumerate() {

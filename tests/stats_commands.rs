@@ -184,8 +184,11 @@ fn settings_and_conns_are_memroutes_own() {
     assert_eq!(settings["memroute_servers"], "3");
     assert_eq!(settings["memroute_hash"], "md5");
 
-    let other = proxy.client();
+    let mut other = proxy.client();
     let other_addr = other.stream.local_addr().unwrap();
+    // Once it has been answered, the other client has surely been accepted and registered
+    // (with 2 workers, another one may still be accepting it otherwise).
+    other.expect("version\r\n", common::VERSION_REPLY);
     let conns = c.stats_lines("conns");
     let find = |suffix: &str, value: &str| {
         conns

@@ -36,7 +36,8 @@ const FORWARDABLE: &[&str] = &[
 fn start(extra: &[&str]) -> ([FakeTyrant; 2], Proxy) {
     let tts = [FakeTyrant::start(), FakeTyrant::start()];
     let servers: Vec<String> = tts.iter().map(|t| t.server(1)).collect();
-    let mut flags = vec!["--protocol", "tokyotyrant"];
+    // The tests count the fake's connections and commands: no health checks.
+    let mut flags = vec!["--protocol", "tokyotyrant", "--health-check-interval", "0s"];
     flags.extend_from_slice(extra);
     let proxy = Proxy::start(&servers, &flags);
     (tts, proxy)

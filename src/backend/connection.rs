@@ -20,6 +20,7 @@ use crate::protocol::meta;
 use crate::protocol::reply::{self, frame_reply, FrameState, MalformedReply, ReplyKind};
 use crate::reply_queue::{Answer, Fill, ReplyQueue};
 use crate::socket::Socket;
+use crate::tls::BackendTls;
 use crate::write_queue::WriteQueue;
 
 use super::Backend;
@@ -98,7 +99,7 @@ impl ConnHandle {
 }
 
 /// Settings of upstream connections.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnSettings {
     /// How long establishing a connection may take.
     pub connect_timeout: Duration,
@@ -111,6 +112,8 @@ pub struct ConnSettings {
     /// Largest value accepted in a reply; a larger one fails the connection (so a broken
     /// backend cannot make memroute buffer without bound).
     pub max_value: usize,
+    /// TLS to the backend, when its pool asks for it.
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 /// Tells a pool's connections that their backend left the configuration: take no more
@@ -144,7 +147,16 @@ pub async fn connect(
     let stream = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let sock = Socket::new(stream)?;
+    let mut sock = Socket::new(stream)?;
+    if let Some(tls) = &settings.tls {
+        // The handshake is part of connecting: the same timeout covers both.
+        sock = tokio::time::timeout(
+            settings.connect_timeout,
+            tls_connect(sock, tls, &backend.name),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    }
     let (tx, rx) = mpsc::channel(settings.queue_depth);
     let conn = Connection {
         sock,
@@ -160,6 +172,23 @@ pub async fn connect(
     };
     tokio::spawn(conn.run());
     Ok(ConnHandle { tx })
+}
+
+/// The TLS handshake with backend `name` (`host:port`), checking its certificate against
+/// the pool's CAs and name.
+pub async fn tls_connect(sock: Socket, tls: &BackendTls, name: &str) -> io::Result<Socket> {
+    let host = name
+        .rsplit_once(':')
+        .map_or(name, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = crate::tls::server_name(tls, host)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let conn =
+        rustls::ClientConnection::new(tls.config.clone(), server_name).map_err(io::Error::other)?;
+    let sock = sock.with_tls(conn);
+    sock.handshake().await?;
+    Ok(sock)
 }
 
 /// Requests taken from the queue per wake-up.
@@ -261,7 +290,7 @@ impl Connection {
                         Err(e) => return End::Failed(UpstreamError::Closed, e.to_string()),
                     }
                 }
-                r = self.sock.write(&mut self.wq), if !self.wq.is_empty() => {
+                r = self.sock.write(&mut self.wq), if !self.wq.is_empty() || self.sock.pending_output() => {
                     if let Err(e) = r {
                         return End::Failed(UpstreamError::Closed, e.to_string());
                     }
@@ -389,6 +418,7 @@ mod tests {
         max_in_flight: 16,
         timeout: Duration::from_secs(2),
         max_value: 1024,
+        tls: None,
     };
 
     /// A connection to a local listener whose accepted socket `serve` drives.
@@ -405,7 +435,7 @@ mod tests {
         });
         let server = parse_server("servers", &addr.to_string()).unwrap();
         let backend = Arc::new(Backend::new(&server, None, 1));
-        let handle = connect(addr, SETTINGS, backend.clone(), Arc::default())
+        let handle = connect(addr, SETTINGS.clone(), backend.clone(), Arc::default())
             .await
             .unwrap();
         (handle, backend)

@@ -32,7 +32,7 @@ impl managed::Manager for ConnManager {
     async fn create(&self) -> Result<ConnHandle, std::io::Error> {
         connect(
             self.addr,
-            self.settings,
+            self.settings.clone(),
             self.backend.clone(),
             self.retire.clone(),
         )
@@ -90,6 +90,7 @@ impl Connections {
         connections: usize,
     ) -> Self {
         let retire = Arc::new(Retire::default());
+        let connect_timeout = settings.connect_timeout;
         let handles = Pool::builder(ConnManager {
             addr,
             retire: retire.clone(),
@@ -105,7 +106,7 @@ impl Connections {
             backend,
             handles,
             retire,
-            connect_timeout: settings.connect_timeout,
+            connect_timeout,
             backoff: Mutex::new(None),
         }
     }

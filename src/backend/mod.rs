@@ -23,7 +23,7 @@ use crate::config::{Ejection, ServerConfig};
 use crate::counters::BackendStats;
 use crate::embedded::Store;
 
-pub use connection::{ConnHandle, ConnSettings, ReplyTarget, UpstreamRequest};
+pub use connection::{tls_connect, ConnHandle, ConnSettings, ReplyTarget, UpstreamRequest};
 pub use connections::Connections;
 pub use message::Message;
 

@@ -70,6 +70,18 @@ fn listeners(old: &[ListenerConfig], new: &[ListenerConfig], out: &mut Vec<Strin
             )),
             Some(_) => {}
         }
+        let leaf = |l: &ListenerConfig| l.client.tls.as_ref().map(|t| t.leaf.clone());
+        let was = old.iter().find(|o| o.name == l.name).and_then(leaf);
+        match (&l.client.tls, was) {
+            (Some(t), was) if was.as_ref() != Some(&t.leaf) => out.push(format!(
+                "listener {}: TLS certificate {} (expires at Unix time {})",
+                l.name,
+                t.files[0].display(),
+                t.not_after
+            )),
+            (None, Some(_)) => out.push(format!("listener {}: TLS turned off", l.name)),
+            _ => {}
+        }
     }
     for o in old {
         if !new.iter().any(|l| l.name == o.name) {

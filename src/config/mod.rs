@@ -12,12 +12,14 @@ mod routes;
 mod validate;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::admission::AccessList;
 use crate::ring::{server_identity, Distribution, HashFunction, HashTag};
+use crate::tls::{BackendTls, ListenerTls};
 
 pub use diff::changes;
 pub use raw::{
@@ -60,6 +62,8 @@ pub struct Config {
     pub max_client_memory: usize,
     /// Admin HTTP listener.
     pub admin: Option<SocketAddr>,
+    /// TLS served by the admin listener.
+    pub admin_tls: Option<Arc<ListenerTls>>,
     /// Grace period for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
     /// The pools.
@@ -71,6 +75,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every TLS file the configuration reads (certificates, keys, CAs).
+    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        let listeners = self.listeners.iter().filter_map(|l| l.client.tls.as_ref());
+        let served = listeners
+            .chain(self.admin_tls.as_ref())
+            .flat_map(|t| t.files.iter());
+        let backends = self
+            .pools
+            .iter()
+            .filter_map(|p| p.server_tls.as_ref())
+            .flat_map(|t| t.files.iter());
+        let mut files: Vec<_> = served.chain(backends).cloned().collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// The pool named `name`.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
@@ -165,6 +186,8 @@ pub struct ClientSettings {
     pub client_timeout: Option<Duration>,
     /// Which client networks may connect.
     pub access: AccessList,
+    /// TLS, when the listener serves it.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 /// A listener: a pool's or a route's `listen`.
@@ -229,6 +252,10 @@ pub struct PoolConfig {
     pub health_check: Option<HealthCheck>,
     /// Embedded caches evict least-recently-used items when full (else they refuse).
     pub memory_evict: bool,
+    /// TLS served by the pool's own listener.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// TLS to the servers.
+    pub server_tls: Option<Arc<BackendTls>>,
 }
 
 /// Active health checks: each backend probed with `version` on a connection of its own.
@@ -330,6 +357,7 @@ impl PoolConfig {
             max_client_connections: self.max_client_connections,
             client_timeout: self.client_timeout,
             access: self.access.clone(),
+            tls: self.tls.clone(),
         }
     }
 }

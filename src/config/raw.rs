@@ -24,6 +24,10 @@ pub struct RawConfig {
     pub max_client_memory: Option<RawSize>,
     /// Address of the admin HTTP listener (`/metrics`, `/health`); none by default.
     pub admin: Option<String>,
+    /// The admin listener serves HTTPS with this certificate chain (PEM)…
+    pub admin_tls_cert: Option<String>,
+    /// … and this key (PEM).
+    pub admin_tls_key: Option<String>,
     /// On SIGTERM/SIGINT, how long clients' in-flight requests may take to finish.
     pub shutdown_timeout: Option<RawDuration>,
     /// The pools, by name.
@@ -138,6 +142,17 @@ pub struct RawRoute {
     /// Listener: client networks refused.
     #[serde(default)]
     pub client_deny: Vec<String>,
+    /// Listener TLS: the certificate chain served (PEM).
+    pub tls_cert: Option<String>,
+    /// Listener TLS: its private key (PEM).
+    pub tls_key: Option<String>,
+    /// Listener TLS: clients must present a certificate chaining to this CA (PEM).
+    pub tls_client_ca: Option<String>,
+    /// Listener TLS: client identities (SAN DNS names or URIs) allowed; empty: any verified.
+    #[serde(default)]
+    pub tls_client_names: Vec<String>,
+    /// Listener TLS: a handshake not finished in this long is dropped.
+    pub tls_handshake_timeout: Option<RawDuration>,
 }
 
 /// A duration: a string with a unit (`"500ms"`, `"2s"`, `"5m"`, `"1h"`), or an integer in the
@@ -235,6 +250,28 @@ pub struct RawPool {
     pub health_check_interval: Option<RawDuration>,
     /// Consecutive failed probes that mark a backend down.
     pub health_check_failures: Option<u32>,
+    /// Listener TLS: the certificate chain served (PEM).
+    pub tls_cert: Option<String>,
+    /// Listener TLS: its private key (PEM).
+    pub tls_key: Option<String>,
+    /// Listener TLS: clients must present a certificate chaining to this CA (PEM).
+    pub tls_client_ca: Option<String>,
+    /// Listener TLS: client identities (SAN DNS names or URIs) allowed; empty: any verified.
+    #[serde(default)]
+    pub tls_client_names: Vec<String>,
+    /// Listener TLS: a handshake not finished in this long is dropped.
+    pub tls_handshake_timeout: Option<RawDuration>,
+    /// Connect to the servers with TLS.
+    pub server_tls: Option<bool>,
+    /// Backend TLS: the CA (PEM) the servers' certificates must chain to; default: the
+    /// system's CAs.
+    pub server_tls_ca: Option<String>,
+    /// Backend TLS: the name the servers' certificates must carry; default: each one's host.
+    pub server_tls_name: Option<String>,
+    /// Backend TLS: a client certificate (PEM) for servers that require one.
+    pub server_tls_cert: Option<String>,
+    /// Backend TLS: its private key (PEM).
+    pub server_tls_key: Option<String>,
 }
 
 /// Keys of a pool's table (for the hint when one is written at the top of the file).
@@ -265,6 +302,16 @@ const POOL_KEYS: &[&str] = &[
     "server_retry_timeout",
     "health_check_interval",
     "health_check_failures",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_client_names",
+    "tls_handshake_timeout",
+    "server_tls",
+    "server_tls_ca",
+    "server_tls_name",
+    "server_tls_cert",
+    "server_tls_key",
 ];
 
 /// Keys that belong at the top of the file, before any `[pools.*]` table.
@@ -273,6 +320,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_clients",
     "max_client_memory",
     "admin",
+    "admin_tls_cert",
+    "admin_tls_key",
     "shutdown_timeout",
 ];
 

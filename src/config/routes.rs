@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use super::raw::{RawRoute, RouteType};
 use super::validate::{
-    access, address, at_least_one, client_timeout, invalid, item_size_max, max_client_buffer,
-    max_client_connections, ttl, Keys,
+    access, address, at_least_one, client_timeout, invalid, item_size_max, listener_tls,
+    max_client_buffer, max_client_connections, ttl, Keys, RawListenerTls,
 };
 use super::{
     defaults, ClientSettings, ConfigError, ListenerConfig, PoolConfig, ReadPolicy, RouteConfig,
@@ -154,6 +154,16 @@ pub(super) fn listeners(
                 max_client_connections: max_client_connections(&f, r.max_client_connections)?,
                 client_timeout: client_timeout(&f, r.client_timeout.as_ref())?,
                 access: access(&f, &r.client_allow, &r.client_deny)?,
+                tls: listener_tls(
+                    &f,
+                    RawListenerTls {
+                        cert: r.tls_cert.as_deref(),
+                        key: r.tls_key.as_deref(),
+                        client_ca: r.tls_client_ca.as_deref(),
+                        client_names: &r.tls_client_names,
+                        handshake_timeout: r.tls_handshake_timeout.as_ref(),
+                    },
+                )?,
             },
         });
     }

@@ -2,6 +2,8 @@
 //! naming the key it is about (`pools.main.timeout: must be at least 1 (milliseconds)`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{MemoryFull, RawConfig, RawDuration, RawPool, RawSize};
@@ -11,6 +13,7 @@ use super::{
 };
 use crate::admission::AccessList;
 use crate::ring::HashTag;
+use crate::tls::{BackendTls, ListenerTls};
 
 pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -43,7 +46,39 @@ impl RawConfig {
                 format!("{} is also the listen address of {}", l.listen, l.target),
             ));
         }
+        let admin_tls = match (&self.admin_tls_cert, &self.admin_tls_key, admin) {
+            (None, None, _) => None,
+            (Some(_), Some(_), None) => {
+                return Err(invalid(
+                    "admin_tls_cert",
+                    "needs admin (the listener's address)",
+                ))
+            }
+            (Some(c), Some(k), Some(_)) => Some(Arc::new(
+                crate::tls::listener(
+                    Path::new(c),
+                    Path::new(k),
+                    None,
+                    Vec::new(),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| invalid("admin_tls_cert", e.to_string()))?,
+            )),
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "admin_tls_key",
+                    "admin_tls_cert needs admin_tls_key",
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(invalid(
+                    "admin_tls_cert",
+                    "admin_tls_key needs admin_tls_cert",
+                ))
+            }
+        };
         Ok(Config {
+            admin_tls,
             threads: threads(self.threads)?,
             max_clients: at_least_one("max_clients", self.max_clients, defaults::MAX_CLIENTS)?,
             max_client_memory: max_client_memory(self.max_client_memory.as_ref())?,
@@ -332,7 +367,64 @@ impl RawPool {
             health_check: self.health_check(&f)?,
             ejection: self.ejection(&f)?,
             memory_evict: self.memory_full.unwrap_or(MemoryFull::Evict) == MemoryFull::Evict,
+            tls: listener_tls(
+                &f,
+                RawListenerTls {
+                    cert: self.tls_cert.as_deref(),
+                    key: self.tls_key.as_deref(),
+                    client_ca: self.tls_client_ca.as_deref(),
+                    client_names: &self.tls_client_names,
+                    handshake_timeout: self.tls_handshake_timeout.as_ref(),
+                },
+            )?,
+            server_tls: self.server_tls(&f, protocol)?,
         })
+    }
+
+    fn server_tls(
+        &self,
+        f: &Keys<'_>,
+        protocol: BackendProtocol,
+    ) -> Result<Option<Arc<BackendTls>>, ConfigError> {
+        if !self.server_tls.unwrap_or(false) {
+            for (key, set) in [
+                ("server_tls_ca", self.server_tls_ca.is_some()),
+                ("server_tls_name", self.server_tls_name.is_some()),
+                ("server_tls_cert", self.server_tls_cert.is_some()),
+                ("server_tls_key", self.server_tls_key.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(f.of(key), "needs server_tls = true"));
+                }
+            }
+            return Ok(None);
+        }
+        if protocol == BackendProtocol::TokyoTyrant {
+            return Err(invalid(f.of("server_tls"), "ttserver does not speak TLS"));
+        }
+        let client = match (&self.server_tls_cert, &self.server_tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((Path::new(c.as_str()), Path::new(k.as_str()))),
+            (Some(_), None) => {
+                return Err(invalid(
+                    f.of("server_tls_key"),
+                    "server_tls_cert needs server_tls_key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    f.of("server_tls_cert"),
+                    "server_tls_key needs server_tls_cert",
+                ))
+            }
+        };
+        crate::tls::backend(
+            self.server_tls_ca.as_deref().map(Path::new),
+            client,
+            self.server_tls_name.as_deref(),
+        )
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|e| invalid(f.of("server_tls"), e.to_string()))
     }
 
     fn hash_tag(&self, f: &Keys<'_>) -> Result<Option<HashTag>, ConfigError> {
@@ -493,6 +585,54 @@ pub(super) fn client_timeout(
 ) -> Result<Option<Duration>, ConfigError> {
     let d = duration(&f.of("client_timeout"), raw, Duration::ZERO)?;
     Ok((!d.is_zero()).then_some(d))
+}
+
+/// A listener's TLS settings as written.
+pub(super) struct RawListenerTls<'a> {
+    pub cert: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub client_ca: Option<&'a str>,
+    pub client_names: &'a [String],
+    pub handshake_timeout: Option<&'a RawDuration>,
+}
+
+/// A listener's TLS, its files read now (so a reload re-reads them and a bad one rejects
+/// the reload); none without `tls_cert`.
+pub(super) fn listener_tls(
+    f: &Keys<'_>,
+    raw: RawListenerTls<'_>,
+) -> Result<Option<Arc<ListenerTls>>, ConfigError> {
+    let (cert, key) = match (raw.cert, raw.key) {
+        (None, None) => {
+            for (key, set) in [
+                ("tls_client_ca", raw.client_ca.is_some()),
+                ("tls_client_names", !raw.client_names.is_empty()),
+                ("tls_handshake_timeout", raw.handshake_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(f.of(key), "needs tls_cert and tls_key"));
+                }
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => return Err(invalid(f.of("tls_key"), "tls_cert needs tls_key")),
+        (None, Some(_)) => return Err(invalid(f.of("tls_cert"), "tls_key needs tls_cert")),
+        (Some(c), Some(k)) => (c, k),
+    };
+    let timeout = positive(
+        &f.of("tls_handshake_timeout"),
+        raw.handshake_timeout,
+        Duration::from_secs(10),
+    )?;
+    crate::tls::listener(
+        Path::new(cert),
+        Path::new(key),
+        raw.client_ca.map(Path::new),
+        raw.client_names.to_vec(),
+        timeout,
+    )
+    .map(|t| Some(Arc::new(t)))
+    .map_err(|e| invalid(f.of("tls_cert"), e.to_string()))
 }
 
 /// A listener's access lists.
