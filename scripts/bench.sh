@@ -3,7 +3,7 @@
 # memcached vs memroute's embedded cache.
 #
 # Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
-#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k]
+#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k[,t]]
 #   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
 #   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
 #   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
@@ -13,9 +13,14 @@
 #  j-k: meta protocol, memcached direct vs memroute (twemproxy has no meta: n/a):
 #   j  quiet gets: batches of 16 `mg <key> v q k` + `mn`, 50 conns
 #   k  `ms <key> <len> T0 F<flags>` / `mg <key> v`, 10% writes, 50 conns, depth 1
-# Server side (3 memcached backends + proxies + embedded memroute) is pinned to
-# CPU 0, the load generator to CPU 1. Runs are interleaved (for rep: for target)
-# so drift hits every target alike. Results land in bench-results/<timestamp>/.
+#  t: TLS clients:
+#   t  get90, 50 conns, depth 1, 100-byte values: memcached -Z direct (its own process)
+#      vs memroute with a TLS listener (plaintext upstream) vs memroute plaintext;
+#      throwaway CA and certificate (openssl) in the results dir, handshakes done first
+# Server side (3 memcached backends + proxies + embedded memroute; for t also the TLS
+# memcached and memroute) is pinned to CPU 0, the load generator to CPU 1. Runs are
+# interleaved (for rep: for target) so drift hits every target alike. Results land in
+# bench-results/<timestamp>/.
 # Env: MEMROUTE_BIN, LOADGEN_BIN use prebuilt binaries instead of cargo.
 # Exits non-zero on any verification/connection error or crash, never on
 # performance numbers.
@@ -26,11 +31,11 @@ REPS=5
 DUR=10
 WARM=1
 IDLE=10000
-WORKLOADS=a,b,c,d,e,f,g,h,i,j,k
+WORKLOADS=a,b,c,d,e,f,g,h,i,j,k,t
 QUICK=0
 CMDLINE="$0 $*"
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
@@ -49,8 +54,11 @@ log() { echo "[bench] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # --- prerequisites ----------------------------------------------------------
+WANT_TLS=0
+[[ ",$WORKLOADS," == *,t,* ]] && WANT_TLS=1
 missing=()
 command -v memcached >/dev/null || missing+=(memcached)
+[ $WANT_TLS = 0 ] || command -v openssl >/dev/null || missing+=(openssl)
 command -v nutcracker >/dev/null || [ -x /usr/sbin/nutcracker ] || missing+=(nutcracker)
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "need root to install: ${missing[*]}"
@@ -104,6 +112,7 @@ mkdir -p "$OUT/runs" "$OUT/logs"
     echo "memroute: $([ -n "$MEMROUTE" ] && "$MEMROUTE" --version 2>&1 | head -1 || echo skipped)"
     echo "loadgen: $LOADGEN"
     echo "reps: $REPS  duration: ${DUR}s  warmup: ${WARM}s  idle: $IDLE  quick: $QUICK"
+    [ $WANT_TLS = 0 ] || echo "openssl: $(openssl version 2>&1 | head -1)"
     echo "kernel: $(uname -r)  cpus: $(nproc)"
 } >"$OUT/meta.txt"
 cat "$OUT/meta.txt" >&2
@@ -120,7 +129,7 @@ trap 'exit 130' INT TERM
 # free_ports, wait_port.
 . scripts/lib.sh # (the working directory is the repo root)
 
-read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT EM_PORT <<<"$(free_ports 7)"
+read -r B1 B2 B3 TW_PORT TW_STATS MR_PORT EM_PORT MCT_PORT MRT_PORT <<<"$(free_ports 9)"
 BACKENDS=("$B1" "$B2" "$B3")
 BPIDS=()
 mc_user=()
@@ -173,18 +182,80 @@ if [ -n "$MEMROUTE" ]; then
     wait_port "$EM_PID" "$EM_PORT"
 fi
 
+# Workload t (TLS clients): a throwaway CA and a certificate for localhost and 127.0.0.1,
+# served by memcached -Z (a fourth memcached of its own, so the plaintext backends stay
+# plaintext) and by a second memroute whose pool listener has tls_cert/tls_key, in front
+# of the same three plaintext backends as the plaintext memroute.
+MCT_PID=""
+MRT_PID=""
+TLS_DIR="$PWD/$OUT/tls" # absolute: it goes into memcached's and memroute's settings
+if [ $WANT_TLS = 1 ]; then
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=memroute bench CA" -keyout ca.key -out ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=localhost" -keyout key.pem -out server.csr
+        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+            "keyUsage=digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out cert.pem
+        cat cert.pem ca.pem >chain.pem
+        openssl verify -CAfile ca.pem cert.pem
+    ) >"$OUT/logs/openssl.log" 2>&1 || die "openssl could not make the test certificates (see $OUT/logs/openssl.log)"
+
+    taskset -c 0 memcached "${mc_user[@]}" -p "$MCT_PORT" -t 1 -U 0 -l 127.0.0.1 -m 256 \
+        -Z -o "ssl_chain_cert=$TLS_DIR/chain.pem,ssl_key=$TLS_DIR/key.pem" \
+        >"$OUT/logs/memcached-tls-$MCT_PORT.log" 2>&1 &
+    MCT_PID=$!
+    PIDS+=($MCT_PID)
+    wait_port "$MCT_PID" "$MCT_PORT"
+
+    if [ -n "$MEMROUTE" ]; then
+        # The plaintext memroute's flags, as a file (a TLS listener needs one).
+        cat >"$OUT/memroute-tls.toml" <<EOF
+threads = 1
+
+[pools.bench]
+listen = "127.0.0.1:$MRT_PORT"
+hash = "fnv1a_64"
+distribution = "ketama"
+servers = ["127.0.0.1:$B1:1", "127.0.0.1:$B2:1", "127.0.0.1:$B3:1"]
+tls_cert = "$TLS_DIR/chain.pem"
+tls_key = "$TLS_DIR/key.pem"
+EOF
+        "$MEMROUTE" --config "$OUT/memroute-tls.toml" --check >"$OUT/logs/memroute-tls-check.log" 2>&1 ||
+            die "memroute refuses a TLS listener (tls_cert/tls_key): $(head -3 "$OUT/logs/memroute-tls-check.log")"
+        taskset -c 0 "$MEMROUTE" --config "$OUT/memroute-tls.toml" \
+            >"$OUT/logs/memroute-tls.log" 2>&1 &
+        MRT_PID=$!
+        PIDS+=($MRT_PID)
+        wait_port "$MRT_PID" "$MRT_PORT"
+    fi
+fi
+
 target_port() {
     case $1 in
     direct) echo "$B1" ;; # one backend: the no-proxy reference
     twemproxy) echo "$TW_PORT" ;;
     memroute) echo "$MR_PORT" ;;
     embedded) echo "$EM_PORT" ;;
+    direct-tls) echo "$MCT_PORT" ;;
+    memroute-tls) echo "$MRT_PORT" ;;
+    esac
+}
+# Extra loadgen options of a target: TLS targets trust the test CA.
+target_args() {
+    case $1 in
+    direct-tls | memroute-tls) echo "--tls-ca $TLS_DIR/ca.pem --tls-name localhost" ;;
     esac
 }
 proxy_pid() {
     case $1 in
     twemproxy) echo "$TW_PID" ;;
     memroute) echo "$MR_PID" ;;
+    memroute-tls) echo "$MRT_PID" ;;
     *) echo "" ;;
     esac
 }
@@ -194,12 +265,15 @@ workload_targets() {
     case $1 in
     g | h | i) echo direct ${EM_PID:+embedded} ;;
     j | k) echo direct ${MR_PID:+memroute} ;;
+    t) echo direct-tls ${MRT_PID:+memroute-tls} ${MR_PID:+memroute} ;;
     *) echo "${TARGETS[@]}" ;;
     esac
 }
 # Processes whose CPU counts as server side. a-e, j-k: proxy + all backends;
-# g-i: the serving process alone (memcached B1 for direct, memroute for embedded).
+# g-i: the serving process alone (memcached B1 for direct, memroute for embedded);
+# t: memcached -Z alone for direct-tls, else proxy + all backends.
 server_pids() { # workload target
+    [ "$2" = direct-tls ] && { echo "$MCT_PID"; return; }
     case $1 in
     g | h | i)
         case $2 in
@@ -239,6 +313,7 @@ workload_args() {
     # A batch of --depth quiet mg ends with mn; each mg counts as one op.
     j) echo "--protocol meta --meta-quiet --connections 50 --depth 16 --get-ratio 1" ;;
     k) echo "--protocol meta --connections 50 --depth 1 --get-ratio 0.9" ;;
+    t) echo "--connections 50 --depth 1 --get-ratio 0.9 --value-size 100" ;;
     esac
 }
 
@@ -291,7 +366,7 @@ for w in ${WORKLOADS//,/ }; do
     # Prefill once per target so every measured get should hit.
     for t in "${wtargets[@]}"; do
         # shellcheck disable=SC2086
-        taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
+        taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args $(target_args "$t") \
             --prefill --duration 0 --warmup 0 --quiet --json "$OUT/runs/prefill-$w-$t.json" ||
             { log "prefill $w/$t failed"; FAILED=1; }
     done
@@ -301,7 +376,7 @@ for w in ${WORKLOADS//,/ }; do
             pp=$(proxy_pid "$t")
             read -r -a sp <<<"$(server_pids "$w" "$t")"
             # shellcheck disable=SC2086
-            taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args \
+            taskset -c 1 "$LOADGEN" --target "127.0.0.1:$(target_port "$t")" $args $(target_args "$t") \
                 --duration "$DUR" --warmup "$WARM" --expect-hits --quiet --json "$json" \
                 2>"$OUT/logs/$w-$t-$rep.err" &
             lg=$!
@@ -341,14 +416,19 @@ names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
          "h": "h) embedded vs memcached: get90 depth 16, 50 conns",
          "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns",
          "j": "j) meta: quiet gets, batches of 16 `mg <key> v q k` + `mn`, 50 conns",
-         "k": "k) meta: `ms`/`mg`, 10% writes, depth 1, 50 conns"}
+         "k": "k) meta: `ms`/`mg`, 10% writes, depth 1, 50 conns",
+         "t": "t) TLS clients: get90 depth 1, 50 conns, 100 B values"}
 # g-i compare memroute's embedded cache with one memcached; a-e compare proxies; j-k
 # (meta protocol, which twemproxy does not speak) compare memroute with memcached direct.
 EMBEDDED_WL = {"g", "h", "i"}
 META_WL = {"j", "k"}
+# t: TLS clients; memcached -Z direct and memroute with a TLS listener, against memroute
+# plaintext. Two ratios: memroute TLS / plaintext and memroute TLS / memcached TLS.
+TLS_WL = {"t"}
+TLS_TARGETS = ["direct-tls", "memroute-tls", "memroute"]
 # Each table's last column is the ratio its header names.
 RATIO = {"proxy": "mr/tw", "meta": "mr/direct", "embedded": "emb/mc"}
-proxy_runs = [r for r in runs if r["workload"] not in EMBEDDED_WL | META_WL]
+proxy_runs = [r for r in runs if r["workload"] not in EMBEDDED_WL | META_WL | TLS_WL]
 targets = [t for t in ("direct", "twemproxy", "memroute") if any(r["target"] == t for r in proxy_runs)] \
     or ["twemproxy", "memroute"]
 embedded_targets = [t for t in ("direct", "embedded")
@@ -361,7 +441,8 @@ def load(r):
     except (OSError, ValueError):
         return None
     ops = d["ops"]
-    d["proxy_cpu_us"] = float(r["proxy_cpu_s"]) * 1e6 / ops if ops and r["target"] != "direct" else None
+    d["proxy_cpu_us"] = float(r["proxy_cpu_s"]) * 1e6 / ops \
+        if ops and r["target"] not in ("direct", "direct-tls") else None
     d["server_cpu_us"] = float(r["server_cpu_s"]) * 1e6 / ops if ops else None
     return d
 
@@ -379,10 +460,11 @@ def cell(vals):
         return fmt(m), m
     return f"{fmt(m)} ({fmt(min(vals))}-{fmt(max(vals))})", m
 
-def show(table):
+def show(table, ratios=1):
     """Prints rows of cells, each column at least as wide as before and 2 wider than
-    its widest cell (medians above a million overflowed a fixed width)."""
-    widths = [max([24 if i == 0 else 28 if i < len(table[0]) - 1 else 10]
+    its widest cell (medians above a million overflowed a fixed width); the last
+    `ratios` columns are ratios."""
+    widths = [max([24 if i == 0 else 28 if i < len(table[0]) - ratios else 10]
                   + [len(r[i]) + 2 for r in table]) for i in range(len(table[0]))]
     for r in table:
         print("".join(c.ljust(x) for c, x in zip(r, widths)).rstrip())
@@ -398,13 +480,17 @@ bad = []
 medians = {}
 print("medians over reps, (min-max); last column: the ratio its header names, "
       "mr/tw = memroute / twemproxy, mr/direct = memroute / memcached direct, "
-      "emb/mc = memroute --embedded / memcached")
+      "emb/mc = memroute --embedded / memcached"
+      + ("; t: mr-tls/mr = memroute TLS / plaintext, mr-tls/mc-tls = memroute TLS / memcached TLS"
+         if any(r["workload"] in TLS_WL for r in runs) else ""))
 for w in sorted({r["workload"] for r in runs}):
     rows = [r for r in runs if r["workload"] == w]
     emb = w in EMBEDDED_WL
     meta = w in META_WL
+    tls = w in TLS_WL
     # Meta rows keep twemproxy's column, as n/a, to line up with a-e.
-    wtargets = embedded_targets if emb else ["direct", "twemproxy", "memroute"] if meta else targets
+    wtargets = embedded_targets if emb else TLS_TARGETS if tls \
+        else ["direct", "twemproxy", "memroute"] if meta else targets
     ran = {r["target"] for r in rows}
     data = {t: [] for t in wtargets}
     for r in rows:
@@ -438,6 +524,33 @@ for w in sorted({r["workload"] for r in runs}):
             ratio = f"{em / mc:.2f}" if with_ratio and mc and em is not None else "-"
             table.append([label] + cells + [ratio])
         show(table)
+        errs = sum(d["verification_errors"] + d["connection_errors"] for t in wtargets for d in data[t])
+        print(f"errors (must be 0): {errs}")
+        continue
+    if tls:
+        print("direct-tls = memcached -Z -t 1 (server CPU: itself alone); memroute-tls = memroute "
+              "--threads 1 with a TLS listener, plaintext upstream; memroute = plaintext")
+        table = [["metric"] + wtargets + ["mr-tls/mr", "mr-tls/mc-tls"]]
+        for label, key in metrics:
+            if key == "keys_per_sec":
+                continue
+            cells, med = [], {}
+            for t in wtargets:
+                c, m = cell([d[key] for d in data[t]])
+                cells.append(c)
+                med[t] = m
+            medians[(w, key)] = med
+            mt, mp, mc = med.get("memroute-tls"), med.get("memroute"), med.get("direct-tls")
+            table.append([label] + cells
+                         + [f"{mt / mp:.2f}" if mp and mt is not None else "-",
+                            f"{mt / mc:.2f}" if mc and mt is not None else "-"])
+        show(table, ratios=2)
+        mt, mp = (medians[(w, "proxy_cpu_us")].get(t) for t in ("memroute-tls", "memroute"))
+        if mt is not None and mp is not None:
+            print(f"memroute CPU-us/req for TLS: {mt - mp:+.2f} over plaintext ({mt:.2f} vs {mp:.2f})")
+        sessions = {t: sorted({d["tls_session"] for d in data[t] if d.get("tls_session")})
+                    for t in wtargets if t != "memroute"}
+        print("TLS negotiated: " + "; ".join(f"{t} {', '.join(v) or '-'}" for t, v in sessions.items()))
         errs = sum(d["verification_errors"] + d["connection_errors"] for t in wtargets for d in data[t])
         print(f"errors (must be 0): {errs}")
         continue

@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 need=()
 command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
-# systemd-analyze verifies config/memroute.service (tests/packaging.rs).
+# systemd-analyze verifies config/memroute.service (tests/packaging.rs); openssl and curl
+# are TLS clients in tests/tls.rs.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # The real client libraries tests/real_clients.rs drives (tests/clients/): libmemcached's
 # tools, PHP's Memcached, Perl's Cache::Memcached::Fast, and python-memcached, pymemcache and
 # pylibmc for the Debian python at /usr/bin/python3.

@@ -137,12 +137,21 @@ impl Generation {
         let now = Instant::now();
         let mut pools = Vec::new();
         for pool in &config.pools {
+            // Only the same pool's backends are kept, and only while it reaches them the
+            // same way: a backend object carries its connections (made with its pool's TLS
+            // settings) and its place on the pool's ring. Two pools listing one server each
+            // have their own.
+            let kept = old
+                .and_then(|g| g.pools.iter().find(|p| p.config.name == pool.name))
+                .filter(|p| {
+                    format!("{:?}", p.config.server_tls) == format!("{:?}", pool.server_tls)
+                });
             let backends: Vec<Arc<Backend>> = pool
                 .servers
                 .iter()
                 .map(|s| {
-                    old.into_iter()
-                        .flat_map(|g| g.pools.iter().flat_map(|p| p.backends.iter()))
+                    kept.into_iter()
+                        .flat_map(|p| p.all_backends().map(|(b, _)| b))
                         .find(|b| same_endpoint(s, b))
                         .cloned()
                         .unwrap_or_else(|| new_backend(pool, s, config.threads))
@@ -290,5 +299,28 @@ pub(crate) mod tests {
         assert_eq!(back.pools[0].ring_backends, vec![0, 1, 2]);
         // Coming back moved keys again: warm-up covers them.
         assert!(back.pools[0].previous.is_some());
+    }
+
+    #[tokio::test]
+    async fn pools_listing_the_same_server_keep_their_own_backends_across_reloads() {
+        let text = "[pools.a]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:40000:1\", \"127.0.0.1:40001:1\"]\n\
+                    [pools.b]\nlisten = \"127.0.0.1:1\"\nservers = [\"127.0.0.1:40000:1\", \"127.0.0.1:40001:1\"]\n";
+        let config = || RawConfig::parse(text).unwrap().validate().unwrap();
+        let first = Generation::build(config(), None).unwrap();
+        let next = Generation::build(config(), Some(&first)).unwrap();
+        for (before, after) in first.pools.iter().zip(&next.pools) {
+            for (b, a) in before.backends.iter().zip(&after.backends) {
+                assert!(
+                    Arc::ptr_eq(b, a),
+                    "pool {} lost its backend",
+                    after.config.name
+                );
+            }
+            // Nothing moved, so no warm-up (which would delete fresh writes on the
+            // "previous owner", the same server).
+            assert!(after.previous.is_none());
+        }
+        let (a, b) = (&next.pools[0].backends[0], &next.pools[1].backends[0]);
+        assert!(!Arc::ptr_eq(a, b), "two pools share one backend object");
     }
 }

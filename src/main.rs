@@ -487,8 +487,14 @@ async fn run(cli: &Cli) -> Result<()> {
             _ = term.recv() => break,
             _ = hup.recv() => reloader.reload("SIGHUP", true),
             Some(first) = changes.recv() => {
-                // Editors write in several steps: let the burst settle, then read once.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // Editors write in several steps: let the burst settle, then read once. A
+                // certificate and its key are replaced one after the other: give the pair
+                // longer, so the reload does not see a new key with the old certificate.
+                let settle = match first {
+                    Changed::Config => 100,
+                    Changed::Tls => 1000,
+                };
+                tokio::time::sleep(std::time::Duration::from_millis(settle)).await;
                 let mut tls = first == Changed::Tls;
                 while let Ok(c) = changes.try_recv() {
                     tls |= c == Changed::Tls;

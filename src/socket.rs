@@ -26,6 +26,8 @@ use socket2::{Domain, Protocol, Type};
 /// Bytes offered to one `recv`: at least, and at most.
 const MIN_ROOM: usize = 2048;
 const MAX_ROOM: usize = 64 * 1024;
+/// Bytes of TLS records read at once: one full record and its overhead.
+const TLS_READ: usize = 16 * 1024 + 512;
 
 /// A non-blocking TCP socket registered with the runtime.
 #[derive(Debug)]
@@ -41,6 +43,9 @@ struct Tls {
     conn: rustls::Connection,
     /// The peer closed the TCP stream (records read before stay readable).
     eof: bool,
+    /// Records read from the socket that rustls has not been given yet (it is given them
+    /// one at a time while no plaintext is waiting, which keeps its buffers bounded).
+    stash: BytesMut,
 }
 
 impl Socket {
@@ -62,6 +67,7 @@ impl Socket {
         let tls = Tls {
             conn: conn.into(),
             eof: false,
+            stash: BytesMut::new(),
         };
         Socket {
             fd: self.fd,
@@ -193,26 +199,43 @@ impl Socket {
     }
 
     /// [`Socket::read`] through TLS: plaintext rustls already holds first, then records
-    /// from the socket until some plaintext (or the end) comes out of them.
+    /// left over from an earlier read, then records from the socket, until some plaintext
+    /// (or the end) comes out of them.
     async fn read_tls(&self, tls: &Mutex<Tls>, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            if let Some(r) = plaintext(&mut Self::lock(tls), buf) {
-                return r;
+            {
+                let mut t = Self::lock(tls);
+                if let Some(r) = plaintext(&mut t, buf) {
+                    return r;
+                }
+                if !t.stash.is_empty() {
+                    let stash = std::mem::take(&mut t.stash);
+                    let mut rest = &stash[..];
+                    feed(&mut t.conn, &mut rest, self.fd.get_ref())?;
+                    t.stash = BytesMut::from(rest);
+                    continue;
+                }
             }
             let mut guard = self.fd.readable().await?;
-            let got = guard.try_io(|fd| {
-                let mut t = Self::lock(tls);
-                match t.conn.read_tls(&mut fd.get_ref())? {
-                    0 => {
-                        t.eof = true;
-                        Ok(())
-                    }
-                    _ => process(&mut t.conn, fd.get_ref()),
-                }
-            });
-            match got {
+            // One `recv` of up to a record's worth of bytes (rustls alone reads less at a
+            // time); a short one means the socket is drained, as for plain reads.
+            let mut records = [0u8; TLS_READ];
+            let n = match guard.try_io(|fd| fd.get_ref().read(&mut records)) {
                 Ok(r) => r?,
                 Err(_would_block) => continue,
+            };
+            if n < records.len() {
+                guard.clear_ready();
+            }
+            let mut t = Self::lock(tls);
+            if n == 0 {
+                t.eof = true;
+                continue;
+            }
+            let mut rest = &records[..n];
+            feed(&mut t.conn, &mut rest, self.fd.get_ref())?;
+            if !rest.is_empty() {
+                t.stash.extend_from_slice(rest);
             }
         }
     }
@@ -260,7 +283,8 @@ fn plaintext(t: &mut Tls, buf: &mut BytesMut) -> Option<io::Result<usize>> {
         Err(e) => return Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
     };
     if state.plaintext_bytes_to_read() == 0 {
-        return (state.peer_has_closed() || t.eof).then_some(Ok(0));
+        let ended = state.peer_has_closed() || (t.eof && t.stash.is_empty());
+        return ended.then_some(Ok(0));
     }
     if buf.capacity() == 0 {
         *buf = spare::take();
@@ -272,6 +296,24 @@ fn plaintext(t: &mut Tls, buf: &mut BytesMut) -> Option<io::Result<usize>> {
     let n = *r.as_ref().unwrap_or(&0);
     buf.truncate(start + n);
     Some(r)
+}
+
+/// Gives rustls the records in `rest` until some plaintext comes out of them (so at most a
+/// record's worth is held decrypted); what is left stays in `rest`.
+fn feed(conn: &mut rustls::Connection, rest: &mut &[u8], fd: &StdStream) -> io::Result<()> {
+    while !rest.is_empty() {
+        if conn.read_tls(rest)? == 0 {
+            return Err(io::Error::other("TLS records refused"));
+        }
+        process(conn, fd)?;
+        let state = conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if state.plaintext_bytes_to_read() > 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Decrypts the records just read; on a protocol error, sends the alert rustls queued

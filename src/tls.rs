@@ -208,10 +208,14 @@ pub fn backend(
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let config = match client {
+    let mut config = match client {
         Some((cert, key_path)) => builder.with_client_auth_cert(certs(cert)?, key(key_path)?)?,
         None => builder.with_no_client_auth(),
     };
+    // Backend connections live long, so resuming sessions saves little; and memcached 1.6
+    // requiring client certificates answers a resumed handshake with a fatal alert unless
+    // it keeps a session cache.
+    config.resumption = rustls::client::Resumption::disabled();
     let server_name = server_name
         .map(|n| {
             ServerName::try_from(n.to_owned())

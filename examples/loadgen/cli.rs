@@ -62,6 +62,13 @@ pub struct Args {
     /// that each reply echoes the opaque of the request it answers.
     #[arg(long)]
     pub meta_opaque: bool,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file (the handshake is
+    /// done before the measured window). Not with --soak-config.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: the name the server's certificate must carry (DNS name or IP).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub tls_name: String,
     /// Set every key once before measuring, so gets should hit.
     #[arg(long)]
     pub prefill: bool,
@@ -156,6 +163,9 @@ pub fn validate(a: &Args) -> Result<(), String> {
                 "--soak-config does not combine with --prefill, --expect-hits or --idle-connections"
                     .into(),
             );
+        }
+        if a.tls_ca.is_some() {
+            return Err("--soak-config does not support --tls-ca".into());
         }
         if a.keys as usize / a.connections < a.multiget.max(1) {
             return Err("soak mode needs at least --multiget keys per connection".into());

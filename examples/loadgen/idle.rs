@@ -3,15 +3,15 @@
 //! measure the server's memory per idle connection.
 
 use crate::cli::Args;
-use crate::protocol::{connect, frame_line, line, lossy, RBuf};
+use crate::protocol::{frame_line, line, lossy, RBuf};
 use crate::report::write_json;
+use crate::tls::{open, TlsClient};
 use std::io::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
 
-pub async fn idle_mode(args: &Args) -> i32 {
+pub async fn idle_mode(args: &Args, tls: Option<TlsClient>) -> i32 {
     let n = args.idle_connections;
     // Bounded concurrency keeps the listener's accept backlog from overflowing.
     let sem = Arc::new(tokio::sync::Semaphore::new(200));
@@ -19,12 +19,13 @@ pub async fn idle_mode(args: &Args) -> i32 {
     for _ in 0..n {
         let sem = sem.clone();
         let target = args.target.clone();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.map_err(|e| e.to_string())?;
-            let mut s = connect(&target).await.map_err(|e| e.to_string())?;
-            s.write_all(b"version\r\n")
+            let mut s = open(&target, tls.as_ref())
                 .await
                 .map_err(|e| e.to_string())?;
+            s.send(b"version\r\n").await.map_err(|e| e.to_string())?;
             let mut rb = RBuf::new();
             let mut deadline = Box::pin(sleep(Duration::from_secs(10)));
             rb.next_frame(&mut s, &mut deadline, frame_line)
@@ -60,6 +61,7 @@ pub async fn idle_mode(args: &Args) -> i32 {
     drop(conns);
     let report = serde_json::json!({
         "target": args.target,
+        "tls": args.tls_ca.is_some(),
         "idle_connections": n,
         "idle_ok": n - errors.len(),
         "connection_errors": errors.len(),

@@ -12,6 +12,8 @@
 //!
 //! Run it with `cargo run --release --example loadgen -- --help`, e.g.
 //! `cargo run --release --example loadgen -- --target 127.0.0.1:22122 --prefill --depth 16`.
+//! `--tls-ca ca.pem [--tls-name NAME]` connects with TLS (every mode but soak); all
+//! connections are open, handshakes done, before the warm-up and measured window begin.
 //! `scripts/bench.sh` uses it to compare memcached, twemproxy and memroute.
 //!
 //! Soak mode (`--soak-config FILE [--volatile SERVER]`) checks memroute under backend
@@ -25,7 +27,8 @@
 //! `protocol` (connections, read buffer, reply framing), `batch` (requests in flight),
 //! `workload` (request building, reply checking, closed/open loop and prefill drivers),
 //! `meta` (the meta protocol's requests, and matching and checking its replies),
-//! `report` (counters, latency, text and JSON output), `idle` (idle-connection mode) and
+//! `report` (counters, latency, text and JSON output), `tls` (TLS settings and the plain or
+//! TLS connection), `idle` (idle-connection mode) and
 //! `soak` (soak mode).
 
 mod batch;
@@ -36,6 +39,7 @@ mod protocol;
 mod report;
 mod shared;
 mod soak;
+mod tls;
 mod values;
 mod versions;
 mod workload;
@@ -46,21 +50,25 @@ use report::{report, Stats};
 use shared::build_shared;
 use std::sync::Arc;
 use std::time::Duration;
+use tls::TlsClient;
 use tokio::time::Instant;
-use workload::{closed_loop, open_loop, prefill};
+use workload::{closed_loop, open_loop, preconnect, prefill};
 
 /// Runs the mode the options ask for; returns the exit code.
-async fn run(args: Args) -> i32 {
+async fn run(args: Args, tls: Option<TlsClient>) -> i32 {
     if args.idle_connections > 0 {
-        return idle::idle_mode(&args).await;
+        return idle::idle_mode(&args, tls).await;
     }
     if let Some(path) = args.soak_config.clone() {
         return soak::soak_mode(args, path).await;
     }
     // Placeholder window; the real one is set once prefill is done.
     let now = Instant::now();
-    let mut shared = Arc::new(build_shared(&args, now, now));
+    let mut shared = build_shared(&args, now, now);
+    shared.tls = tls;
+    let mut shared = Arc::new(shared);
     let mut total = Stats::new();
+    let mut tls_session = None;
     if args.prefill {
         let t = Instant::now();
         let tasks: Vec<_> = (0..args.connections.min(args.keys as usize))
@@ -76,21 +84,26 @@ async fn run(args: Args) -> i32 {
             println!("prefilled {} keys in {:.2?}", args.keys, t.elapsed());
         }
     }
-    let measure_start = Instant::now() + Duration::from_secs_f64(args.warmup);
-    let end = measure_start + Duration::from_secs_f64(args.duration);
     if args.duration > 0.0 {
+        // Every connection is open (and its TLS handshake done) before the window is set.
+        let conns = preconnect(&args.target, shared.tls.as_ref(), args.connections).await;
+        tls_session = conns.iter().flatten().find_map(|s| s.tls_session());
+        let measure_start = Instant::now() + Duration::from_secs_f64(args.warmup);
+        let end = measure_start + Duration::from_secs_f64(args.duration);
         {
             // Only the window changes; key state (versions) carries over.
             let sh = Arc::get_mut(&mut shared).expect("no other owners after prefill");
             sh.measure_start = measure_start;
             sh.end = end;
         }
-        let tasks: Vec<_> = (0..args.connections)
-            .map(|i| {
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
                 if args.rate > 0.0 {
-                    tokio::spawn(open_loop(shared.clone(), i))
+                    tokio::spawn(open_loop(shared.clone(), i, c))
                 } else {
-                    tokio::spawn(closed_loop(shared.clone(), i))
+                    tokio::spawn(closed_loop(shared.clone(), i, c))
                 }
             })
             .collect();
@@ -101,7 +114,7 @@ async fn run(args: Args) -> i32 {
             }
         }
     }
-    report(&args, &total)
+    report(&args, &total, tls_session)
 }
 
 fn main() {
@@ -110,6 +123,10 @@ fn main() {
         eprintln!("loadgen: {e}");
         std::process::exit(2);
     }
+    let tls = TlsClient::from_args(&args).unwrap_or_else(|e| {
+        eprintln!("loadgen: {e}");
+        std::process::exit(2);
+    });
     let rt = if args.threads == 1 {
         // One thread avoids cross-thread wakeups: the generator must stay cheap.
         tokio::runtime::Builder::new_current_thread()
@@ -125,6 +142,6 @@ fn main() {
         eprintln!("loadgen: runtime: {e}");
         std::process::exit(2);
     });
-    let code = rt.block_on(run(args));
+    let code = rt.block_on(run(args, tls));
     std::process::exit(code);
 }

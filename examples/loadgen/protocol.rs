@@ -8,8 +8,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Sleep};
 
+/// How long a TCP connect (and, separately, a TLS handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects over plain TCP (`tls::open` adds TLS when asked for).
 pub async fn connect(target: &str) -> io::Result<TcpStream> {
-    let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(target))
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     // Requests are written whole; Nagle would only add delay.

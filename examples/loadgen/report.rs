@@ -123,6 +123,10 @@ struct Report {
     /// `text`, `meta` (loud `mg`/`ms`) or `meta-quiet` (`mg ... q k` batches ended by `mn`).
     protocol: &'static str,
     meta_opaque: bool,
+    /// Connected with TLS (`--tls-ca`).
+    tls: bool,
+    /// The TLS version and cipher suite negotiated (on the first connection).
+    tls_session: Option<String>,
     connections: usize,
     depth: usize,
     threads: usize,
@@ -156,7 +160,8 @@ struct Report {
     error_samples: Vec<String>,
 }
 
-pub fn report(args: &Args, t: &Stats) -> i32 {
+/// Prints and writes the run's results; `tls_session` is what `Stream::tls_session` told.
+pub fn report(args: &Args, t: &Stats, tls_session: Option<String>) -> i32 {
     let h = t.hist.as_ref().expect("total has a histogram");
     let secs = args.duration.max(1e-9);
     let q = |x: f64| quantile(h, x);
@@ -169,6 +174,8 @@ pub fn report(args: &Args, t: &Stats) -> i32 {
             Protocol::Meta => "meta",
         },
         meta_opaque: args.meta_opaque,
+        tls: args.tls_ca.is_some(),
+        tls_session,
         connections: args.connections,
         depth: args.depth,
         threads: args.threads,
@@ -202,9 +209,14 @@ pub fn report(args: &Args, t: &Stats) -> i32 {
         error_samples: t.samples.clone(),
     };
     if !args.quiet {
+        let tls = match (&r.tls_session, r.tls) {
+            (Some(s), _) => format!(" ({s})"),
+            (None, true) => " (TLS)".into(),
+            (None, false) => String::new(),
+        };
         println!(
-            "target {}  {}  {} loop  conns {}  depth {}  threads {}  get-ratio {}  multiget {}  dist {}  value {} B",
-            r.target, r.protocol, r.mode, r.connections, r.depth, r.threads, r.get_ratio, r.multiget, r.dist, r.value_size
+            "target {}{}  {}  {} loop  conns {}  depth {}  threads {}  get-ratio {}  multiget {}  dist {}  value {} B",
+            r.target, tls, r.protocol, r.mode, r.connections, r.depth, r.threads, r.get_ratio, r.multiget, r.dist, r.value_size
         );
         println!(
             "{:.2} s measured: {} ops, {:.0} ops/s{}",

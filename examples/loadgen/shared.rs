@@ -3,6 +3,7 @@
 
 use crate::cli::{Args, Dist};
 use crate::protocol::push_num;
+use crate::tls::TlsClient;
 use crate::versions::KeyState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,8 @@ use tokio::time::Instant;
 /// Shared, read-mostly run state.
 pub struct Shared {
     pub target: String,
+    /// TLS to the target (`--tls-ca`); None: plain TCP. `build_shared` leaves it None.
+    pub tls: Option<TlsClient>,
     pub args: Args,
     pub run_id: u32,
     /// All keys, `key_size` bytes each, so building a request is a memcpy.
@@ -97,6 +100,7 @@ pub fn build_shared(args: &Args, measure_start: Instant, end: Instant) -> Shared
     };
     Shared {
         target: args.target.clone(),
+        tls: None,
         args: args.clone(),
         run_id: rand::random(),
         key_bytes,

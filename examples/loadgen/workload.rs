@@ -5,15 +5,17 @@
 use crate::batch::Batch;
 use crate::cli::Protocol;
 use crate::meta::read_meta_batch;
-use crate::protocol::{connect, frame_get, frame_line, line, lossy, Frame, RBuf, ReadError};
+use crate::protocol::{frame_get, frame_line, line, lossy, Frame, RBuf, ReadError};
 use crate::report::Stats;
 use crate::shared::Shared;
+use crate::tls::{open, Stream, TlsClient};
 use rand::rngs::StdRng;
 use rand::Rng;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep, sleep_until, Instant, Sleep};
 
 /// How long to wait for outstanding replies after the run ends before a
@@ -113,14 +115,14 @@ fn check_get(sh: &Shared, b: &[u8], keys: &[u32], floors: &[u32], st: &mut Stats
 /// connection failed (the batch's unanswered operations are abandoned).
 async fn run_batch(
     sh: &Shared,
-    s: &mut tokio::net::TcpStream,
+    s: &mut Stream,
     w: &[u8],
     rb: &mut RBuf,
     b: &Batch,
     st: &mut Stats,
     deadline: &mut Pin<Box<Sleep>>,
 ) -> bool {
-    if let Err(e) = s.write_all(w).await {
+    if let Err(e) = s.send(w).await {
         st.cerr(format!("write {}: {e}", sh.target));
         abandon(sh, b, 0);
         return false;
@@ -232,8 +234,33 @@ pub fn abandon(sh: &Shared, b: &Batch, from: usize) {
     }
 }
 
-/// Closed loop: keep `depth` requests outstanding, one write per batch.
-pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
+/// Opens `n` connections to the target (TLS handshakes included), at most 200 at a time,
+/// so that the measured window starts with all of them ready.
+pub async fn preconnect(
+    target: &str,
+    tls: Option<&TlsClient>,
+    n: usize,
+) -> Vec<io::Result<Stream>> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(200));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (target, tls, sem) = (target.to_string(), tls.cloned(), sem.clone());
+            tokio::spawn(async move {
+                let _permit = sem.acquire().await.map_err(io::Error::other)?;
+                open(&target, tls.as_ref()).await
+            })
+        })
+        .collect();
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        conns.push(t.await.unwrap_or_else(|e| Err(io::Error::other(e))));
+    }
+    conns
+}
+
+/// Closed loop: keep `depth` requests outstanding, one write per batch. `conn` is the
+/// connection opened before the run (`preconnect`); a failed one is opened again.
+pub async fn closed_loop(sh: Arc<Shared>, id: usize, conn: io::Result<Stream>) -> Stats {
     let mut st = Stats::new();
     let mut rng = sh.rng_for(id);
     let mut b = Batch::default();
@@ -242,8 +269,13 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
     let mut deadline = Box::pin(sleep_until(sh.end + GRACE));
     // Meta opaques: one per request, never reused on this connection's lifetime.
     let mut seq = 0u64;
+    let mut first = Some(conn);
     while Instant::now() < sh.end {
-        let mut s = match connect(&sh.target).await {
+        let conn = match first.take() {
+            Some(c) => c,
+            None => open(&sh.target, sh.tls.as_ref()).await,
+        };
+        let mut s = match conn {
             Ok(s) => s,
             Err(e) => {
                 st.cerr(format!("connect {}: {e}", sh.target));
@@ -273,6 +305,7 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
                 break;
             }
         }
+        s.close().await;
     }
     st
 }
@@ -280,21 +313,39 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize) -> Stats {
 /// Open loop: requests are scheduled at a fixed rate and latency is taken
 /// from the scheduled time, so a stalled server is charged for the requests
 /// it delayed (no coordinated omission). Overdue requests go out together.
-pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
-    let mut st = Stats::new();
-    let s = match connect(&sh.target).await {
-        Ok(s) => s,
-        Err(e) => {
-            st.cerr(format!("connect {}: {e}", sh.target));
-            return st;
+/// `conn` is the connection opened before the run (`preconnect`).
+pub async fn open_loop(sh: Arc<Shared>, id: usize, conn: io::Result<Stream>) -> Stats {
+    match conn {
+        Ok(Stream::Plain(s)) => {
+            let (rd, wr) = s.into_split();
+            open_loop_io(sh, id, rd, wr).await
         }
-    };
-    let (mut rd, mut wr) = s.into_split();
+        Ok(Stream::Tls(s)) => {
+            let (rd, wr) = tokio::io::split(*s);
+            open_loop_io(sh, id, rd, wr).await
+        }
+        Err(e) => {
+            let mut st = Stats::new();
+            st.cerr(format!("connect {}: {e}", sh.target));
+            st
+        }
+    }
+}
+
+/// The open loop over a connection's read and write halves.
+async fn open_loop_io<R, W>(sh: Arc<Shared>, id: usize, mut rd: R, mut wr: W) -> Stats
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut st = Stats::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Batch>();
     let per_conn = sh.args.rate / sh.args.connections as f64;
     let interval = Duration::from_secs_f64(1.0 / per_conn);
     let start = Instant::now();
     let sh2 = sh.clone();
+    // The writer borrows the write half, which is shut down once both are done.
+    let out = &mut wr;
     let writer = async move {
         let sh = sh2;
         let mut rng = sh.rng_for(id);
@@ -321,7 +372,13 @@ pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
             }
             sh.end_batch(&mut b, &mut w);
             seq += b.ops.len() as u64;
-            if let Err(e) = wr.write_all(&w).await {
+            // The flush sends what TLS still holds (a no-op on plain TCP).
+            if let Err(e) = async {
+                out.write_all(&w).await?;
+                out.flush().await
+            }
+            .await
+            {
                 abandon(&sh, &b, 0);
                 return Some(format!("write {}: {e}", sh.target));
             }
@@ -351,6 +408,8 @@ pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
     if let Some(e) = werr {
         st.cerr(e);
     }
+    // TLS: send close_notify (plain TCP: a FIN, as dropping would).
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
     st
 }
 
@@ -358,7 +417,7 @@ pub async fn open_loop(sh: Arc<Shared>, id: usize) -> Stats {
 pub async fn prefill(sh: Arc<Shared>, id: usize) -> Stats {
     let mut st = Stats::new();
     let mut deadline = Box::pin(sleep_until(Instant::now() + Duration::from_secs(120)));
-    let mut s = match connect(&sh.target).await {
+    let mut s = match open(&sh.target, sh.tls.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             st.cerr(format!("connect {}: {e}", sh.target));
@@ -386,5 +445,6 @@ pub async fn prefill(sh: Arc<Shared>, id: usize) -> Stats {
             break;
         }
     }
+    s.close().await;
     st
 }

@@ -539,6 +539,7 @@ pub mod config;
 pub mod differential;
 pub mod relay;
 pub mod routes;
+pub mod tls;
 pub mod traffic;
 pub mod tyrant;
 
