@@ -67,6 +67,8 @@ struct Client<'r> {
     backlog: bool,
     /// A retrieval being received in batches.
     streaming: Option<Streaming>,
+    /// The item being handled is a binary-protocol request.
+    binary: bool,
     /// `client_timeout`, and when a request last arrived (kept only with a timeout). Like
     /// memcached's idle_timeout, only a complete request counts as activity, so a client
     /// trickling bytes of a line it never ends is still idle.
@@ -121,6 +123,7 @@ pub async fn serve(
         closing,
         backlog: false,
         streaming: None,
+        binary: false,
         idle_after,
         last_request: Instant::now(),
     };
@@ -220,7 +223,7 @@ impl Client<'_> {
             if self.backlog && may_send {
                 // Requests left buffered at a cap: decode them now that replies have
                 // drained, without waiting for the client to send more.
-                self.handle_input(&mut codec, &mut rbuf, room).await;
+                Box::pin(self.handle_input(&mut codec, &mut rbuf, room)).await;
                 spare::give_back(&mut rbuf);
                 continue;
             }
@@ -242,7 +245,9 @@ impl Client<'_> {
                         0 => self.closing = true,
                         n => {
                             self.stats.bytes_read.add(n as u64);
-                            self.handle_input(&mut codec, &mut rbuf, room).await;
+                            // Boxed, once per read: carrying out requests takes a large
+                            // future, which an idle client then does not hold.
+                            Box::pin(self.handle_input(&mut codec, &mut rbuf, room)).await;
                             spare::give_back(&mut rbuf);
                         }
                     }
@@ -286,6 +291,12 @@ impl Client<'_> {
             };
             decoded = true;
             room.requests += 1;
+            if codec.speaks_binary() {
+                // The slots this item makes answer in binary (or not: memroute's own packets).
+                let ctx = codec.take_binary();
+                self.binary = ctx.is_some();
+                self.queue.set_binary(ctx);
+            }
             room.charge += self.handle_item(item).await;
         }
         // What is left (bytes, or the end a streamed line still owes) is decoded once
@@ -326,24 +337,36 @@ impl Client<'_> {
                 self.closing = true;
                 0
             }
-            Decoded::Binary { opcode, opaque } => {
-                // The binary protocol is not served: answer as memcached answers an opcode it
-                // does not know, then close.
+            Decoded::Packet {
+                reply,
+                close,
+                unlink,
+            } => {
+                // A binary packet memroute answers itself (malformed, unknown, too large).
                 self.stats.protocol_errors.inc();
-                let answer = reply::binary_unknown_command(opcode, opaque);
-                let len = answer.len();
-                self.queue.push_ready(Reply::Data(answer));
-                self.closing = true;
+                self.closing |= close;
+                let len = reply.as_ref().map_or(0, Bytes::len);
+                if let Some(packet) = reply {
+                    self.queue.push_ready(Reply::Data(packet));
+                }
+                if let Some(key) = unlink {
+                    self.follow_routes();
+                    let plan = self.routes.plan_unlink(&self.listener.route, key);
+                    self.carry_out(plan).await;
+                }
                 len
             }
-            Decoded::Stream(part) => self.stream(part).await,
+            // Boxed: a streamed retrieval's future is large and rare (lines of many keys).
+            Decoded::Stream(part) => Box::pin(self.stream(part)).await,
         }
     }
 
     /// Counts a request in memcached's counters.
     fn count(&self, req: &Request) {
         let stats = &self.stats;
-        if req.command.is_meta() {
+        if self.binary {
+            stats.binary_requests.inc();
+        } else if req.command.is_meta() {
             stats.meta_requests.inc();
         }
         match req.command {
@@ -395,6 +418,10 @@ impl Client<'_> {
             }
             Local::Quit => {
                 self.closing = true;
+                if self.binary {
+                    // Binary `Quit` is answered (`QuitQ`'s answer is left out when encoded).
+                    self.queue.push_ready(Reply::Static(b""));
+                }
                 0
             }
         }
@@ -421,7 +448,7 @@ impl Client<'_> {
         let Some(listener) = next.listener(&self.listener.config.name).cloned() else {
             return;
         };
-        self.links.follow(&self.routes, &next);
+        self.links.follow(&self.routes.routers, &next.routers);
         self.routes = next;
         self.listener = listener;
     }

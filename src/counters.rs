@@ -68,6 +68,8 @@ pub struct WorkerStats {
     pub cmd_flush: Counter,
     /// Meta-protocol requests (also counted as gets, sets or others by what they do).
     pub meta_requests: Counter,
+    /// Binary-protocol requests (also counted as gets, sets or others by what they do).
+    pub binary_requests: Counter,
     /// Requests answered with a protocol error by memroute itself.
     pub protocol_errors: Counter,
     /// Multi-key retrievals split over several backends.
@@ -271,6 +273,13 @@ pub const CLIENT_ROWS: &[Row<WorkerStats>] = &[
         labels: &[],
         kind: Kind::Counter,
         get: |w| w.meta_requests.get(),
+    },
+    Row {
+        stat: "binary_requests",
+        metric: "memroute_binary_requests_total",
+        labels: &[],
+        kind: Kind::Counter,
+        get: |w| w.binary_requests.get(),
     },
     Row {
         stat: "split_retrievals",

@@ -22,12 +22,23 @@ pub async fn execute(plan: Plan, routes: &Arc<Routes>, links: &mut Links, queue:
             .shadow
             .send(router, copy.dest.backend, copy.message, &copy.stats);
     }
+    // The fallback paths (warm-up, failover routes) are boxed: their futures are large and
+    // rare, and inline they would enlarge every client task, idle ones included.
     match plan.action {
         Action::Answer(_) => unreachable!("a local answer is the client's"),
-        Action::Retrieve(r) => fallback::retrieve(*r, plan.reserve, routes, links, queue).await,
-        Action::Chain(c) => fallback::chain(*c, plan.reserve, routes, links, queue).await,
+        Action::Retrieve(r) => {
+            Box::pin(fallback::retrieve(*r, plan.reserve, routes, links, queue)).await
+        }
+        Action::Chain(c) => Box::pin(fallback::chain(*c, plan.reserve, routes, links, queue)).await,
         Action::Conditional(c) => {
-            fallback::conditional(*c, plan.reserve, routes, links, queue).await
+            Box::pin(fallback::conditional(
+                *c,
+                plan.reserve,
+                routes,
+                links,
+                queue,
+            ))
+            .await
         }
         Action::One {
             dest,
@@ -41,9 +52,11 @@ pub async fn execute(plan: Plan, routes: &Arc<Routes>, links: &mut Links, queue:
                 }
                 Delivery::Discard => ReplyTarget::Discard,
             };
-            links.send(routes, dest, message, target).await;
+            links.send(&routes.routers, dest, message, target).await;
             for (d, message) in also {
-                links.send(routes, d, message, ReplyTarget::Discard).await;
+                links
+                    .send(&routes.routers, d, message, ReplyTarget::Discard)
+                    .await;
             }
         }
         Action::Gather { gather, sends } => {
@@ -53,7 +66,7 @@ pub async fn execute(plan: Plan, routes: &Arc<Routes>, links: &mut Links, queue:
                     Some(seq) => ReplyTarget::Part(queue.clone(), seq, part as u16),
                     None => ReplyTarget::Discard,
                 };
-                links.send(routes, dest, message, target).await;
+                links.send(&routes.routers, dest, message, target).await;
             }
         }
     }

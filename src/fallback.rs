@@ -34,7 +34,7 @@ async fn ask(
 ) -> oneshot::Receiver<Answer> {
     let (tx, rx) = oneshot::channel();
     links
-        .send(routes, dest, message, ReplyTarget::Oneshot(tx))
+        .send(&routes.routers, dest, message, ReplyTarget::Oneshot(tx))
         .await;
     rx
 }
@@ -215,7 +215,9 @@ async fn finish_retrieval(
             item,
             ttl: r.copy_ttl,
         };
-        links.send(&routes, dest, add, ReplyTarget::Discard).await;
+        links
+            .send(&routes.routers, dest, add, ReplyTarget::Discard)
+            .await;
     }
 }
 
@@ -316,7 +318,9 @@ async fn copy_meta(
         ttl,
         data,
     };
-    links.send(routes, to, add, ReplyTarget::Discard).await;
+    links
+        .send(&routes.routers, to, add, ReplyTarget::Discard)
+        .await;
 }
 
 /// The client flags, remaining TTL (None: no expiry) and value of `VA <len> f<flags> t<ttl>`.
@@ -362,7 +366,7 @@ pub async fn conditional(
         if ok {
             for (dest, message) in c.then {
                 links
-                    .send(&routes, dest, message, ReplyTarget::Discard)
+                    .send(&routes.routers, dest, message, ReplyTarget::Discard)
                     .await;
             }
         }

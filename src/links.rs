@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use crate::backend::{ConnHandle, Message, ReplyTarget, UpstreamRequest};
 use crate::error::UpstreamError;
 use crate::plan::Dest;
-use crate::route::Routes;
 use crate::router::Router;
 
 /// A client's connections to the backends it has used, per pool and backend.
@@ -46,16 +45,13 @@ impl Links {
 
     /// Moves from `from` to `to` (a reload), keeping the connections to backends both have,
     /// so request order per backend holds across the change.
-    pub fn follow(&mut self, from: &Routes, to: &Routes) {
-        let mut pools = vec![Vec::new(); to.routers.len()];
-        for (j, new) in to.routers.iter().enumerate() {
-            let old = from
-                .routers
-                .iter()
-                .position(|o| o.config.name == new.config.name);
+    pub fn follow(&mut self, from: &[Arc<Router>], to: &[Arc<Router>]) {
+        let mut pools = vec![Vec::new(); to.len()];
+        for (j, new) in to.iter().enumerate() {
+            let old = from.iter().position(|o| o.config.name == new.config.name);
             if let Some(i) = old {
                 if let Some(handles) = self.pools.get_mut(i) {
-                    pools[j] = keep(std::mem::take(handles), &from.routers[i], new);
+                    pools[j] = keep(std::mem::take(handles), &from[i], new);
                 }
             }
         }
@@ -81,15 +77,15 @@ impl Links {
         handles
     }
 
-    /// Sends `message` to `dest` of `routes`.
+    /// Sends `message` to `dest`, a backend of one of `routers` (a worker's pools).
     pub async fn send(
         &mut self,
-        routes: &Routes,
+        routers: &[Arc<Router>],
         dest: Dest,
         message: Message,
         target: ReplyTarget,
     ) {
-        self.send_to(routes.router(dest.pool), dest.backend, message, target)
+        self.send_to(&routers[dest.pool], dest.backend, message, target)
             .await
     }
 

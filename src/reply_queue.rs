@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::error::{self, UpstreamError};
 use crate::gather::Gather;
+use crate::protocol::binary::{self, BinaryCtx};
 use crate::protocol::meta::Quiet;
 use crate::protocol::reply;
 use crate::write_queue::WriteQueue;
@@ -53,6 +54,8 @@ struct Entry {
     reserved: usize,
     /// Gathers: bytes of answers received so far.
     gathered: usize,
+    /// A binary-protocol request's: its answer is turned into a response packet when written.
+    binary: Option<Box<BinaryCtx>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,8 @@ struct Inner {
     closed: bool,
     /// A streamed retrieval failed: what remains of it is dropped up to its end.
     dropping_stream: bool,
+    /// The binary request being handled: slots made for it now carry it.
+    binary: Option<BinaryCtx>,
 }
 
 /// Retrieval replies refused because they would have taken a client beyond its hard cap.
@@ -123,10 +128,12 @@ impl ReplyQueue {
         let len = reply.len();
         let mut inner = self.lock();
         inner.held += len;
+        let binary = inner.binary.clone().map(Box::new);
         inner.slots.push_back(Entry {
             slot: Slot::Ready(reply),
             reserved: 0,
             gathered: 0,
+            binary,
         });
     }
 
@@ -134,12 +141,20 @@ impl ReplyQueue {
         let mut inner = self.lock();
         let seq = inner.head + inner.slots.len() as u64;
         inner.reserved += reserved;
+        let binary = inner.binary.clone().map(Box::new);
         inner.slots.push_back(Entry {
             slot,
             reserved,
             gathered: 0,
+            binary,
         });
         seq
+    }
+
+    /// The binary request whose slots are made from now on (none: a text or meta one); its
+    /// answers are turned into response packets as they are written.
+    pub fn set_binary(&self, ctx: Option<BinaryCtx>) {
+        self.lock().binary = ctx;
     }
 
     /// Tells the queue how many taken bytes the socket has not accepted yet.
@@ -247,6 +262,7 @@ impl ReplyQueue {
         {
             let Some(Entry {
                 slot: Slot::Ready(reply),
+                binary,
                 ..
             }) = inner.slots.pop_front()
             else {
@@ -254,6 +270,13 @@ impl ReplyQueue {
             };
             inner.head += 1;
             inner.held -= reply.len();
+            if let Some(ctx) = binary {
+                let packet = binary::encode(&ctx, &reply.to_bytes());
+                if !packet.is_empty() {
+                    out.push(packet);
+                }
+                continue;
+            }
             // Inside a streamed retrieval that failed, what is left of it is dropped (no
             // other request is decoded while a retrieval streams, so every slot up to its
             // end is part of it).

@@ -94,7 +94,14 @@ impl ConnHandle {
 
     /// Queues a request; gives it back if the connection has ended.
     pub async fn send(&self, req: UpstreamRequest) -> Result<(), UpstreamRequest> {
-        self.tx.send(req).await.map_err(|e| e.0)
+        use mpsc::error::TrySendError;
+        match self.tx.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(req)) => Err(req),
+            // Waiting for room is rare (a backend thousands of requests behind); boxed, its
+            // large future does not enlarge every client task.
+            Err(TrySendError::Full(req)) => Box::pin(self.tx.send(req)).await.map_err(|e| e.0),
+        }
     }
 }
 

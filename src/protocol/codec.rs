@@ -12,6 +12,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
+use super::binary::{self, BinaryCtx};
 use super::meta::{self, errors, MetaFlags, MAX_META_TOKENS, MAX_OPAQUE_LEN};
 use super::numbers::{safe_strtol, safe_strtoul, safe_strtoull};
 use super::reply;
@@ -61,12 +62,16 @@ pub enum Decoded {
     /// Close the connection without a reply, as memcached does with an over-long line or a
     /// line that looks like an HTTP request.
     Close,
-    /// The connection opened with a binary-protocol request header.
-    Binary {
-        /// The request's opcode.
-        opcode: u8,
-        /// Its opaque, echoed in the answer.
-        opaque: [u8; 4],
+    /// A binary-protocol packet memroute answers itself with `reply` (a response packet, or
+    /// nothing); `close`: the connection then ends (memcached closes after a malformed
+    /// packet).
+    Packet {
+        /// The response.
+        reply: Option<Bytes>,
+        /// Close after it.
+        close: bool,
+        /// The key whose old value must be deleted (a refused `Set`, as for text).
+        unlink: Option<KeyToken>,
     },
     /// Part of a retrieval handed out in batches of keys.
     Stream(Stream),
@@ -120,6 +125,10 @@ enum State {
     /// The rest of a retrieval line is skipped (after a NUL byte or a failure); `end` says
     /// whether the retrieval is answered normally when the line ends.
     SkipLine { end: bool },
+    /// The connection speaks the binary protocol (its first byte was 0x80).
+    Binary,
+    /// A refused binary value's bytes still to be thrown away.
+    BinaryDiscard { left: usize },
     /// Everything after a binary header is ignored (the connection is closing).
     Closed,
 }
@@ -136,6 +145,10 @@ pub struct ClientCodec {
     /// Whether the retrieval being streamed has handed out a key yet (one without any is
     /// memcached's `get` with no key: `ERROR`).
     streamed_keys: bool,
+    /// The binary request the last item decoded stands for.
+    binary: Option<BinaryCtx>,
+    /// The connection speaks the binary protocol.
+    speaks_binary: bool,
 }
 
 impl ClientCodec {
@@ -147,6 +160,30 @@ impl ClientCodec {
             scanned: 0,
             batch_keys: usize::MAX,
             streamed_keys: false,
+            binary: None,
+            speaks_binary: false,
+        }
+    }
+
+    /// Whether the connection speaks the binary protocol (decided by its first byte).
+    pub fn speaks_binary(&self) -> bool {
+        self.speaks_binary
+    }
+
+    /// The binary request the item [`ClientCodec::decode_item`] last returned stands for
+    /// (its answer becomes a response packet); none for text and meta requests.
+    pub fn take_binary(&mut self) -> Option<BinaryCtx> {
+        self.binary.take()
+    }
+
+    /// Decodes the text or meta request a binary packet was translated into.
+    fn decode_translated(&self, mut frame: BytesMut) -> Decoded {
+        let mut text = ClientCodec::new(self.limits);
+        text.state = State::Line;
+        match text.decode_item(&mut frame) {
+            Some(item) => item,
+            // A translation is always one whole request.
+            None => Decoded::Reply(reply::ERROR),
         }
     }
 
@@ -184,18 +221,63 @@ impl ClientCodec {
             match &mut self.state {
                 State::New => {
                     let first = *buf.first()?;
-                    if first != 0x80 {
-                        self.state = State::Line;
-                        continue;
+                    self.speaks_binary = first == binary::REQUEST_MAGIC;
+                    self.state = match self.speaks_binary {
+                        true => State::Binary,
+                        false => State::Line,
+                    };
+                }
+                State::Binary => {
+                    self.binary = None;
+                    match binary::step(buf, self.limits.item_size_max) {
+                        binary::Step::Need(n) => {
+                            buf.reserve(n.saturating_sub(buf.len()));
+                            return None;
+                        }
+                        binary::Step::Forward {
+                            frame,
+                            ctx,
+                            consumed,
+                        } => {
+                            buf.advance(consumed);
+                            self.binary = Some(ctx);
+                            return Some(self.decode_translated(frame));
+                        }
+                        binary::Step::Answer {
+                            reply,
+                            consumed,
+                            discard,
+                            unlink,
+                        } => {
+                            buf.advance(consumed);
+                            if discard > 0 {
+                                self.state = State::BinaryDiscard { left: discard };
+                            }
+                            return Some(Decoded::Packet {
+                                reply: Some(reply),
+                                close: false,
+                                unlink,
+                            });
+                        }
+                        binary::Step::Close(reply) => {
+                            buf.clear();
+                            self.state = State::Closed;
+                            return Some(Decoded::Packet {
+                                reply,
+                                close: true,
+                                unlink: None,
+                            });
+                        }
                     }
-                    if buf.len() < 24 {
+                }
+                State::BinaryDiscard { left } => {
+                    let n = (*left).min(buf.len());
+                    buf.advance(n);
+                    *left -= n;
+                    if *left > 0 {
                         return None;
                     }
-                    let opcode = buf[1];
-                    let opaque = [buf[12], buf[13], buf[14], buf[15]];
-                    buf.clear();
-                    self.state = State::Closed;
-                    return Some(Decoded::Binary { opcode, opaque });
+                    self.state = State::Binary;
                 }
                 State::Closed => {
                     buf.clear();

@@ -24,6 +24,8 @@ pub enum Item {
     Skipped(&'static [u8], Option<Vec<u8>>),
     /// The connection closes (silently, or after a binary answer).
     Close,
+    /// A binary response memroute gives itself.
+    Packet(Vec<u8>),
 }
 
 /// The `client_codec` fuzz target: the first byte picks the chunk size, the rest is the
@@ -99,9 +101,12 @@ pub fn decode_stream(input: &[u8], chunk: usize, limits: CodecLimits) -> Vec<Ite
                 Decoded::Skipped { reply, unlink } => {
                     Item::Skipped(reply, unlink.map(|k| k.token.to_vec()))
                 }
-                Decoded::Close | Decoded::Binary { .. } => {
+                Decoded::Close | Decoded::Packet { close: true, .. } => {
                     out.push(Item::Close);
                     return out;
+                }
+                Decoded::Packet { reply, .. } => {
+                    Item::Packet(reply.map_or(Vec::new(), |r| r.to_vec()))
                 }
                 Decoded::Stream(part) => match part {
                     Stream::Start { prefix, .. } => {

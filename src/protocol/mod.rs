@@ -1,6 +1,7 @@
-//! The memcached text and meta protocols: decoded requests, the client codec, and reply
-//! framing.
+//! The memcached text, meta and binary protocols: decoded requests, the client codec, reply
+//! framing, and the binary protocol's translation to meta.
 
+pub mod binary;
 pub mod codec;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod invariants;

@@ -42,19 +42,6 @@ pub const VERSION: &[u8] = concat!(
 )
 .as_bytes();
 
-/// memcached's binary answer to an opcode it does not know: a response header with status
-/// 0x81 ("Unknown command") and that text as its body, echoing the opcode and opaque.
-pub fn binary_unknown_command(opcode: u8, opaque: [u8; 4]) -> bytes::Bytes {
-    const BODY: &[u8] = b"Unknown command";
-    let mut out = Vec::with_capacity(24 + BODY.len());
-    out.extend_from_slice(&[0x81, opcode, 0, 0, 0, 0, 0x00, 0x81]);
-    out.extend_from_slice(&(BODY.len() as u32).to_be_bytes());
-    out.extend_from_slice(&opaque);
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(BODY);
-    out.into()
-}
-
 /// A reply ready to be written to the client.
 #[derive(Debug)]
 pub enum Reply {
@@ -71,6 +58,16 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// The reply's bytes in one buffer (copied only when in pieces).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Reply::Static(s) | Reply::StreamError(s) => Bytes::from_static(s),
+            Reply::Data(b) => b.clone(),
+            Reply::Parts(p) => p.concat().into(),
+            Reply::StreamEnd => Bytes::from_static(END),
+        }
+    }
+
     /// Bytes the reply will write.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {

@@ -535,6 +535,7 @@ pub fn num_stat(map: &HashMap<String, String>, name: &str) -> u64 {
 
 pub mod admin;
 pub mod bad_backend;
+pub mod binary;
 pub mod config;
 pub mod differential;
 pub mod relay;
