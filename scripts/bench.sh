@@ -3,7 +3,7 @@
 # memcached vs memroute's embedded cache.
 #
 # Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
-#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k[,t]]
+#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k,l[,t]]
 #   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
 #   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
 #   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
@@ -13,6 +13,8 @@
 #  j-k: meta protocol, memcached direct vs memroute (twemproxy has no meta: n/a):
 #   j  quiet gets: batches of 16 `mg <key> v q k` + `mn`, 50 conns
 #   k  `ms <key> <len> T0 F<flags>` / `mg <key> v`, 10% writes, 50 conns, depth 1
+#  l: binary protocol, memcached direct vs memroute (twemproxy has no binary: n/a):
+#   l  Get / Set packets (opaques checked), 10% sets, 50 conns, depth 1
 #  t: TLS clients:
 #   t  get90, 50 conns, depth 1, 100-byte values: memcached -Z direct (its own process)
 #      vs memroute with a TLS listener (plaintext upstream) vs memroute plaintext;
@@ -31,11 +33,11 @@ REPS=5
 DUR=10
 WARM=1
 IDLE=10000
-WORKLOADS=a,b,c,d,e,f,g,h,i,j,k,t
+WORKLOADS=a,b,c,d,e,f,g,h,i,j,k,l,t
 QUICK=0
 CMDLINE="$0 $*"
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
@@ -259,17 +261,17 @@ proxy_pid() {
     *) echo "" ;;
     esac
 }
-# Targets of a workload: g-i compare the cache servers themselves; j-k (meta protocol,
-# which twemproxy does not speak) memcached direct and memroute.
+# Targets of a workload: g-i compare the cache servers themselves; j-k (meta protocol) and
+# l (binary protocol), which twemproxy does not speak, memcached direct and memroute.
 workload_targets() {
     case $1 in
     g | h | i) echo direct ${EM_PID:+embedded} ;;
-    j | k) echo direct ${MR_PID:+memroute} ;;
+    j | k | l) echo direct ${MR_PID:+memroute} ;;
     t) echo direct-tls ${MRT_PID:+memroute-tls} ${MR_PID:+memroute} ;;
     *) echo "${TARGETS[@]}" ;;
     esac
 }
-# Processes whose CPU counts as server side. a-e, j-k: proxy + all backends;
+# Processes whose CPU counts as server side. a-e, j-l: proxy + all backends;
 # g-i: the serving process alone (memcached B1 for direct, memroute for embedded);
 # t: memcached -Z alone for direct-tls, else proxy + all backends.
 server_pids() { # workload target
@@ -313,6 +315,7 @@ workload_args() {
     # A batch of --depth quiet mg ends with mn; each mg counts as one op.
     j) echo "--protocol meta --meta-quiet --connections 50 --depth 16 --get-ratio 1" ;;
     k) echo "--protocol meta --connections 50 --depth 1 --get-ratio 0.9" ;;
+    l) echo "--protocol binary --connections 50 --depth 1 --get-ratio 0.9" ;;
     t) echo "--connections 50 --depth 1 --get-ratio 0.9 --value-size 100" ;;
     esac
 }
@@ -417,11 +420,14 @@ names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
          "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns",
          "j": "j) meta: quiet gets, batches of 16 `mg <key> v q k` + `mn`, 50 conns",
          "k": "k) meta: `ms`/`mg`, 10% writes, depth 1, 50 conns",
+         "l": "l) binary: Get/Set, 10% sets, depth 1, 50 conns",
          "t": "t) TLS clients: get90 depth 1, 50 conns, 100 B values"}
 # g-i compare memroute's embedded cache with one memcached; a-e compare proxies; j-k
-# (meta protocol, which twemproxy does not speak) compare memroute with memcached direct.
+# (meta protocol) and l (binary protocol), which twemproxy does not speak, compare memroute
+# with memcached direct.
 EMBEDDED_WL = {"g", "h", "i"}
-META_WL = {"j", "k"}
+META_WL = {"j", "k", "l"}
+BINARY_WL = {"l"}
 # t: TLS clients; memcached -Z direct and memroute with a TLS listener, against memroute
 # plaintext. Two ratios: memroute TLS / plaintext and memroute TLS / memcached TLS.
 TLS_WL = {"t"}
@@ -495,8 +501,8 @@ for w in sorted({r["workload"] for r in runs}):
     data = {t: [] for t in wtargets}
     for r in rows:
         d = load(r)
-        # Meta: every key was prefilled, so a quiet read that went unanswered (which
-        # loadgen can only count as a miss) fails the run too.
+        # Meta and binary: every key was prefilled, so a quiet read that went unanswered
+        # (which loadgen can only count as a miss), or any miss, fails the run too.
         unexpected = meta and d is not None and d["unexpected_misses"]
         if d is None or r["rc"] != "0" or d["verification_errors"] or d["connection_errors"] \
                 or unexpected:
@@ -555,7 +561,8 @@ for w in sorted({r["workload"] for r in runs}):
         print(f"errors (must be 0): {errs}")
         continue
     if meta:
-        print("twemproxy does not speak the meta protocol; mr/direct = memroute / memcached direct")
+        print("twemproxy does not speak the %s protocol; mr/direct = memroute / memcached direct"
+              % ("binary" if w in BINARY_WL else "meta"))
     table = [head]
     for label, key in metrics:
         if key == "keys_per_sec" and w != "c":

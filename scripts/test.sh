@@ -13,11 +13,12 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The real client libraries tests/real_clients.rs drives (tests/clients/): libmemcached's
-# tools, PHP's Memcached, Perl's Cache::Memcached::Fast, and python-memcached, pymemcache and
-# pylibmc for the Debian python at /usr/bin/python3.
+# tools, PHP's Memcached, Perl's Cache::Memcached::Fast, python-memcached, pymemcache and
+# pylibmc for the Debian python at /usr/bin/python3, and Ruby's Dalli (binary protocol;
+# ruby-dalli does not pull in ruby itself).
 # python3-venv: the venv below, for the PyPI libraries.
 for pkg in libmemcached-tools php-cli php-memcached libcache-memcached-fast-perl \
-    python3-pylibmc python3-memcache python3-pymemcache python3-venv; do
+    python3-pylibmc python3-memcache python3-pymemcache python3-venv ruby ruby-dalli; do
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,9 +2,14 @@
 //! use them: python-memcached, pymemcache, pylibmc, Cache::Memcached::Fast (Perl), PHP's
 //! Memcached extension and meta-memcache (Python, meta protocol only), each through a driver
 //! script in `tests/clients/` (see its README), and libmemcached's tools (memcping,
-//! memcstat, memccapable). Every test runs against memroute (`--hash md5`) over three real
-//! memcached; a control test runs every driver against memcached directly, so a failure
-//! that is the driver's (or a library upgrade's) shows there too.
+//! memcstat, memccapable). The binary protocol: pylibmc and PHP's Memcached with their
+//! binary option, Dalli (Ruby, binary only) and `memccapable -b`, each behind a logging relay
+//! that proves every byte they sent was a binary request packet. Every test runs against
+//! memroute (`--hash md5 --distribution ketama`, libmemcached's weighted ketama) over three
+//! real memcached; the libmemcached drivers also read the data set from the backends
+//! directly (each key on one backend, where libmemcached's ketama puts it). A control test
+//! runs every driver against memcached directly, so a failure that is the driver's (or a
+//! library upgrade's) shows there too.
 //!
 //! The libraries are Debian packages that `scripts/test.sh` installs (for the Debian python
 //! at /usr/bin/python3, not whatever `python3` is on PATH), except meta-memcache, which it
@@ -14,6 +19,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,9 +31,10 @@ use common::{Memcached, Proxy};
 /// waiting out the ttls its touch checks need).
 const LIMIT: Duration = Duration::from_secs(40);
 
-/// Three memcached and memroute over them.
+/// Three memcached and memroute over them, with libmemcached's key distribution (md5,
+/// weighted ketama; every server of weight 1).
 struct Cluster {
-    _backends: Vec<Memcached>,
+    backends: Vec<Memcached>,
     proxy: Proxy,
 }
 
@@ -35,16 +42,30 @@ impl Cluster {
     fn start() -> Cluster {
         let backends: Vec<Memcached> = (0..3).map(|_| Memcached::start()).collect();
         let servers: Vec<String> = backends.iter().map(|m| m.server(1)).collect();
-        let proxy = Proxy::start(&servers, &["--threads", "2", "--hash", "md5"]);
-        Cluster {
-            _backends: backends,
-            proxy,
-        }
+        let proxy = Proxy::start(
+            &servers,
+            &[
+                "--threads",
+                "2",
+                "--hash",
+                "md5",
+                "--distribution",
+                "ketama",
+            ],
+        );
+        Cluster { backends, proxy }
     }
 
     /// memroute's address, as the drivers take it.
     fn address(&self) -> String {
         format!("127.0.0.1:{}", self.proxy.port)
+    }
+
+    /// `--backends=H:P,H:P,H:P`: the drivers that take it also read the data set from the
+    /// backends directly.
+    fn backends_flag(&self) -> String {
+        let list: Vec<String> = self.backends.iter().map(|m| m.address()).collect();
+        format!("--backends={}", list.join(","))
     }
 }
 
@@ -150,69 +171,409 @@ fn run(program: &str, args: &[&str]) -> Run {
     }
 }
 
-/// The drivers: interpreter (a relative path: in the repository), the Debian package that
-/// provides it, script in `tests/clients/` (each names its library's package when that is
-/// missing).
-const DRIVERS: [(&str, &str, &str); 6] = [
-    ("/usr/bin/python3", "python3", "python_memcached.py"),
-    ("/usr/bin/python3", "python3", "pymemcache_client.py"),
-    ("/usr/bin/python3", "python3", "pylibmc_client.py"),
-    ("/usr/bin/perl", "perl", "cache_memcached_fast.pl"),
-    ("/usr/bin/php", "php-cli", "php_memcached.php"),
-    (VENV_PYTHON, "python3-venv", "meta_memcache_client.py"),
+/// A driver: a script in `tests/clients/` (each names its library's package when that is
+/// missing), run by an interpreter (a relative path: in the repository) from a Debian
+/// package, with arguments of its own (`--binary`: the same library over the binary
+/// protocol).
+struct Driver {
+    /// How the tests name it.
+    name: &'static str,
+    interpreter: &'static str,
+    package: &'static str,
+    script: &'static str,
+    args: &'static [&'static str],
+}
+
+const fn driver(
+    name: &'static str,
+    interpreter: &'static str,
+    package: &'static str,
+    script: &'static str,
+    args: &'static [&'static str],
+) -> Driver {
+    Driver {
+        name,
+        interpreter,
+        package,
+        script,
+        args,
+    }
+}
+
+/// Every driver (the control runs them all against memcached).
+const DRIVERS: [Driver; 9] = [
+    driver(
+        "python-memcached",
+        "/usr/bin/python3",
+        "python3",
+        "python_memcached.py",
+        &[],
+    ),
+    driver(
+        "pymemcache",
+        "/usr/bin/python3",
+        "python3",
+        "pymemcache_client.py",
+        &[],
+    ),
+    driver(
+        "pylibmc",
+        "/usr/bin/python3",
+        "python3",
+        "pylibmc_client.py",
+        &[],
+    ),
+    driver(
+        "pylibmc-binary",
+        "/usr/bin/python3",
+        "python3",
+        "pylibmc_client.py",
+        &["--binary"],
+    ),
+    driver(
+        "perl",
+        "/usr/bin/perl",
+        "perl",
+        "cache_memcached_fast.pl",
+        &[],
+    ),
+    driver("php", "/usr/bin/php", "php-cli", "php_memcached.php", &[]),
+    driver(
+        "php-binary",
+        "/usr/bin/php",
+        "php-cli",
+        "php_memcached.php",
+        &["--binary"],
+    ),
+    driver(
+        "meta-memcache",
+        VENV_PYTHON,
+        "python3-venv",
+        "meta_memcache_client.py",
+        &[],
+    ),
+    driver("dalli", "/usr/bin/ruby", "ruby", "dalli_client.rb", &[]),
 ];
 
-/// Runs the driver `script` (one of [`DRIVERS`]) against `address`.
-fn run_driver(script: &str, address: &str) -> Run {
-    let (interpreter, package, _) = DRIVERS
+/// Runs the driver called `name` (one of [`DRIVERS`]) against `address`, with `extra`
+/// arguments before the address.
+fn run_driver_with(name: &str, extra: &[&str], address: &str) -> Run {
+    let d = DRIVERS
         .iter()
-        .find(|d| d.2 == script)
+        .find(|d| d.name == name)
         .expect("a known driver");
-    let interpreter = interpreter_path(interpreter);
+    let interpreter = interpreter_path(d.interpreter);
     let interpreter = interpreter.to_str().unwrap();
-    require(interpreter, package);
+    require(interpreter, d.package);
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
-        .join(script);
+        .join(d.script);
     let path = path.to_str().unwrap();
     // -B: no __pycache__ written into the source tree.
-    let args: Vec<&str> = if interpreter.ends_with("python3") {
-        vec!["-B", path, address]
+    let mut args: Vec<&str> = if interpreter.ends_with("python3") {
+        vec!["-B", path]
     } else {
-        vec![path, address]
+        vec![path]
     };
+    args.extend(d.args);
+    args.extend(extra);
+    args.push(address);
     run(interpreter, &args)
 }
 
-/// The driver `script` against memroute over three memcached.
-fn driver_through_memroute(script: &str) {
+/// Runs the driver called `name` against `address`.
+fn run_driver(name: &str, address: &str) -> Run {
+    run_driver_with(name, &[], address)
+}
+
+/// The driver called `name` against memroute over three memcached.
+fn driver_through_memroute(name: &str) {
     let cluster = Cluster::start();
-    run_driver(script, &cluster.address()).assert_success();
+    run_driver(name, &cluster.address()).assert_success();
 }
 
 #[test]
 fn python_memcached_library_through_memroute() {
-    driver_through_memroute("python_memcached.py");
+    driver_through_memroute("python-memcached");
 }
 
 #[test]
 fn pymemcache_library_through_memroute() {
-    driver_through_memroute("pymemcache_client.py");
+    driver_through_memroute("pymemcache");
 }
 
+/// pylibmc, text protocol; the data set then read from the backends directly.
 #[test]
 fn pylibmc_library_through_memroute() {
-    driver_through_memroute("pylibmc_client.py");
+    let cluster = Cluster::start();
+    run_driver_with("pylibmc", &[&cluster.backends_flag()], &cluster.address()).assert_success();
 }
 
 #[test]
 fn perl_cache_memcached_fast_through_memroute() {
-    driver_through_memroute("cache_memcached_fast.pl");
+    driver_through_memroute("perl");
 }
 
+/// PHP's Memcached, text protocol; the data set then read from the backends directly.
 #[test]
 fn php_memcached_extension_through_memroute() {
-    driver_through_memroute("php_memcached.php");
+    let cluster = Cluster::start();
+    run_driver_with("php", &[&cluster.backends_flag()], &cluster.address()).assert_success();
+}
+
+/// The binary protocol's opcodes by name (those the clients here send).
+fn opcode_name(op: u8) -> String {
+    let name = match op {
+        0x00 => "Get",
+        0x01 => "Set",
+        0x02 => "Add",
+        0x03 => "Replace",
+        0x04 => "Delete",
+        0x05 => "Increment",
+        0x06 => "Decrement",
+        0x07 => "Quit",
+        0x08 => "Flush",
+        0x09 => "GetQ",
+        0x0a => "Noop",
+        0x0b => "Version",
+        0x0c => "GetK",
+        0x0d => "GetKQ",
+        0x0e => "Append",
+        0x0f => "Prepend",
+        0x10 => "Stat",
+        0x11 => "SetQ",
+        0x12 => "AddQ",
+        0x13 => "ReplaceQ",
+        0x14 => "DeleteQ",
+        0x15 => "IncrementQ",
+        0x16 => "DecrementQ",
+        0x17 => "QuitQ",
+        0x18 => "FlushQ",
+        0x19 => "AppendQ",
+        0x1a => "PrependQ",
+        0x1c => "Touch",
+        0x1d => "GAT",
+        0x1e => "GATQ",
+        0x23 => "GATK",
+        0x24 => "GATKQ",
+        _ => return format!("0x{op:02x}"),
+    };
+    name.to_string()
+}
+
+/// What the relay's clients sent, once it stopped growing (a client that exited may have
+/// left its last bytes, a Quit, on their way through the relay).
+fn settled(relay: &Relay) -> Vec<Vec<u8>> {
+    let mut last = relay.sent();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = relay.sent();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+/// What a binary client sent, walked packet by packet.
+struct BinarySent {
+    /// Requests per opcode name.
+    ops: BTreeMap<String, u64>,
+    /// Packets memroute translates (and counts in its `binary_requests` stat): all but the
+    /// storage requests whose value is over `item_size_max` (1 MiB), which it refuses itself.
+    translated: u64,
+}
+
+/// Walks everything each connection sent as binary request packets: every connection
+/// that sent anything starts with the request magic 0x80 (so memroute took it for a binary
+/// connection) and sent nothing but whole packets, each with that magic.
+fn binary_requests(sent: &[Vec<u8>]) -> BinarySent {
+    let mut ops = BTreeMap::new();
+    let (mut connections, mut translated) = (0, 0);
+    for (conn, bytes) in sent.iter().enumerate() {
+        let mut rest = &bytes[..];
+        connections += !rest.is_empty() as usize;
+        while !rest.is_empty() {
+            let head = &rest[..rest.len().min(24)];
+            assert!(
+                rest[0] == 0x80,
+                "connection {conn}: not a binary request packet at byte {}: {:02x?}",
+                bytes.len() - rest.len(),
+                head
+            );
+            assert!(
+                rest.len() >= 24,
+                "connection {conn}: a packet header cut short: {head:02x?}"
+            );
+            let body = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            assert!(
+                rest.len() >= 24 + body,
+                "connection {conn}: a packet of {} body bytes has {}: {head:02x?}",
+                body,
+                rest.len() - 24
+            );
+            let (keylen, extlen) = (u16::from_be_bytes([rest[2], rest[3]]) as usize, rest[4]);
+            let storage = matches!(rest[1], 0x01..=0x03 | 0x0e | 0x0f | 0x11..=0x13 | 0x19 | 0x1a);
+            let value = body.saturating_sub(keylen + extlen as usize);
+            translated += !(storage && value > 1 << 20) as u64;
+            *ops.entry(opcode_name(rest[1])).or_default() += 1;
+            rest = &rest[24 + body..];
+        }
+    }
+    assert!(connections > 0, "the client sent nothing");
+    println!("binary requests over {connections} connections ({translated} translated): {ops:?}");
+    BinarySent { ops, translated }
+}
+
+/// After a binary client ran through `relay` in front of memroute (whose `binary_requests`
+/// stat was `before`): every byte it sent was binary packets, and the stat grew by exactly
+/// the packets memroute translated. Returns the opcodes sent.
+fn check_binary_run(
+    relay: &Relay,
+    stats: &mut common::Client,
+    before: u64,
+) -> BTreeMap<String, u64> {
+    let sent = binary_requests(&settled(relay));
+    // The last packets (a Quit at exit) may still be on their way through memroute.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let grown = loop {
+        let grown = stats.stat_num("binary_requests") - before;
+        if grown == sent.translated || Instant::now() > deadline {
+            break grown;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        grown, sent.translated,
+        "binary_requests grew by {grown} for the {} packets memroute translated",
+        sent.translated
+    );
+    sent.ops
+}
+
+/// Asserts the client sent at least `at_least` requests of each opcode named.
+fn assert_sent(ops: &BTreeMap<String, u64>, at_least: &[(&str, u64)]) {
+    for (op, n) in at_least {
+        let got = ops.get(*op).copied().unwrap_or(0);
+        assert!(got >= *n, "only {got} {op} requests (want {n}+): {ops:?}");
+    }
+}
+
+/// A binary-protocol driver through a logging relay in front of memroute, with `extra`
+/// arguments (the driver also reads the data set from the backends directly); returns the
+/// opcodes it sent, every byte of it checked to be binary request packets, each counted in
+/// memroute's `binary_requests` (see [`check_binary_run`]).
+fn binary_driver_through_memroute(name: &str, extra: &[&str]) -> BTreeMap<String, u64> {
+    let cluster = Cluster::start();
+    let mut stats = common::Client::connect(cluster.proxy.port);
+    let before = stats.stat_num("binary_requests");
+    let relay = Relay::start(cluster.proxy.port);
+    let backends = cluster.backends_flag();
+    let mut args = vec![backends.as_str()];
+    args.extend(extra);
+    run_driver_with(name, &args, &format!("127.0.0.1:{}", relay.port)).assert_success();
+    check_binary_run(&relay, &mut stats, before)
+}
+
+/// pylibmc with `binary=True`: the data set (2,000 keys, values up to 600 KB) with
+/// set_multi and get_multi (GetKQ + Noop), cas, incr/decr, add/replace, append/prepend,
+/// touch, the noreply behaviour as quiet opcodes, stats; then the data set read from the
+/// backends directly.
+#[test]
+fn pylibmc_binary_protocol_through_memroute() {
+    let ops = binary_driver_through_memroute("pylibmc-binary", &[]);
+    // libmemcached's set_multi is a Set per key; its noreply behaviour the quiet opcodes.
+    assert_sent(
+        &ops,
+        &[
+            ("Set", 2000),
+            ("SetQ", 50),
+            ("GetKQ", 4000),
+            ("GetK", 10),
+            ("Noop", 3),
+            ("Add", 2),
+            ("AddQ", 1),
+            ("Replace", 2),
+            ("ReplaceQ", 1),
+            ("Append", 2),
+            ("AppendQ", 1),
+            ("Prepend", 2),
+            ("PrependQ", 1),
+            ("Increment", 3),
+            ("IncrementQ", 1),
+            ("Decrement", 3),
+            ("DecrementQ", 1),
+            ("Delete", 2),
+            ("DeleteQ", 3),
+            ("Touch", 3),
+            ("Stat", 1),
+        ],
+    );
+}
+
+/// PHP's Memcached with `OPT_BINARY_PROTOCOL`: the same checks as its text driver, with the
+/// binary protocol's answers (a refused add is "exists", a refused replace "not found").
+#[test]
+fn php_memcached_binary_protocol_through_memroute() {
+    let ops = binary_driver_through_memroute("php-binary", &[]);
+    assert_sent(
+        &ops,
+        &[
+            ("Set", 2000),
+            ("SetQ", 50),
+            ("GetKQ", 4000),
+            ("Noop", 3),
+            ("Add", 2),
+            ("AddQ", 1),
+            ("Replace", 2),
+            ("ReplaceQ", 1),
+            ("Append", 2),
+            ("AppendQ", 1),
+            ("Prepend", 2),
+            ("PrependQ", 1),
+            ("Increment", 3),
+            ("IncrementQ", 1),
+            ("Decrement", 3),
+            ("DecrementQ", 1),
+            ("Delete", 2),
+            ("DeleteQ", 3),
+            ("Touch", 3),
+            ("Version", 1),
+            ("Stat", 1),
+        ],
+    );
+}
+
+/// Dalli 3.0, which speaks only the binary protocol: the data set written with quiet sets
+/// (`multi`: SetQ + Noop) and read with get_multi (GetKQ + Noop), cas tokens, incr/decr
+/// with initial values, touch and gat, quiet add/replace/delete, keys only the binary
+/// protocol can carry (a space, CR LF, a tab, DEL, UTF-8), stats and version.
+#[test]
+fn dalli_binary_protocol_through_memroute() {
+    let ops = binary_driver_through_memroute("dalli", &[]);
+    assert_sent(
+        &ops,
+        &[
+            ("Set", 20),
+            ("SetQ", 2050),
+            ("AddQ", 2),
+            ("ReplaceQ", 2),
+            ("DeleteQ", 3),
+            ("GetKQ", 4000),
+            ("Noop", 3),
+            ("Get", 20),
+            ("Add", 2),
+            ("Replace", 2),
+            ("Increment", 5),
+            ("Decrement", 3),
+            ("Delete", 3),
+            ("Touch", 3),
+            ("GAT", 3),
+            ("Version", 1),
+            ("Stat", 2),
+        ],
+    );
 }
 
 /// meta-memcache, which speaks only the meta protocol, through a logging relay in front of
@@ -225,10 +586,7 @@ fn meta_memcache_library_through_memroute() {
     let mut stats = common::Client::connect(cluster.proxy.port);
     let before = stats.stat_num("meta_requests");
     let relay = Relay::start(cluster.proxy.port);
-    let run = run_driver(
-        "meta_memcache_client.py",
-        &format!("127.0.0.1:{}", relay.port),
-    );
+    let run = run_driver("meta-memcache", &format!("127.0.0.1:{}", relay.port));
     run.assert_success();
     let sent = relay.sent();
     let mut words: std::collections::BTreeMap<String, u64> = Default::default();
@@ -288,15 +646,15 @@ fn meta_memcache_library_through_memroute() {
 /// memroute.
 #[test]
 fn control_every_driver_passes_against_memcached_directly() {
-    // Room for six data sets of about 10 MB each without evictions.
-    let memcached = Memcached::start_with(&["-m", "256"]);
+    // Room for nine data sets of about 10 MB each without evictions.
+    let memcached = Memcached::start_with(&["-m", "512"]);
     let address = format!("127.0.0.1:{}", memcached.port);
     let runs: Vec<Run> = std::thread::scope(|s| {
         let handles: Vec<_> = DRIVERS
             .iter()
-            .map(|(_, _, script)| {
+            .map(|d| {
                 let address = &address;
-                s.spawn(move || run_driver(script, address))
+                s.spawn(move || run_driver(d.name, address))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -375,5 +733,52 @@ fn libmemcached_memccapable_ascii_suite_passes_through_memroute() {
         r.stdout.contains("All tests passed"),
         "memccapable did not report \"All tests passed\":\n{}",
         r.output()
+    );
+}
+
+/// libmemcached's protocol conformance suite, binary tests only (`-b`: noop, quit(q),
+/// set(q), flush(q), add(q), replace(q), delete(q), get(q), getk(q), incr(q), decr(q),
+/// version, append(q), prepend(q), stat), through a logging relay that proves it sent only
+/// binary request packets, each counted in memroute's `binary_requests`. It flushes everything, so it gets its own memroute and backends.
+#[test]
+fn libmemcached_memccapable_binary_suite_passes_through_memroute() {
+    require(MEMCCAPABLE, "libmemcached-tools");
+    let cluster = Cluster::start();
+    let mut stats = common::Client::connect(cluster.proxy.port);
+    let before = stats.stat_num("binary_requests");
+    let relay = Relay::start(cluster.proxy.port);
+    let port = relay.port.to_string();
+    let r = run(
+        MEMCCAPABLE,
+        &["-h", "127.0.0.1", "-p", &port, "-b", "-v", "-t", "5"],
+    );
+    r.assert_success();
+    assert!(
+        r.stdout.contains("All tests passed"),
+        "memccapable -b did not report \"All tests passed\":\n{}",
+        r.output()
+    );
+    let ops = check_binary_run(&relay, &mut stats, before);
+    assert_sent(
+        &ops,
+        &[
+            ("Noop", 1),
+            ("Quit", 1),
+            ("QuitQ", 1),
+            ("SetQ", 1),
+            ("Flush", 1),
+            ("FlushQ", 1),
+            ("AddQ", 1),
+            ("ReplaceQ", 1),
+            ("DeleteQ", 1),
+            ("GetQ", 1),
+            ("GetKQ", 1),
+            ("IncrementQ", 1),
+            ("DecrementQ", 1),
+            ("Version", 1),
+            ("AppendQ", 1),
+            ("PrependQ", 1),
+            ("Stat", 1),
+        ],
     );
 }

@@ -24,9 +24,11 @@ pub struct Batch {
     /// oldest version still possible; soak mode: the newest version sent); 0 for sets.
     pub floors: Vec<u32>,
     /// Meta protocol: the opaque (`O<n>`) of the first request; request i carries
-    /// `seq + i` when `--meta-opaque` tags requests.
+    /// `seq + i` when `--meta-opaque` tags requests. Binary protocol: request i always
+    /// carries the low 32 bits of `seq + i` as its opaque (the ending Noop `seq + len`).
     pub seq: u64,
-    /// Meta protocol: the batch ends with `mn`, answered `MN` once all before it is.
+    /// The batch ends with `mn` (meta), answered `MN` once all before it is, or with a
+    /// Noop (binary), answered likewise.
     pub mn: bool,
 }
 

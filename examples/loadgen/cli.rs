@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "loadgen",
-    about = "Verifying memcached load generator, text or meta protocol (memroute benchmarks)"
+    about = "Verifying memcached load generator, text, meta or binary protocol (memroute benchmarks)"
 )]
 pub struct Args {
     /// Server or proxy to load, HOST:PORT.
@@ -49,8 +49,9 @@ pub struct Args {
     /// Distinct keys per get request (>1 sends `get k1 k2 ...`; text protocol only).
     #[arg(long, default_value_t = 1)]
     pub multiget: usize,
-    /// Request protocol: text (`get`/`set`) or meta (`mg <key> v` reads, answered
-    /// `VA`/`EN`, and `ms <key> <len> T0 F<flags>` writes, answered `HD`).
+    /// Request protocol: text (`get`/`set`), meta (`mg <key> v` reads, answered
+    /// `VA`/`EN`, and `ms <key> <len> T0 F<flags>` writes, answered `HD`) or binary (Get and
+    /// Set packets, each with an opaque its response must echo).
     #[arg(long, value_enum, default_value_t = Protocol::Text)]
     pub protocol: Protocol,
     /// Meta: send reads as quiet `mg <key> v q k` (a miss is not answered) and end every
@@ -62,6 +63,11 @@ pub struct Args {
     /// that each reply echoes the opaque of the request it answers.
     #[arg(long)]
     pub meta_opaque: bool,
+    /// Binary: send reads as GetKQ (a miss is not answered) and end every batch (--depth
+    /// requests) with a Noop: a hit is matched to its request by the opaque it echoes (and
+    /// must carry its key), the reads passed over before it and the Noop's response missed.
+    #[arg(long)]
+    pub binary_quiet: bool,
     /// Connect with TLS, trusting the CA certificate(s) in this PEM file (the handshake is
     /// done before the measured window). Not with --soak-config.
     #[arg(long, value_name = "PATH")]
@@ -112,6 +118,7 @@ pub struct Args {
 pub enum Protocol {
     Text,
     Meta,
+    Binary,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
@@ -147,15 +154,19 @@ pub fn validate(a: &Args) -> Result<(), String> {
     if a.rate < 0.0 || a.duration < 0.0 || a.warmup < 0.0 {
         return Err("--rate, --duration and --warmup must be >= 0".into());
     }
-    if a.protocol == Protocol::Meta {
+    if a.protocol != Protocol::Text {
         if a.multiget > 1 {
-            return Err("--multiget needs --protocol text (an mg reads one key)".into());
+            return Err("--multiget needs --protocol text (mg and Get read one key)".into());
         }
         if a.soak_config.is_some() {
             return Err("--soak-config needs --protocol text".into());
         }
-    } else if a.meta_quiet || a.meta_opaque {
+    }
+    if a.protocol != Protocol::Meta && (a.meta_quiet || a.meta_opaque) {
         return Err("--meta-quiet and --meta-opaque need --protocol meta".into());
+    }
+    if a.protocol != Protocol::Binary && a.binary_quiet {
+        return Err("--binary-quiet needs --protocol binary".into());
     }
     if a.soak_config.is_some() {
         if a.prefill || a.expect_hits || a.idle_connections > 0 {

@@ -1,4 +1,4 @@
-//! `loadgen`: a verifying load generator for the memcached text and meta protocols.
+//! `loadgen`: a verifying load generator for the memcached text, meta and binary protocols.
 //!
 //! It drives `get`/`set` traffic (optionally pipelined, multi-get, zipfian, closed or
 //! fixed-rate open loop) at a memcached-compatible endpoint, records latency in an HDR
@@ -8,7 +8,9 @@
 //! exit with code 3. `--protocol meta` sends `mg <key> v` / `ms <key> <len> T0 F<flags>`
 //! instead, with `--meta-quiet` as pipelined quiet `mg <key> v q k` batches ended by `mn`
 //! (a hit is matched to its request by the key it returns, misses are the requests passed
-//! over), and checks the same values.
+//! over), and checks the same values. `--protocol binary` sends Get and Set packets (with
+//! `--binary-quiet`, GetKQ batches ended by a Noop), each tagged with an opaque its response
+//! must echo, and checks the same values and flags.
 //!
 //! Run it with `cargo run --release --example loadgen -- --help`, e.g.
 //! `cargo run --release --example loadgen -- --target 127.0.0.1:22122 --prefill --depth 16`.
@@ -26,12 +28,14 @@
 //! encoding and its verification), `versions` (which versions a get may return),
 //! `protocol` (connections, read buffer, reply framing), `batch` (requests in flight),
 //! `workload` (request building, reply checking, closed/open loop and prefill drivers),
-//! `meta` (the meta protocol's requests, and matching and checking its replies),
+//! `meta` (the meta protocol's requests, and matching and checking its replies), `binary`
+//! (the binary protocol's packets, and matching and checking its responses),
 //! `report` (counters, latency, text and JSON output), `tls` (TLS settings and the plain or
 //! TLS connection), `idle` (idle-connection mode) and
 //! `soak` (soak mode).
 
 mod batch;
+mod binary;
 mod cli;
 mod idle;
 mod meta;

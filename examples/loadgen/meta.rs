@@ -58,7 +58,7 @@ impl Shared {
 
     /// Ends a batch of quiet reads with `mn`, whose `MN` tells that all before it was
     /// answered.
-    pub fn end_batch(&self, b: &mut Batch, w: &mut Vec<u8>) {
+    pub fn end_meta_batch(&self, b: &mut Batch, w: &mut Vec<u8>) {
         if self.args.meta_quiet && !b.ops.is_empty() {
             w.extend_from_slice(b"mn\r\n");
             b.mn = true;

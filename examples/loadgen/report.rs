@@ -120,7 +120,8 @@ pub fn write_json(p: &Path, text: String) -> bool {
 struct Report {
     target: String,
     mode: &'static str,
-    /// `text`, `meta` (loud `mg`/`ms`) or `meta-quiet` (`mg ... q k` batches ended by `mn`).
+    /// `text`, `meta` (loud `mg`/`ms`), `meta-quiet` (`mg ... q k` batches ended by `mn`),
+    /// `binary` (Get/Set) or `binary-quiet` (GetKQ batches ended by a Noop).
     protocol: &'static str,
     meta_opaque: bool,
     /// Connected with TLS (`--tls-ca`).
@@ -172,6 +173,8 @@ pub fn report(args: &Args, t: &Stats, tls_session: Option<String>) -> i32 {
             Protocol::Text => "text",
             Protocol::Meta if args.meta_quiet => "meta-quiet",
             Protocol::Meta => "meta",
+            Protocol::Binary if args.binary_quiet => "binary-quiet",
+            Protocol::Binary => "binary",
         },
         meta_opaque: args.meta_opaque,
         tls: args.tls_ca.is_some(),

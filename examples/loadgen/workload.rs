@@ -1,8 +1,10 @@
 //! The benchmark workload: building pipelined get/set requests, reading and verifying
 //! their replies in order, and the per-connection drivers (closed loop, open loop,
-//! prefill). The meta protocol's requests and replies are in `meta`.
+//! prefill). The meta protocol's requests and replies are in `meta`, the binary
+//! protocol's in `binary`.
 
 use crate::batch::Batch;
+use crate::binary::{opaque, read_binary_batch};
 use crate::cli::Protocol;
 use crate::meta::read_meta_batch;
 use crate::protocol::{frame_get, frame_line, line, lossy, Frame, RBuf, ReadError};
@@ -27,11 +29,14 @@ const TICK: Duration = Duration::from_millis(2);
 impl Shared {
     fn push_get(&self, rng: &mut StdRng, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
         let ks = b.keys.len();
-        if self.args.protocol == Protocol::Meta {
+        if self.args.protocol != Protocol::Text {
             let k = self.pick(rng);
             b.keys.push(k);
             b.floors.push(self.state(k).floor());
-            self.push_mg_command(w, k, b.seq + b.ops.len() as u64);
+            match self.args.protocol {
+                Protocol::Meta => self.push_mg_command(w, k, b.seq + b.ops.len() as u64),
+                _ => self.push_binary_get(w, k, opaque(b.seq, b.ops.len())),
+            }
             b.add_get(ks, t0);
             return;
         }
@@ -61,8 +66,18 @@ impl Shared {
         match self.args.protocol {
             Protocol::Text => self.push_set_command(w, k, ver),
             Protocol::Meta => self.push_ms_command(w, k, ver, b.seq + b.ops.len() as u64),
+            Protocol::Binary => self.push_binary_set(w, k, ver, opaque(b.seq, b.ops.len())),
         }
         b.add_set(k, ver, t0);
+    }
+
+    /// Ends a batch: `mn` after quiet meta reads, a Noop after quiet binary reads.
+    fn end_batch(&self, b: &mut Batch, w: &mut Vec<u8>) {
+        match self.args.protocol {
+            Protocol::Text => {}
+            Protocol::Meta => self.end_meta_batch(b, w),
+            Protocol::Binary => self.end_binary_batch(b, w),
+        }
     }
 
     fn push_op(&self, rng: &mut StdRng, b: &mut Batch, w: &mut Vec<u8>, t0: Instant) {
@@ -180,6 +195,7 @@ async fn read_batch<R: AsyncRead + Unpin>(
     match sh.args.protocol {
         Protocol::Text => read_text_batch(replies).await,
         Protocol::Meta => read_meta_batch(replies).await,
+        Protocol::Binary => read_binary_batch(replies).await,
     }
 }
 

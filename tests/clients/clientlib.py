@@ -37,16 +37,47 @@ def missing_module(module, package):
     sys.exit(3)
 
 
-def parse_args(usage):
-    """The server addresses (host:port) from the command line, and whether `--no-stats`
-    was given (skip the stats calls: twemproxy closes the connection on `stats`)."""
+class Options:
+    """A driver's command line: the server addresses, whether to call stats, and for the
+    drivers that take them, `--binary` (speak the binary protocol) and
+    `--backends=HOST:PORT,...` (the servers behind a proxy, read directly to verify the
+    data landed where libmemcached's weighted ketama puts it)."""
+
+    def __init__(self, servers, with_stats, binary, backends):
+        self.servers = servers
+        self.with_stats = with_stats
+        self.binary = binary
+        self.backends = backends
+
+
+def parse_options(usage, binary=False):
+    """Reads the command line; `binary`: the driver also takes `--binary` and
+    `--backends=...`. Exits 2 on bad usage."""
     args = sys.argv[1:]
     flags = [a for a in args if a.startswith("-")]
     servers = [a for a in args if not a.startswith("-")]
-    if not servers or any(":" not in s for s in servers) or set(flags) - {"--no-stats"}:
-        print(f"usage: {usage} [--no-stats] HOST:PORT [HOST:PORT ...]", file=sys.stderr)
+    allowed = {"--no-stats"} | ({"--binary"} if binary else set())
+    backends = []
+    for f in flags:
+        if binary and f.startswith("--backends="):
+            backends = [b for b in f[len("--backends="):].split(",") if b]
+            allowed.add(f)
+    extra = " [--binary] [--backends=HOST:PORT,...]" if binary else ""
+    if (
+        not servers
+        or any(":" not in s for s in servers + backends)
+        or set(flags) - allowed
+    ):
+        print(f"usage: {usage} [--no-stats]{extra} HOST:PORT [HOST:PORT ...]", file=sys.stderr)
         sys.exit(2)
-    return servers, "--no-stats" not in flags
+    return Options(servers, "--no-stats" not in flags, "--binary" in flags, backends)
+
+
+def parse_args(usage):
+    """The server addresses (host:port) from the command line, and whether `--no-stats`
+    was given (skip the stats calls: twemproxy closes the connection on `stats`)."""
+    o = parse_options(usage)
+    return o.servers, o.with_stats
 
 
 def prefix(lib):
@@ -243,12 +274,18 @@ def check_data_set(report, pfx, mc, set_multi, get_multi):
     return data, missing, asked
 
 
-def check_add_replace(mc, k, done=is_true, refused=is_false):
-    """add and replace, each succeeding and refused."""
+def check_add_replace(mc, k, done=is_true, refused=is_false, replace_refused=None):
+    """add and replace, each succeeding and refused. `replace_refused(call)`: whether the
+    replace of a missing key that `call()` makes was refused (default: `refused` of its
+    answer; pylibmc over the binary protocol raises NotFound instead)."""
     check(done(mc.add(k("add"), b"first")), "add of a new key failed")
     check(refused(mc.add(k("add"), b"second")), "add of an existing key succeeded")
     check_value("get after add", k("add"), mc.get(k("add")), b"first")
-    check(refused(mc.replace(k("replace"), b"x")), "replace of a missing key succeeded")
+    replace_refused = replace_refused or (lambda call: refused(call()))
+    check(
+        replace_refused(lambda: mc.replace(k("replace"), b"x")),
+        "replace of a missing key succeeded",
+    )
     check(mc.get(k("replace")) is None, "replace of a missing key stored it")
     check(mc.set(k("replace"), b"old"), "set failed")
     check(done(mc.replace(k("replace"), b"new")), "replace of an existing key failed")

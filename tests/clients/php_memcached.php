@@ -1,6 +1,11 @@
 <?php
 // Drives a memcached server (or memroute) with PHP's Memcached extension (Debian
-// php-memcached, over libmemcached), text protocol. Usage: php php_memcached.php HOST:PORT [...]
+// php-memcached, over libmemcached), text protocol, or with --binary the binary protocol
+// (Memcached::OPT_BINARY_PROTOCOL). Usage:
+//   php php_memcached.php [--no-stats] [--binary] [--backends=H:P,...] HOST:PORT [...]
+// With --backends (the servers behind a proxy at HOST:PORT) the data set is also read from
+// the backends directly: every key on exactly one of them, byte for byte, and where
+// libmemcached's weighted ketama (OPT_LIBKETAMA_COMPATIBLE: md5) over them puts it.
 // Exits 0 when every check passed, 1 at the first mismatch (with the reason), 3 when the
 // extension is missing. The data set is the one described in README.md.
 
@@ -10,18 +15,22 @@ const TOUCH_WAIT = 3.2;
 $report = [];
 $started = microtime(true);
 
+// "php-memcached", or "php-memcached-binary" with --binary.
+$name = 'php-memcached';
+
 function note($line) { global $report; $report[] = $line; }
 
 function dump_report() {
-    global $report;
+    global $report, $name;
     foreach ($report as $line) {
-        echo "php-memcached: $line\n";
+        echo "$name: $line\n";
     }
 }
 
 function fail($msg) {
+    global $name;
     dump_report();
-    fwrite(STDERR, "FAIL php-memcached: $msg\n");
+    fwrite(STDERR, "FAIL $name: $msg\n");
     exit(1);
 }
 
@@ -74,9 +83,10 @@ function value_size($i) {
 }
 
 function client($servers, $options = []) {
+    global $binary;
     $m = new Memcached();
     $m->setOptions([
-        Memcached::OPT_BINARY_PROTOCOL => false,
+        Memcached::OPT_BINARY_PROTOCOL => $binary,
         // Values as they are: no compression (append and prepend refuse it anyway).
         Memcached::OPT_COMPRESSION => false,
         Memcached::OPT_TCP_NODELAY => true,
@@ -95,22 +105,40 @@ if (!extension_loaded('memcached')) {
         . " php-memcached): run scripts/test.sh, which installs it\n");
     exit(3);
 }
-// --no-stats skips getStats (twemproxy closes the connection on `stats`).
+// --no-stats skips getStats (twemproxy closes the connection on `stats`); --binary speaks
+// the binary protocol; --backends=H:P,... names the servers behind a proxy.
 $args = array_slice($argv, 1);
 $flags = array_values(array_filter($args, function ($a) { return $a[0] === '-'; }));
 $servers = array_values(array_diff($args, $flags));
-if (!$servers || array_diff($flags, ['--no-stats'])) {
-    fwrite(STDERR, "usage: php php_memcached.php [--no-stats] HOST:PORT [HOST:PORT ...]\n");
+$backends = [];
+foreach ($flags as $f) {
+    if (strncmp($f, '--backends=', 11) === 0) {
+        $backends = array_values(array_filter(explode(',', substr($f, 11))));
+    }
+}
+$bad_flags = array_filter($flags, function ($f) {
+    return !in_array($f, ['--no-stats', '--binary']) && strncmp($f, '--backends=', 11) !== 0;
+});
+if (!$servers || $bad_flags) {
+    fwrite(STDERR, "usage: php php_memcached.php [--no-stats] [--binary] [--backends=H:P,...]"
+        . " HOST:PORT [HOST:PORT ...]\n");
     exit(2);
 }
 $with_stats = !in_array('--no-stats', $flags);
+$binary = in_array('--binary', $flags);
+if ($binary) $name = 'php-memcached-binary';
+// What a refused add and replace report: the text protocol says NOT_STORED for both; the
+// binary protocol why (the key exists, the key is not found).
+$add_refused = $binary ? Memcached::RES_DATA_EXISTS : Memcached::RES_NOTSTORED;
+$replace_refused = $binary ? Memcached::RES_NOTFOUND : Memcached::RES_NOTSTORED;
 
 $mc = client($servers);
 $other = client($servers);
-$pfx = "rc-" . bin2hex(random_bytes(8)) . "-php";
+$pfx = "rc-" . bin2hex(random_bytes(8)) . ($binary ? "-php-binary" : "-php");
 $k = function ($name) use ($pfx) { return "$pfx:$name"; };
-note("php-memcached " . phpversion('memcached') . " (PHP " . PHP_VERSION
-    . ") against " . implode(' ', $servers));
+note("php-memcached " . phpversion('memcached') . " (PHP " . PHP_VERSION . ", libmemcached "
+    . Memcached::LIBMEMCACHED_VERSION_HEX . ") " . ($binary ? "binary" : "text")
+    . " protocol against " . implode(' ', $servers));
 
 // touch, first: its effect is checked at the end, after the data set's round trip.
 check($mc->set($k('touch-keep'), 'keep', 2), "set with ttl 2 failed: " . result($mc));
@@ -162,15 +190,34 @@ foreach ($got as $key => $item) check($item['cas'] > 0, "getMulti(GET_EXTENDED):
 check_multi_get('getMulti(GET_EXTENDED)', array_map(function ($item) { return $item['value']; }, $got),
     $data, $missing);
 
+// The data set read from the backends directly: each key on exactly one, byte for byte,
+// and a client with weighted ketama over them (as the proxy's pool: md5, ketama) finds all.
+if ($backends) {
+    $found = [];
+    foreach ($backends as $b) {
+        $got = client([$b])->getMulti($asked);
+        check($got !== false, "getMulti on backend $b failed");
+        $twice = array_intersect_key($got, $found);
+        check(!$twice, "keys on two backends, e.g. " . short((string) array_key_first($twice)));
+        $found += $got;
+        note("backend $b holds " . count($got) . " of the data set's keys");
+    }
+    check_multi_get('the backends read directly', $found, $data, $missing);
+    $ketama = client($backends, [Memcached::OPT_LIBKETAMA_COMPATIBLE => true]);
+    check_multi_get('getMulti over the backends with weighted ketama', $ketama->getMulti($asked),
+        $data, $missing);
+    note("the data set is on the backends, where libmemcached's weighted ketama puts it");
+}
+
 $keys = array_keys($data);
 foreach ([7, 2] as $i) check_value('get', $keys[$i], $mc->get($keys[$i]), $data[$keys[$i]]);
 
 // add / replace.
 check($mc->add($k('add'), 'first'), "add of a new key failed: " . result($mc));
-check(!$mc->add($k('add'), 'second') && $mc->getResultCode() == Memcached::RES_NOTSTORED,
+check(!$mc->add($k('add'), 'second') && $mc->getResultCode() == $add_refused,
     "add of an existing key: " . result($mc));
 check_value('get after add', $k('add'), $mc->get($k('add')), 'first');
-check(!$mc->replace($k('replace'), 'x') && $mc->getResultCode() == Memcached::RES_NOTSTORED,
+check(!$mc->replace($k('replace'), 'x') && $mc->getResultCode() == $replace_refused,
     "replace of a missing key: " . result($mc));
 check($mc->get($k('replace')) === false && $mc->getResultCode() == Memcached::RES_NOTFOUND,
     "replace of a missing key stored it");
@@ -226,7 +273,26 @@ check($mc->get($k('add')) === false && $mc->getResultCode() == Memcached::RES_NO
 check(!$mc->delete($k('add')) && $mc->getResultCode() == Memcached::RES_NOTFOUND,
     "delete of a missing key: " . result($mc));
 
-// noreply writes (OPT_NOREPLY), then reads on the same client that prove they happened.
+if ($binary) {
+    // What only the binary protocol reports: a non-numeric increment fails and leaves the
+    // value; a value over 1 MiB is refused (E2BIG) and the connection goes on; getMulti of
+    // only missing keys (GetKQ + Noop) answers nothing.
+    check($mc->set($k('text'), 'abc'), "set failed");
+    check($mc->increment($k('text'), 1) === false, "increment of a non-number: " . result($mc));
+    check_value('get after a failed increment', $k('text'), $mc->get($k('text')), 'abc');
+    check(!$mc->set($k('huge'), str_repeat('x', 1024 * 1024 + 10)), "set of 1 MiB + 10 succeeded");
+    note("set of 1 MiB + 10: " . result($mc));
+    check($mc->get($k('huge')) === false && $mc->getResultCode() == Memcached::RES_NOTFOUND,
+        "a refused value was stored: " . result($mc));
+    check_value('get after a refused value', $k('text'), $mc->get($k('text')), 'abc');
+    $none = [];
+    for ($i = 0; $i < 30; $i++) $none[] = $k("none-$i");
+    $got = $mc->getMulti($none);
+    check($got === [], "getMulti of missing keys: " . describe($got) . ": " . result($mc));
+    note("binary: non-numeric increment refused, 1 MiB + 10 refused, misses-only getMulti");
+}
+
+// noreply writes (OPT_NOREPLY; binary: the quiet opcodes), then reads on the same client that prove they happened.
 foreach (['nr-rep' => 'r0', 'nr-ap' => 'm', 'nr-n' => '100', 'nr-del' => 'd'] as $key => $v) {
     $nr->set($k($key), $v);
 }

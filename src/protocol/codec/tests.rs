@@ -1281,6 +1281,7 @@ fn fuzz_regressions_replay() {
         ("client_codec", invariants::fuzz_client_codec as fn(&[u8])),
         ("reply_framing", invariants::fuzz_reply_framing),
         ("meta_request", invariants::fuzz_meta_request),
+        ("binary_request", invariants::fuzz_binary_request),
     ] {
         for file in std::fs::read_dir(dir.join(target)).unwrap().flatten() {
             let input = std::fs::read(file.path()).unwrap();

@@ -2,6 +2,9 @@
 //! the replay of their saved crash inputs in `cargo test`. Every function panics on a
 //! violation; none is used on the serving path.
 
+mod binary;
+pub use binary::fuzz_binary_request;
+
 use bytes::BytesMut;
 
 use super::codec::{ClientCodec, CodecLimits, Decoded, Stream};
