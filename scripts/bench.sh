@@ -3,10 +3,12 @@
 # memcached vs memroute's embedded cache.
 #
 # Usage (from the repo root): scripts/bench.sh [--quick] [--reps N] [--duration S]
-#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k,l[,t]]
+#                                              [--workloads a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,t]
 #   a  get90, 50 conns, depth 1          d  set-heavy (10% gets), 4 KiB values
 #   b  get90, 50 conns, depth 16         e  1 conn, depth 1 (added latency)
 #   c  10-key multiget, 50 conns         f  proxy RSS holding N idle connections
+#   m  get90, a new connection per request, 50 clients (short-lived, PHP-style)
+#   n  get90, 100 KB values, 20 conns    o  get90, 1 MB values, 10 conns
 #  g-i: memcached (direct, -t 1) vs memroute --embedded --threads 1, no proxying:
 #   g  get90, 50 conns, depth 1          i  set-heavy (10% gets), 50 conns, depth 1
 #   h  get90, 50 conns, depth 16
@@ -33,11 +35,11 @@ REPS=5
 DUR=10
 WARM=1
 IDLE=10000
-WORKLOADS=a,b,c,d,e,f,g,h,i,j,k,l,t
+WORKLOADS=a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,t
 QUICK=0
 CMDLINE="$0 $*"
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1; REPS=1; DUR=2; WARM=0.5; IDLE=1000 ;;
@@ -309,6 +311,10 @@ workload_args() {
     c) echo "--connections 50 --depth 1 --get-ratio 1 --multiget 10" ;;
     d) echo "--connections 50 --depth 1 --get-ratio 0.1 --value-size 4096" ;;
     e) echo "--connections 1 --depth 1 --get-ratio 0.9" ;;
+    m) echo "--connections 50 --depth 1 --get-ratio 0.9 --reconnect" ;;
+    # Few keys: every value fits the backends' memory (3 x 256 MB) at once.
+    n) echo "--connections 20 --depth 1 --get-ratio 0.9 --value-size 102400 --keys 1000" ;;
+    o) echo "--connections 10 --depth 1 --get-ratio 0.9 --value-size 1000000 --keys 100" ;;
     g) echo "--connections 50 --depth 1 --get-ratio 0.9" ;;
     h) echo "--connections 50 --depth 16 --get-ratio 0.9" ;;
     i) echo "--connections 50 --depth 1 --get-ratio 0.1" ;;
@@ -415,6 +421,9 @@ idle = list(csv.DictReader(open(sys.argv[2]), delimiter="\t"))
 names = {"a": "a) get90 depth 1, 50 conns", "b": "b) get90 depth 16, 50 conns",
          "c": "c) 10-key multiget, 50 conns", "d": "d) set-heavy (10% get), 4 KiB values",
          "e": "e) 1 conn depth 1",
+         "m": "m) get90, a new connection per request, 50 clients",
+         "n": "n) get90 depth 1, 100 KB values, 20 conns",
+         "o": "o) get90 depth 1, 1 MB values, 10 conns",
          "g": "g) embedded vs memcached: get90 depth 1, 50 conns",
          "h": "h) embedded vs memcached: get90 depth 16, 50 conns",
          "i": "i) embedded vs memcached: set-heavy (10% get), 50 conns",

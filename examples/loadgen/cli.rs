@@ -75,6 +75,10 @@ pub struct Args {
     /// With --tls-ca: the name the server's certificate must carry (DNS name or IP).
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub tls_name: String,
+    /// Closed loop: a new connection for every batch of --depth requests (short-lived
+    /// clients, PHP-style); the connect is part of the measured time.
+    #[arg(long)]
+    pub reconnect: bool,
     /// Set every key once before measuring, so gets should hit.
     #[arg(long)]
     pub prefill: bool,

@@ -320,6 +320,9 @@ pub async fn closed_loop(sh: Arc<Shared>, id: usize, conn: io::Result<Stream>) -
             if !run_batch(&sh, &mut s, &w, &mut rb, &b, &mut st, &mut deadline).await {
                 break;
             }
+            if sh.args.reconnect {
+                break;
+            }
         }
         s.close().await;
     }
