@@ -163,17 +163,11 @@ impl Socket {
             // observe the zeroed room as data.
             loop {
                 let start = buf.len();
-                // Only initialised memory can be read into without `unsafe`, so the room is
-                // zeroed first. It follows the capacity the codec reserved (large for a big
-                // value), but an idle connection's buffer stays small.
+                // The room follows the capacity the codec reserved (large for a big value),
+                // but an idle connection's buffer stays small.
                 let room = (buf.capacity() - start).clamp(MIN_ROOM, MAX_ROOM);
-                buf.resize(start + room, 0);
-                let result = guard.try_io(|fd| fd.get_ref().read(&mut buf[start..]));
-                let n = match &result {
-                    Ok(Ok(n)) => *n,
-                    _ => 0,
-                };
-                buf.truncate(start + n);
+                buf.reserve(room);
+                let result = guard.try_io(|fd| recv_into_spare(fd.get_ref(), buf, room));
                 match result {
                     // End of stream: reported now, or by the next call after these bytes.
                     Ok(Ok(0)) => return Ok(total),
@@ -273,6 +267,22 @@ impl Socket {
             }
         }
     }
+}
+
+/// Receives up to `room` bytes into `buf`'s spare capacity, without zeroing it first (for
+/// large values, zeroing cost as much as the kernel's copy). Returns the bytes received,
+/// which now belong to `buf`.
+#[allow(unsafe_code)]
+fn recv_into_spare(fd: &StdStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+    let start = buf.len();
+    let spare = &mut buf.spare_capacity_mut()[..room];
+    let n = socket2::SockRef::from(fd).recv(spare)?;
+    debug_assert!(n <= room);
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2 takes
+    // the uninitialised slice and returns how many bytes the kernel wrote into it), and
+    // `n <= room <= capacity - start`.
+    unsafe { buf.set_len(start + n) };
+    Ok(n)
 }
 
 /// Plaintext rustls holds, moved into `buf`'s tail; `None` when there is none yet (and the
