@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream as StdStream;
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rustls::pki_types::CertificateDer;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
@@ -44,7 +44,7 @@ struct Tls {
     /// The peer closed the TCP stream (records read before stay readable).
     eof: bool,
     /// Records read from the socket that rustls has not been given yet (it is given them
-    /// one at a time while no plaintext is waiting, which keeps its buffers bounded).
+    /// until some plaintext comes out, which keeps its buffers bounded).
     stash: BytesMut,
 }
 
@@ -203,34 +203,32 @@ impl Socket {
                     return r;
                 }
                 if !t.stash.is_empty() {
-                    let stash = std::mem::take(&mut t.stash);
-                    let mut rest = &stash[..];
-                    feed(&mut t.conn, &mut rest, self.fd.get_ref())?;
-                    t.stash = BytesMut::from(rest);
+                    feed_stash(&mut t, self.fd.get_ref())?;
                     continue;
                 }
             }
             let mut guard = self.fd.readable().await?;
-            // One `recv` of up to a record's worth of bytes (rustls alone reads less at a
-            // time); a short one means the socket is drained, as for plain reads.
-            let mut records = [0u8; TLS_READ];
-            let n = match guard.try_io(|fd| fd.get_ref().read(&mut records)) {
+            let mut t = Self::lock(tls);
+            // Records go into the stash (a spare buffer while there are any), one `recv` of
+            // up to a record's worth (rustls alone reads less at a time); a short one means
+            // the socket is drained, as for plain reads.
+            if t.stash.capacity() == 0 {
+                t.stash = spare::take();
+            }
+            t.stash.reserve(TLS_READ);
+            let n = match guard.try_io(|fd| recv_into_spare(fd.get_ref(), &mut t.stash, TLS_READ)) {
                 Ok(r) => r?,
                 Err(_would_block) => continue,
             };
-            if n < records.len() {
+            if n < TLS_READ {
                 guard.clear_ready();
             }
-            let mut t = Self::lock(tls);
             if n == 0 {
                 t.eof = true;
+                spare::give_back(&mut t.stash);
                 continue;
             }
-            let mut rest = &records[..n];
-            feed(&mut t.conn, &mut rest, self.fd.get_ref())?;
-            if !rest.is_empty() {
-                t.stash.extend_from_slice(rest);
-            }
+            feed_stash(&mut t, self.fd.get_ref())?;
         }
     }
 
@@ -306,6 +304,18 @@ fn plaintext(t: &mut Tls, buf: &mut BytesMut) -> Option<io::Result<usize>> {
     let n = *r.as_ref().unwrap_or(&0);
     buf.truncate(start + n);
     Some(r)
+}
+
+/// Gives rustls stashed records until some plaintext comes out of them; the stash goes
+/// back to the spares once empty.
+fn feed_stash(t: &mut Tls, fd: &StdStream) -> io::Result<()> {
+    let Tls { conn, stash, .. } = t;
+    let mut rest = &stash[..];
+    feed(conn, &mut rest, fd)?;
+    let used = stash.len() - rest.len();
+    stash.advance(used);
+    spare::give_back(stash);
+    Ok(())
 }
 
 /// Gives rustls the records in `rest` until some plaintext comes out of them (so at most a
