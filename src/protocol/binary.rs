@@ -329,7 +329,7 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
         NOOP => f.put_slice(b"mn"),
         QUIT => f.put_slice(b"quit"),
         FLUSH => match extlen {
-            4 => f.put_slice(format!("flush_all {}", be32(extras)).as_bytes()),
+            4 => fmt(&mut f, format_args!("flush_all {}", be32(extras))),
             _ => f.put_slice(b"flush_all"),
         },
         STAT => {
@@ -352,7 +352,7 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
                 f.put_slice(b" b");
             }
             if op != GET && op != GETK {
-                f.put_slice(format!(" T{}", exptime(be32(extras))).as_bytes());
+                fmt(&mut f, format_args!(" T{}", exptime(be32(extras))));
             }
             if op != TOUCH {
                 f.put_slice(b" v");
@@ -361,7 +361,7 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
         }
         SET | ADD | REPLACE | APPEND | PREPEND => {
             let base64 = meta_key(&mut f, b"ms", key);
-            f.put_slice(format!(" {}", value.len()).as_bytes());
+            fmt(&mut f, format_args!(" {}", value.len()));
             if base64 {
                 f.put_slice(b" b");
             }
@@ -376,12 +376,12 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
             };
             if extlen == 8 {
                 let (flags, exp) = (be32(&extras[..4]), be32(&extras[4..]));
-                f.put_slice(format!(" F{flags} T{}", exptime(exp)).as_bytes());
+                fmt(&mut f, format_args!(" F{flags} T{}", exptime(exp)));
             }
             f.put_slice(&[b' ', b'M', mode]);
             f.put_slice(b" c");
             if h.cas != 0 {
-                f.put_slice(format!(" C{}", h.cas).as_bytes());
+                fmt(&mut f, format_args!(" C{}", h.cas));
             }
             f.put_slice(b"\r\n");
             f.put_slice(value);
@@ -391,7 +391,7 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
                 f.put_slice(b" b");
             }
             if h.cas != 0 {
-                f.put_slice(format!(" C{}", h.cas).as_bytes());
+                fmt(&mut f, format_args!(" C{}", h.cas));
             }
         }
         INCREMENT | DECREMENT => {
@@ -400,13 +400,13 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
             }
             let (delta, initial, exp) = (be64(extras), be64(&extras[8..]), be32(&extras[16..]));
             let mode = if op == INCREMENT { "I" } else { "D" };
-            f.put_slice(format!(" M{mode} D{delta}").as_bytes());
+            fmt(&mut f, format_args!(" M{mode} D{delta}"));
             // An expiration of all ones means: do not create a missing counter.
             if exp != u32::MAX {
-                f.put_slice(format!(" N{} J{initial}", exptime(exp)).as_bytes());
+                fmt(&mut f, format_args!(" N{} J{initial}", exptime(exp)));
             }
             if h.cas != 0 {
-                f.put_slice(format!(" C{}", h.cas).as_bytes());
+                fmt(&mut f, format_args!(" C{}", h.cas));
             }
             f.put_slice(b" v c");
         }
@@ -418,6 +418,12 @@ pub fn step(buf: &[u8], item_size_max: usize) -> Step {
         ctx,
         consumed: total,
     }
+}
+
+/// Appends formatted text to a translated request, without an intermediate `String`.
+fn fmt(f: &mut BytesMut, args: std::fmt::Arguments<'_>) {
+    // Writing to a BytesMut cannot fail.
+    let _ = std::fmt::Write::write_fmt(f, args);
 }
 
 /// A binary expiration (unsigned: relative seconds, or a Unix time beyond 30 days) as the
